@@ -1,0 +1,1 @@
+"""Alert lifecycle and notifiers; knows nothing of torch or the decoder."""

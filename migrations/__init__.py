@@ -1,0 +1,1 @@
+"""Alembic environment and versions: the schema only changes through here."""

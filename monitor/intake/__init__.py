@@ -1,0 +1,1 @@
+"""Traffic intake: parse, validate, redact, segment, sample, store — losing nothing."""

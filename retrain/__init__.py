@@ -1,0 +1,1 @@
+"""Draft-head retraining with a gated, reversible redeploy (uses decoder/)."""
