@@ -1,0 +1,16 @@
+"""Command groups of the `specwatch` CLI, one module each, registered in display order."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from monitor.commands import config_cmd, db_cmd, intake_cmd
+
+Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+COMMAND_GROUPS: list[Register] = [
+    config_cmd.register,
+    db_cmd.register,
+    intake_cmd.register,
+]

@@ -1,0 +1,48 @@
+"""What every command shares: the --config option, loading it, and opening the database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from sqlalchemy import Engine
+
+from monitor.config import Config, ConfigError, load_config as load_config_file
+from monitor.db import create_db_engine, upgrade, with_password
+
+
+class CommandError(Exception):
+    """A failure the user can act on; printed without a traceback, exit code 2."""
+
+
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        default=None,
+        help="config file (default: $SPECWATCH_CONFIG, else ./config.toml)",
+    )
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    try:
+        return load_config_file(args.config)
+    except ConfigError as exc:
+        raise CommandError("\n".join([f"config {exc.path} has problems:", *(f"  {p}" for p in exc.problems)])) from None
+
+
+def open_database(config: Config, migrate: bool = True) -> Engine:
+    """An engine on the configured database, migrated to the latest schema unless told not to."""
+    password = config.storage.database_password.read()
+    url = with_password(config.database_url, password.reveal() if password else None)
+    engine = create_db_engine(url)
+    if migrate:
+        upgrade(engine)
+    return engine
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False, default=str)
+    sys.stdout.write("\n")

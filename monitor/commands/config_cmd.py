@@ -1,0 +1,69 @@
+"""`specwatch config check`: validate the config file and say what is wrong, key by key."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from monitor.commands.common import add_config_argument, load_config
+from monitor.config import Config, SecretSource, SecretUnavailable
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("config", help="check the configuration")
+    commands = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = commands.add_parser("check", help="validate config.toml; prints each problem with its key path")
+    add_config_argument(check)
+    check.set_defaults(handler=check_command)
+
+
+def secret_sources(config: Config) -> dict[str, SecretSource]:
+    return {
+        "storage.database_password": config.storage.database_password,
+        "intake.redaction.hash_salt": config.intake.redaction.hash_salt,
+        "intake.http.token": config.intake.http.token,
+        "alerts.slack.bot_token": config.alerts.slack.bot_token,
+        "alerts.slack.webhook_url": config.alerts.slack.webhook_url,
+    }
+
+
+def secret_required(config: Config, key: str) -> bool:
+    """Whether an unset secret is a problem: the salt falls back to a generated one, the
+    intake token is optional on loopback, Slack secrets matter only with the Slack notifier."""
+    if key == "intake.redaction.hash_salt":
+        return False
+    if key == "intake.http.token":
+        return not config.intake.http.is_loopback
+    if key.startswith("alerts.slack."):
+        return config.alerts.notifier == "slack"
+    return True
+
+
+def secret_problems(config: Config) -> list[str]:
+    """Configured secrets that cannot be read now (their values are never shown)."""
+    problems = []
+    for key, source in secret_sources(config).items():
+        if not source.configured:
+            continue
+        try:
+            value = source.read()
+        except SecretUnavailable as exc:
+            problems.append(f"{key}: {exc}")
+            continue
+        if value is None and secret_required(config, key):
+            problems.append(f"{key}: {source.describe()} is not set")
+    slack = config.alerts.slack
+    if config.alerts.notifier == "slack" and not (slack.bot_token.configured or slack.webhook_url.configured):
+        problems.append("alerts.slack: notifier is slack but neither bot_token nor webhook_url is configured")
+    return problems
+
+
+def check_command(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    problems = secret_problems(config)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 1
+    print(f"config ok: database {config.database_url.split('@')[-1]}, data dir {config.storage.data_dir}")
+    return 0

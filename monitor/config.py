@@ -1,0 +1,321 @@
+"""The operator's configuration: config.toml loaded into pydantic models with bounds.
+
+Secrets never live in the file: every secret is named by an environment variable
+(`*_env`) or a file (`*_file`) and read only when needed, through `Secret`.
+
+    python -c "from monitor.config import load_config; print(load_config('config.toml'))"
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG_PATH = Path("config.toml")
+CONFIG_ENV = "SPECWATCH_CONFIG"
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; `problems` lists each one as 'key.path: message'."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__(f"{path}: " + "; ".join(problems))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretSource(Section):
+    """Where a secret comes from: an environment variable or a file, never the config itself."""
+
+    env: str | None = Field(default=None, description="environment variable holding the secret")
+    file: Path | None = Field(default=None, description="file holding the secret (first line, stripped)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _never_inline(cls, value: object) -> object:
+        if isinstance(value, str):
+            raise ValueError("secrets are never inline: use { env = \"VAR\" } or { file = \"/path\" }")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSource:
+        if self.env and self.file:
+            raise ValueError("give env or file, not both")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.env or self.file)
+
+    def read(self) -> Secret | None:
+        """The secret's value, or None when it is not configured or not set."""
+        if self.env:
+            value = os.environ.get(self.env)
+            return Secret(value) if value else None
+        if self.file:
+            try:
+                value = self.file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise SecretUnavailable(f"cannot read secret file {self.file}: {exc.strerror}") from None
+            return Secret(value) if value else None
+        return None
+
+    def describe(self) -> str:
+        if self.env:
+            return f"environment variable {self.env}"
+        if self.file:
+            return f"file {self.file}"
+        return "not configured"
+
+
+class SecretUnavailable(Exception):
+    """A configured secret could not be read."""
+
+
+class Secret:
+    """A secret value that never shows itself in repr, str or logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class StorageConfig(Section):
+    data_dir: Path = Field(
+        default=Path("specwatch-data"),
+        description="directory for the SQLite database, models, reports and heads; relative to the config file",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means sqlite:///<data_dir>/specwatch.db. Never put a password here",
+    )
+    database_password: SecretSource = Field(
+        default_factory=SecretSource, description="password for database_url, from env or file"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_inline_password(cls, url: str) -> str:
+        if re.match(r"^[\w+]+://[^/@:]*:[^/@]+@", url):
+            raise ValueError("database_url must not contain a password; use storage.database_password.env/file")
+        return url
+
+
+SegmentKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+
+
+class SamplingRule(Section):
+    """Sampling for segments whose string contains every `match` part (e.g. 'region=sg')."""
+
+    match: list[str] = Field(min_length=1, description="segment parts that must all be present, e.g. ['lang=zh']")
+    rate: float = Field(ge=0.0, le=1.0, description="fraction of matching traffic kept")
+    hourly_cap: int = Field(default=0, ge=0, description="most samples kept per segment per hour; 0 = no cap")
+
+
+class SamplingConfig(Section):
+    rate: float = Field(default=1.0, ge=0.0, le=1.0, description="fraction of traffic kept, per segment")
+    hourly_cap: int = Field(default=0, ge=0, description="most samples kept per segment per hour; 0 = no cap")
+    rules: list[SamplingRule] = Field(
+        default_factory=list,
+        description='per-segment overrides, first match wins: [{ match = ["lang=zh"], rate = 1.0, hourly_cap = 500 }]',
+    )
+
+    def rule_for(self, segment: str) -> tuple[float, int]:
+        parts = set(segment.split("/"))
+        for rule in self.rules:
+            if parts.issuperset(rule.match):
+                return rule.rate, rule.hourly_cap
+        return self.rate, self.hourly_cap
+
+
+class RedactionConfig(Section):
+    extra_patterns: dict[str, str] = Field(
+        default_factory=dict, description="placeholder name -> regex; matches become <NAME>"
+    )
+    hashed_keys: list[SegmentKey] = Field(
+        default_factory=lambda: ["tenant", "user"],
+        description="metadata keys whose values are stored only as salted hashes",
+    )
+    hash_salt: SecretSource = Field(
+        default_factory=lambda: SecretSource(env="SPECWATCH_HASH_SALT"),
+        description="salt for hashed metadata values, from env or file",
+    )
+
+    @field_validator("extra_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for name, pattern in patterns.items():
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name):
+                raise ValueError(f"pattern name {name!r} must be UPPER_SNAKE_CASE")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern {name}: {exc}") from None
+        return patterns
+
+
+class FollowConfig(Section):
+    paths: list[Path] = Field(default_factory=list, description="log files or directories followed like tail -F")
+    glob: str = Field(default="*.jsonl*", description="file name pattern inside followed directories")
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60, description="seconds between checks for new lines")
+    batch_lines: int = Field(default=1000, ge=1, le=100_000, description="lines committed per transaction")
+
+
+class HttpIntakeConfig(Section):
+    enabled: bool = Field(default=True, description="serve POST /v1/samples")
+    host: str = Field(default="127.0.0.1", description="bind address; anything but loopback requires a token")
+    port: int = Field(default=8787, ge=0, le=65535, description="TCP port (0 picks a free one)")
+    token: SecretSource = Field(
+        default_factory=lambda: SecretSource(env="SPECWATCH_INGEST_TOKEN"),
+        description="bearer token required from clients; mandatory when host is not loopback",
+    )
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="largest request body accepted")
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+class IntakeConfig(Section):
+    format: Literal["auto", "specwatch", "openai"] = Field(
+        default="auto", description="record format; auto detects it per line"
+    )
+    max_record_bytes: int = Field(default=1_000_000, ge=256, description="records larger than this are quarantined")
+    segment_keys: list[SegmentKey] = Field(
+        default_factory=lambda: ["tenant", "region", "route"],
+        description="metadata keys that form the segment, in order; the language is always appended",
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    redaction: RedactionConfig = Field(default_factory=RedactionConfig)
+    follow: FollowConfig = Field(default_factory=FollowConfig)
+    http: HttpIntakeConfig = Field(default_factory=HttpIntakeConfig)
+
+
+class RetentionConfig(Section):
+    samples_days: int = Field(default=30, ge=1, description="samples older than this many days are purged")
+    quarantine_days: int = Field(default=14, ge=1, description="quarantined records older than this are purged")
+
+
+class ModelsConfig(Section):
+    target: Path | None = Field(default=None, description="target model directory (Hugging Face layout)")
+    draft: Path | None = Field(default=None, description="live draft head directory")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto picks cuda if present")
+
+
+class SlackConfig(Section):
+    channel: str = Field(default="", description="default channel for alerts, e.g. #inference-oncall")
+    bot_token: SecretSource = Field(default_factory=SecretSource, description="xoxb- token, from env or file")
+    webhook_url: SecretSource = Field(default_factory=SecretSource, description="incoming webhook, env or file")
+
+
+class AlertsConfig(Section):
+    notifier: Literal["console", "slack"] = Field(default="console", description="where notifications go")
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+
+
+class Config(Section):
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    intake: IntakeConfig = Field(default_factory=IntakeConfig)
+    retention: RetentionConfig = Field(default_factory=RetentionConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+
+    @model_validator(mode="after")
+    def _exposed_http_needs_token(self) -> Config:
+        http = self.intake.http
+        if http.enabled and not http.is_loopback and not http.token.configured:
+            raise ValueError(
+                f"intake.http.host is {http.host}, not loopback: set intake.http.token.env or .file"
+            )
+        return self
+
+    def resolve_paths(self, base: Path) -> Config:
+        """Make relative paths relative to the config file's directory."""
+
+        def absolute(path: Path) -> Path:
+            return path if path.is_absolute() else (base / path).resolve()
+
+        storage = self.storage.model_copy(update={"data_dir": absolute(self.storage.data_dir)})
+        follow = self.intake.follow.model_copy(update={"paths": [absolute(p) for p in self.intake.follow.paths]})
+        intake = self.intake.model_copy(update={"follow": follow})
+        models = self.models.model_copy(
+            update={
+                "target": absolute(self.models.target) if self.models.target else None,
+                "draft": absolute(self.models.draft) if self.models.draft else None,
+            }
+        )
+        return self.model_copy(update={"storage": storage, "intake": intake, "models": models})
+
+    @property
+    def database_url(self) -> str:
+        if self.storage.database_url:
+            return self.storage.database_url
+        return f"sqlite:///{self.storage.data_dir / 'specwatch.db'}"
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (secrets go in *.env or *.file, never inline)"
+        problems.append(f"{key}: {message}")
+    return problems
+
+
+def parse_config(text: str, path: Path) -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, [f"(syntax): {exc}"]) from None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(path, format_validation_error(exc)) from None
+    return config.resolve_paths(path.parent.resolve())
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Load and validate the config file; a missing default file means all defaults."""
+    explicit = path is not None or CONFIG_ENV in os.environ
+    config_path = Path(path) if path is not None else default_config_path()
+    if not config_path.exists():
+        if explicit:
+            raise ConfigError(config_path, ["(file): does not exist"])
+        return Config().resolve_paths(Path.cwd())
+    return parse_config(config_path.read_text(encoding="utf-8"), config_path)

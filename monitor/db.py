@@ -1,0 +1,181 @@
+"""The database: SQLAlchemy 2 tables, engine creation, and migration to the latest schema.
+
+The schema only changes through alembic (migrations/); `upgrade(url)` brings any database
+to head. SQLite by default, PostgreSQL by URL.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import migrations
+
+log = logging.getLogger(__name__)
+
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(DateTime):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+
+
+class Sample(Base):
+    """One sampled, redacted exchange of production traffic."""
+
+    __tablename__ = "samples"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    sample_key: Mapped[str] = mapped_column(String(64), unique=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    occurred_at: Mapped[datetime] = mapped_column(index=True)
+    segment: Mapped[str] = mapped_column(String(255))
+    language: Mapped[str] = mapped_column(String(16))
+    source: Mapped[str] = mapped_column(String(1024))
+    model: Mapped[str | None] = mapped_column(String(255))
+    temperature: Mapped[float | None] = mapped_column(Float)
+    messages: Mapped[list[Any]]
+    completion: Mapped[str] = mapped_column(Text)
+    attributes: Mapped[dict[str, Any]]
+    redactions: Mapped[dict[str, Any]]
+    prompt_chars: Mapped[int] = mapped_column(Integer)
+    completion_chars: Mapped[int] = mapped_column(Integer)
+
+
+class QuarantinedRecord(Base):
+    """An input record that could not be used, with why and where it came from."""
+
+    __tablename__ = "quarantine"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    source: Mapped[str] = mapped_column(String(1024))
+    position: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(String(500))
+    record_bytes: Mapped[int] = mapped_column(Integer)
+    record_sha256: Mapped[str] = mapped_column(String(64))
+    excerpt: Mapped[str] = mapped_column(Text)
+
+
+class IntakeCursor(Base):
+    """How far a followed file has been read, keyed by the file's content fingerprint."""
+
+    __tablename__ = "intake_cursors"
+
+    fingerprint: Mapped[str] = mapped_column(String(64), primary_key=True)
+    path: Mapped[str] = mapped_column(String(1024))
+    offset: Mapped[int] = mapped_column(BigInteger)
+    line: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime]
+
+
+class SamplingBucket(Base):
+    """Samples kept per segment per hour, for the hourly cap."""
+
+    __tablename__ = "sampling_buckets"
+
+    segment: Mapped[str] = mapped_column(String(255), primary_key=True)
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    kept: Mapped[int] = mapped_column(Integer)
+
+
+class IntakeCounter(Base):
+    """Running totals per intake source: what came in and where it went."""
+
+    __tablename__ = "intake_counters"
+
+    source: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    records: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored: Mapped[int] = mapped_column(BigInteger, default=0)
+    duplicates: Mapped[int] = mapped_column(BigInteger, default=0)
+    sampled_out: Mapped[int] = mapped_column(BigInteger, default=0)
+    quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime]
+
+
+Index("ix_samples_segment_occurred", Sample.segment, Sample.occurred_at)
+
+
+def with_password(url: str, password: str | None) -> URL:
+    parsed = make_url(url)
+    return parsed.set(password=password) if password else parsed
+
+
+def create_db_engine(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False).replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate the database behind `engine` to `revision` (default: the latest)."""
+    cfg = alembic_config(engine)
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, revision)
+    log.info("database at %s is at revision %s", engine.url.render_as_string(hide_password=True), revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()

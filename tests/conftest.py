@@ -1,0 +1,62 @@
+"""Shared fixtures: a migrated database on SQLite always, and on PostgreSQL when
+SPECWATCH_TEST_DATABASE_URL is set (each test gets its own schema there)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from monitor.config import Config, StorageConfig
+from monitor.db import create_db_engine, upgrade
+
+POSTGRES_URL = os.environ.get("SPECWATCH_TEST_DATABASE_URL")
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+
+
+def postgres_schema_url(schema: str) -> str:
+    assert POSTGRES_URL
+    url = make_url(POSTGRES_URL)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return url.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL to an empty database of each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'specwatch.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("SPECWATCH_TEST_DATABASE_URL not set")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield postgres_schema_url(schema)
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A migrated database."""
+    db = create_db_engine(database_url)
+    upgrade(db)
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> Config:
+    """Default config on the test database and a temporary data dir."""
+    return Config(storage=StorageConfig(data_dir=tmp_path / "data", database_url=database_url))

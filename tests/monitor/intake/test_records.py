@@ -1,0 +1,118 @@
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from monitor.intake.records import RecordError, decode_line, detect_format, parse_record
+
+
+def specwatch_record(**overrides: object) -> dict[str, object]:
+    record: dict[str, object] = {
+        "id": "req-1",
+        "timestamp": "2026-11-28T10:00:00Z",
+        "messages": [{"role": "user", "content": "hello"}],
+        "completion": "hi there",
+        "model": "qwen2.5-7b",
+        "temperature": 0.0,
+        "metadata": {"tenant": "acme", "region": "sg", "route": "chat"},
+    }
+    record.update(overrides)
+    return record
+
+
+def openai_record() -> dict[str, object]:
+    return {
+        "request": {
+            "model": "gpt-x",
+            "temperature": 0.7,
+            "user": "u-42",
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "什么是"}, {"type": "text", "text": "KV cache"}]},
+            ],
+        },
+        "response": {
+            "id": "chatcmpl-9",
+            "created": 1764324000,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "缓存"}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2},
+        },
+    }
+
+
+def test_specwatch_format() -> None:
+    record = parse_record(specwatch_record())
+    assert record.id == "req-1"
+    assert record.timestamp == datetime(2026, 11, 28, 10, tzinfo=UTC)
+    assert record.messages == [{"role": "user", "content": "hello"}]
+    assert record.completion == "hi there"
+    assert record.metadata == {"tenant": "acme", "region": "sg", "route": "chat"}
+
+
+def test_prompt_instead_of_messages() -> None:
+    value = specwatch_record(prompt="2+2?")
+    del value["messages"]
+    assert parse_record(value).messages == [{"role": "user", "content": "2+2?"}]
+
+
+def test_openai_format() -> None:
+    record = parse_record(openai_record())
+    assert record.format == "openai"
+    assert record.id == "chatcmpl-9"
+    assert record.messages[1]["content"] == "什么是\nKV cache"
+    assert record.completion == "缓存"
+    assert record.temperature == 0.7
+    assert record.metadata["user"] == "u-42"
+    assert record.timestamp == datetime.fromtimestamp(1764324000, UTC)
+
+
+def test_format_is_detected_per_record() -> None:
+    assert detect_format(specwatch_record()) == "specwatch"
+    assert detect_format(openai_record()) == "openai"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ([1, 2], "must be a JSON object"),
+        ({"foo": 1}, "unknown format"),
+        (specwatch_record(completion=""), "empty completion"),
+        (specwatch_record(completion="   \n"), "empty completion"),
+        (specwatch_record(completion=7), "completion: expected a string"),
+        (specwatch_record(messages=[]), "messages: must be a non-empty list"),
+        (specwatch_record(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
+        (specwatch_record(temperature="hot"), "temperature: expected a number"),
+        (specwatch_record(timestamp="yesterday"), "not ISO 8601"),
+        (specwatch_record(metadata={"tenant": {"a": 1}}), "metadata.tenant"),
+        (specwatch_record(id=""), "id: must be 1 to 256"),
+    ],
+)
+def test_bad_records_say_why(value: object, reason: str) -> None:
+    with pytest.raises(RecordError, match=None) as caught:
+        parse_record(value)
+    assert reason in str(caught.value)
+
+
+def test_missing_completion() -> None:
+    value = specwatch_record()
+    del value["completion"]
+    with pytest.raises(RecordError, match="missing field: completion"):
+        parse_record(value)
+
+
+def test_openai_without_choices() -> None:
+    value = openai_record()
+    value["response"] = {"choices": []}
+    with pytest.raises(RecordError, match="response.choices"):
+        parse_record(value)
+
+
+def test_decode_line_errors() -> None:
+    with pytest.raises(RecordError, match="invalid UTF-8 at byte 2"):
+        decode_line(b'{"\xff": 1}', 1000)
+    with pytest.raises(RecordError, match="malformed JSON"):
+        decode_line(b'{"id": ', 1000)
+    with pytest.raises(RecordError, match="over the 10-byte limit"):
+        decode_line(json.dumps(specwatch_record()).encode(), 10)
+    with pytest.raises(RecordError, match="nested too deeply"):
+        decode_line(b"[" * 100_000, 1_000_000)

@@ -1,0 +1,26 @@
+from datetime import timedelta
+
+from sqlalchemy import Engine, func, select, update
+from sqlalchemy.orm import Session
+
+from monitor.config import Config, RetentionConfig, Secret
+from monitor.db import QuarantinedRecord, Sample, utcnow
+from monitor.intake.pipeline import IntakePipeline, RawRecord
+from monitor.intake.retention import purge_expired
+from tests.monitor.intake.traffic import line
+
+
+def test_purges_only_what_is_past_retention(config: Config, engine: Engine) -> None:
+    pipeline = IntakePipeline(config, engine, Secret("salt"))
+    batch = [RawRecord(position=f"line {i}", data=line(i).rstrip()) for i in range(6)]
+    batch.append(RawRecord(position="line 99", data=b"{oops"))
+    pipeline.ingest("test", batch)
+    old = utcnow() - timedelta(days=40)
+    with Session(engine) as session, session.begin():
+        session.execute(update(Sample).where(Sample.id <= 2).values(received_at=old))
+        session.execute(update(QuarantinedRecord).values(received_at=old))
+    report = purge_expired(engine, RetentionConfig(samples_days=30, quarantine_days=14))
+    assert (report.samples, report.quarantined) == (2, 1)
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Sample)) == 4
+        assert session.scalar(select(func.count()).select_from(QuarantinedRecord)) == 0
