@@ -44,7 +44,7 @@ class SecretSource(Section):
     @classmethod
     def _never_inline(cls, value: object) -> object:
         if isinstance(value, str):
-            raise ValueError("secrets are never inline: use { env = \"VAR\" } or { file = \"/path\" }")
+            raise ValueError('secrets are never inline: use { env = "VAR" } or { file = "/path" }')
         return value
 
     @model_validator(mode="after")
@@ -254,9 +254,7 @@ class Config(Section):
     def _exposed_http_needs_token(self) -> Config:
         http = self.intake.http
         if http.enabled and not http.is_loopback and not http.token.configured:
-            raise ValueError(
-                f"intake.http.host is {http.host}, not loopback: set intake.http.token.env or .file"
-            )
+            raise ValueError(f"intake.http.host is {http.host}, not loopback: set intake.http.token.env or .file")
         return self
 
     def resolve_paths(self, base: Path) -> Config:

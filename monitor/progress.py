@@ -1,4 +1,4 @@
-"""A one-line progress display on stderr: redrawn in place on a terminal, a line every few seconds otherwise."""
+"""A one-line progress display on stderr: redrawn in place on a terminal, else a line every few seconds."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ depends_on: Sequence[str] | None = None
 Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def Moment() -> sa.DateTime:  # noqa: N802 - reads as a column type
+def Moment() -> sa.DateTime:
     return sa.DateTime(timezone=True)
 
 

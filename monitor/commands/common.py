@@ -9,7 +9,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 
-from monitor.config import Config, ConfigError, load_config as load_config_file
+from monitor.config import Config, ConfigError
+from monitor.config import load_config as load_config_file
 from monitor.db import create_db_engine, upgrade, with_password
 
 

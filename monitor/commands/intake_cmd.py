@@ -108,8 +108,8 @@ def errors_command(args: argparse.Namespace) -> int:
     elif not items:
         print("no quarantined records")
     else:
-        for item in items:
-            print(f"{item['received_at'][:19]}  {item['source']}  {item['position']}\n    {item['reason']}")
+        for row in rows:
+            print(f"{row.received_at:%Y-%m-%d %H:%M:%S}  {row.source}  {row.position}\n    {row.reason}")
     engine.dispose()
     return 0
 

@@ -15,12 +15,12 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO, cast
 
 from sqlalchemy import Engine
 
 from monitor.config import FollowConfig
-from monitor.intake.pipeline import CursorAdvance, IntakePipeline, IngestReport, RawRecord, cursor_offsets
+from monitor.intake.pipeline import CursorAdvance, IngestReport, IntakePipeline, RawRecord, cursor_offsets
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,10 @@ def is_compressed(path: Path) -> bool:
     return path.suffix == ".gz"
 
 
-def open_log(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if is_compressed(path) else path.open("rb")
+def open_log(path: Path) -> BinaryIO:
+    if is_compressed(path):
+        return cast(BinaryIO, gzip.GzipFile(path, "rb"))
+    return path.open("rb")
 
 
 def fingerprint_of(path: Path) -> str | None:

@@ -116,7 +116,7 @@ class IntakeHandler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
+        log.debug("%s %s", self.address_string(), format % tuple(str(arg) for arg in args))
 
 
 class IntakeHTTPServer(ThreadingHTTPServer):
@@ -134,7 +134,7 @@ class IntakeHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="intake-http", daemon=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, tuple_
+from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -125,9 +125,7 @@ class IntakePipeline:
         self.hasher = ValueHasher(salt or resolve_salt(config), self.intake.redaction.hashed_keys)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
-    def ingest(
-        self, source: str, records: Sequence[RawRecord], cursor: CursorAdvance | None = None
-    ) -> IngestReport:
+    def ingest(self, source: str, records: Sequence[RawRecord], cursor: CursorAdvance | None = None) -> IngestReport:
         """Process and store one batch in one transaction; returns what became of each record."""
         report = IngestReport(records=len(records))
         received_at = utcnow()
@@ -225,7 +223,8 @@ class IntakePipeline:
         if not any(self.intake.sampling.rule_for(segment)[1] for segment, _ in wanted):
             return {}
         query = select(SamplingBucket.segment, SamplingBucket.hour, SamplingBucket.kept).where(
-            tuple_(SamplingBucket.segment, SamplingBucket.hour).in_(wanted)
+            SamplingBucket.segment.in_({segment for segment, _ in wanted}),
+            SamplingBucket.hour.in_({hour for _, hour in wanted}),
         )
         return {(segment, hour): kept for segment, hour, kept in session.execute(query)}
 
@@ -236,13 +235,19 @@ class IntakePipeline:
         statement = self._insert(SamplingBucket)
         session.execute(
             statement.on_conflict_do_update(
-                index_elements=["segment", "hour"], set_={"kept": SamplingBucket.kept + statement.excluded.kept}
+                index_elements=["segment", "hour"],
+                set_={"kept": SamplingBucket.kept + statement.excluded.kept},
             ),
             rows,
         )
 
     def _quarantine(
-        self, session: Session, source: str, rejected: list[Rejected], received_at: datetime, report: IngestReport
+        self,
+        session: Session,
+        source: str,
+        rejected: list[Rejected],
+        received_at: datetime,
+        report: IngestReport,
     ) -> None:
         for item in rejected:
             session.add(
@@ -253,9 +258,9 @@ class IntakePipeline:
                     reason=item.reason[:500],
                     record_bytes=len(item.raw),
                     record_sha256=hashlib.sha256(item.raw).hexdigest(),
-                    excerpt=self.redactor.redact(item.raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[
-                        :EXCERPT_CHARS
-                    ]).text,
+                    excerpt=self.redactor.redact(
+                        item.raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS]
+                    ).text,
                 )
             )
             report.quarantined += 1
@@ -279,7 +284,11 @@ class IntakePipeline:
 
     def _advance(self, session: Session, cursor: CursorAdvance, now: datetime) -> None:
         statement = self._insert(IntakeCursor).values(
-            fingerprint=cursor.fingerprint, path=cursor.path, offset=cursor.offset, line=cursor.line, updated_at=now
+            fingerprint=cursor.fingerprint,
+            path=cursor.path,
+            offset=cursor.offset,
+            line=cursor.line,
+            updated_at=now,
         )
         session.execute(
             statement.on_conflict_do_update(

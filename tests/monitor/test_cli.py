@@ -46,7 +46,7 @@ def test_init_ingest_errors_end_to_end(tmp_path: Path) -> None:
 
     errors = run_cli("intake", "errors", "--json", cwd=tmp_path)
     [item] = json.loads(errors.stdout)
-    assert item["position"] == "line 3 (byte %d)" % (len(line(1)) + len(line(2, "zh")))
+    assert item["position"] == f"line 3 (byte {len(line(1)) + len(line(2, 'zh'))})"
     assert item["reason"].startswith("malformed JSON")
     assert item["source"] == f"file:{log}"
 

@@ -20,7 +20,10 @@ def pipeline_for(config: Config, engine: Engine, **sampling: Any) -> IntakePipel
 
 
 def raws(values: list[dict[str, Any]]) -> list[RawRecord]:
-    return [RawRecord(position=f"line {i + 1}", data=json.dumps(v, ensure_ascii=False).encode()) for i, v in enumerate(values)]
+    return [
+        RawRecord(position=f"line {i + 1}", data=json.dumps(v, ensure_ascii=False).encode())
+        for i, v in enumerate(values)
+    ]
 
 
 def samples(engine: Engine) -> list[Sample]:
@@ -159,6 +162,7 @@ def test_cursor_commits_with_the_batch(config: Config, engine: Engine) -> None:
 
 
 def test_metadata_language_label_wins_over_detection(config: Config, engine: Engine) -> None:
-    value = record(3, "en", language="ja")
+    value = record(3, "en")
+    value["metadata"]["language"] = "ja"
     pipeline_for(config, engine).ingest("test", raws([value]))
     assert samples(engine)[0].segment.endswith("/lang=ja")

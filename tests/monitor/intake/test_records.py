@@ -28,7 +28,10 @@ def openai_record() -> dict[str, object]:
             "user": "u-42",
             "messages": [
                 {"role": "system", "content": "be brief"},
-                {"role": "user", "content": [{"type": "text", "text": "什么是"}, {"type": "text", "text": "KV cache"}]},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "什么是"}, {"type": "text", "text": "KV cache"}],
+                },
             ],
         },
         "response": {
@@ -103,7 +106,7 @@ def test_missing_completion() -> None:
 def test_openai_without_choices() -> None:
     value = openai_record()
     value["response"] = {"choices": []}
-    with pytest.raises(RecordError, match="response.choices"):
+    with pytest.raises(RecordError, match=r"response\.choices"):
         parse_record(value)
 
 
