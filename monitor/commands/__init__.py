@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from monitor.commands import config_cmd, db_cmd, intake_cmd
+from monitor.commands import config_cmd, db_cmd, demo_cmd, intake_cmd, models_cmd
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 COMMAND_GROUPS: list[Register] = [
+    demo_cmd.register,
     config_cmd.register,
     db_cmd.register,
     intake_cmd.register,
+    models_cmd.register,
 ]

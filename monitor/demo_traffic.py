@@ -1,0 +1,90 @@
+"""Real multilingual traffic for the demo, tests and benchmarks: chatterbot-corpus dialogs
+(English, Chinese, Japanese) and Python standard-library code, as specwatch JSONL records,
+with a mix that can shift toward Chinese and a little PII for the redactor to find.
+
+    python -c "from monitor.demo_traffic import *; print(next(iter(traffic(3, {'en': 1.0}))))"
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from decoder.reference_corpus import Document, code_documents, dialog_documents
+
+LANGUAGES = ("en", "zh", "ja", "code")
+TENANTS = ("acme", "globex", "initech")
+REGIONS = {"en": ("us", "eu"), "zh": ("cn", "sg"), "ja": ("jp",), "code": ("us", "eu", "sg")}
+PII_SNIPPETS = {
+    "en": ["You can reach me at dana.lee@example.com.", "My number is +1 415 555 0134.", ""],
+    "zh": ["我的手机号是13812345678。", "请发邮件到 wang.fang@example.cn。", ""],
+    "ja": ["連絡先は taro@example.jp です。", ""],
+    "code": ["# server 10.20.30.40", ""],
+}
+START = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@cache
+def documents(language: str) -> tuple[Document, ...]:
+    if language == "code":
+        return tuple(code_documents(max_bytes=400_000))
+    return tuple(dialog_documents(language))
+
+
+def exchange(document: Document) -> tuple[list[dict[str, str]], str]:
+    """The document as a request (all turns before the last assistant turn) and its completion."""
+    messages = document.chat
+    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def record(index: int, language: str, moment: datetime, rng: random.Random) -> dict[str, Any]:
+    document = rng.choice(documents(language))
+    messages, completion = exchange(document)
+    pii = rng.choice(PII_SNIPPETS[language])
+    if pii:
+        messages = [*messages[:-1], {**messages[-1], "content": f"{messages[-1]['content']} {pii}"}]
+    return {
+        "id": f"demo-{index}",
+        "timestamp": moment.isoformat().replace("+00:00", "Z"),
+        "messages": messages,
+        "completion": completion,
+        "model": "reference-target",
+        "temperature": 0.0,
+        "metadata": {
+            "tenant": rng.choice(TENANTS),
+            "region": rng.choice(REGIONS[language]),
+            "route": "code-assist" if language == "code" else "chat",
+        },
+    }
+
+
+def traffic(
+    count: int,
+    mix: Mapping[str, float],
+    seed: int = 0,
+    start: datetime = START,
+    spacing_s: float = 30.0,
+    first_index: int = 0,
+) -> Iterator[dict[str, Any]]:
+    """`count` records whose languages follow the weights in `mix`, `spacing_s` apart."""
+    rng = random.Random(seed)
+    languages, weights = zip(*mix.items(), strict=True)
+    for offset in range(count):
+        language = rng.choices(languages, weights)[0]
+        moment = start + timedelta(seconds=spacing_s * offset)
+        yield record(first_index + offset, language, moment, rng)
+
+
+def write_jsonl(path: Path, records: Iterator[dict[str, Any]]) -> int:
+    written = 0
+    with path.open("a", encoding="utf-8") as handle:
+        for item in records:
+            handle.write(json.dumps(item, ensure_ascii=False) + "\n")
+            written += 1
+    return written
