@@ -33,6 +33,7 @@ from monitor.intake.segments import ValueHasher, segment_for
 log = logging.getLogger(__name__)
 
 EXCERPT_CHARS = 2000
+LANGUAGE_PROBE_CHARS = 800
 SALT_FILE = "hash_salt"
 
 
@@ -303,8 +304,10 @@ def _encode(value: Any) -> bytes:
 
 
 def _language_text(record: TrafficRecord) -> str:
+    """What the language is read from: the last user turn and the completion, each up to
+    LANGUAGE_PROBE_CHARS (a longer probe costs time and does not change the answer)."""
     last_user = next((m["content"] for m in reversed(record.messages) if m["role"] == "user"), "")
-    return f"{last_user}\n{record.completion}"
+    return f"{last_user[:LANGUAGE_PROBE_CHARS]}\n{record.completion[:LANGUAGE_PROBE_CHARS]}"
 
 
 def _merge(total: dict[str, int], counts: dict[str, int]) -> None:
