@@ -232,6 +232,21 @@ class ModelsConfig(Section):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto picks cuda if present")
 
 
+class ReplayConfig(Section):
+    window: int = Field(default=4, ge=1, le=16, description="draft window k: tokens proposed per verify step")
+    samples_per_round: int = Field(default=64, ge=1, le=100_000, description="samples a worker claims per round")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="samples per scored forward pass")
+    max_batch_tokens: int = Field(default=16_384, ge=64, description="tokens per scored forward pass, at most")
+    exact_fraction: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="share of samples also replayed in exact mode (chosen by sample hash)"
+    )
+    exact_max_new_tokens: int = Field(default=64, ge=1, le=4096, description="tokens generated per exact replay")
+    claim_ttl_s: float = Field(
+        default=900.0, gt=0, description="seconds before a dead worker's claimed samples go back to the pool"
+    )
+    interval_s: float = Field(default=30.0, gt=0, description="seconds between replay rounds in the daemon")
+
+
 class SlackConfig(Section):
     channel: str = Field(default="", description="default channel for alerts, e.g. #inference-oncall")
     bot_token: SecretSource = Field(default_factory=SecretSource, description="xoxb- token, from env or file")
@@ -248,6 +263,7 @@ class Config(Section):
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @model_validator(mode="after")

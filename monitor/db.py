@@ -19,11 +19,13 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    ForeignKey,
     Index,
     Integer,
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     create_engine,
     event,
 )
@@ -136,6 +138,52 @@ class IntakeCounter(Base):
     sampled_out: Mapped[int] = mapped_column(BigInteger, default=0)
     quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[datetime]
+
+
+class ReplayResult(Base):
+    """What one replay of one sample measured, for one (target, draft) version pair and mode."""
+
+    __tablename__ = "replay_results"
+    __table_args__ = (
+        UniqueConstraint("sample_id", "draft_version", "target_version", "mode", name="uq_replay_results_run"),
+        Index("ix_replay_results_version_segment", "draft_version", "segment", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    sample_id: Mapped[int] = mapped_column(Id, ForeignKey("samples.id", ondelete="CASCADE"))
+    segment: Mapped[str] = mapped_column(String(255))
+    occurred_at: Mapped[datetime]
+    replayed_at: Mapped[datetime]
+    draft_version: Mapped[str] = mapped_column(String(64))
+    target_version: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))
+    window: Mapped[int] = mapped_column(Integer)
+    temperature: Mapped[float] = mapped_column(Float)
+    accepted: Mapped[float] = mapped_column(Float)
+    rejected: Mapped[float] = mapped_column(Float)
+    drafted: Mapped[float] = mapped_column(Float)
+    steps: Mapped[float] = mapped_column(Float)
+    counts: Mapped[dict[str, Any]]
+    outcomes: Mapped[list[Any]]
+    target_agreement: Mapped[float | None] = mapped_column(Float)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    truncated_tokens: Mapped[int] = mapped_column(Integer)
+    skipped: Mapped[str | None] = mapped_column(String(255))
+    seconds: Mapped[float] = mapped_column(Float)
+    speedup: Mapped[float | None] = mapped_column(Float)
+    worker: Mapped[str] = mapped_column(String(128))
+
+
+class ReplayClaim(Base):
+    """A worker's lease on a sample it is replaying; an expired lease may be taken over."""
+
+    __tablename__ = "replay_claims"
+
+    sample_id: Mapped[int] = mapped_column(Id, ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True)
+    draft_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    worker: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime]
 
 
 Index("ix_samples_segment_occurred", Sample.segment, Sample.occurred_at)

@@ -60,3 +60,19 @@ def engine(database_url: str) -> Iterator[Engine]:
 def config(tmp_path: Path, database_url: str) -> Config:
     """Default config on the test database and a temporary data dir."""
     return Config(storage=StorageConfig(data_dir=tmp_path / "data", database_url=database_url))
+
+
+@pytest.fixture(scope="session")
+def reference_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny offline reference build (target + one draft of each kind) per test session."""
+    import torch
+
+    from decoder.reference import build_reference
+
+    torch.set_num_threads(2)
+    prebuilt = os.environ.get("SPECWATCH_TEST_REFERENCE_DIR")
+    if prebuilt:
+        return Path(prebuilt)
+    out = tmp_path_factory.mktemp("reference") / "tiny"
+    build_reference("tiny", out, seed=0)
+    return out

@@ -1,0 +1,317 @@
+"""Replay: claim samples not yet replayed against the live (target, draft) pair, score them,
+and store per-sample results — once, even with several workers and crashes.
+
+    claim (oldest first, round-robin across segments; a lease per sample)
+      -> tokenize (chat template) -> scored mode, batched; exact mode on a hash-chosen fraction
+      -> one transaction: results in, leases out
+
+A worker that dies leaves leases that expire after `replay.claim_ttl_s`; its samples are then
+claimed again. Results are unique per (sample, draft version, target version, mode), so a
+late duplicate is dropped, and a new draft version starts its own set of results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, and_, delete, exists, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from decoder import Draft, ExactResult, SampleScore, TargetModel, TokenizedSample, exact_generate, score_batch
+from monitor.config import ReplayConfig
+from monitor.db import ReplayClaim, ReplayResult, Sample, utcnow
+from monitor.intake.sampling import key_fraction
+
+log = logging.getLogger(__name__)
+
+SCORED, EXACT = "scored", "exact"
+
+
+@dataclass(frozen=True)
+class Versions:
+    """What a result was measured against: the target's and the draft's fingerprints."""
+
+    target: str
+    draft: str
+
+
+@dataclass(frozen=True)
+class ClaimedSample:
+    id: int
+    sample_key: str
+    segment: str
+    occurred_at: datetime
+    messages: list[dict[str, str]]
+    completion: str
+    temperature: float
+
+
+@dataclass
+class ReplayReport:
+    claimed: int = 0
+    stored: int = 0
+    skipped: int = 0
+    exact: int = 0
+    seconds: float = 0.0
+    tokens: int = 0
+
+
+def draft_version(directory: Path) -> str:
+    """A content hash of a saved draft (config and weights): a retrained head is a new version."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(directory).as_posix().encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _upsert(engine: Engine) -> Any:
+    return postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+
+class Replayer:
+    """One replay worker over a shared database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        target: TargetModel,
+        draft: Draft,
+        versions: Versions,
+        config: ReplayConfig,
+        worker: str | None = None,
+    ) -> None:
+        self.engine = engine
+        self.target = target
+        self.draft = draft
+        self.versions = versions
+        self.config = config
+        self.worker = worker or worker_name()
+        self._insert = _upsert(engine)
+
+    def pending(self) -> int:
+        """Samples with no scored result for the live versions (the replay backlog)."""
+        with Session(self.engine) as session:
+            return session.scalar(select(func.count()).select_from(Sample).where(~self._replayed())) or 0
+
+    def _replayed(self) -> Any:
+        return exists().where(
+            ReplayResult.sample_id == Sample.id,
+            ReplayResult.draft_version == self.versions.draft,
+            ReplayResult.target_version == self.versions.target,
+            ReplayResult.mode == SCORED,
+        )
+
+    def claim(self, limit: int | None = None) -> list[ClaimedSample]:
+        """Lease up to `limit` unreplayed samples: oldest first, taking turns across segments."""
+        limit = limit or self.config.samples_per_round
+        now = utcnow()
+        live_claim = exists().where(
+            ReplayClaim.sample_id == Sample.id,
+            ReplayClaim.draft_version == self.versions.draft,
+            ReplayClaim.expires_at > now,
+        )
+        turn = func.row_number().over(partition_by=Sample.segment, order_by=(Sample.occurred_at, Sample.id))
+        candidates = (
+            select(Sample.id, turn.label("turn"), Sample.occurred_at).where(~self._replayed(), ~live_claim).subquery()
+        )
+        query = select(candidates.c.id).order_by(candidates.c.turn, candidates.c.occurred_at).limit(limit)
+        with Session(self.engine) as session, session.begin():
+            ids = list(session.scalars(query))
+            if not ids:
+                return []
+            taken = self._lease(session, ids, now)
+            rows = session.scalars(select(Sample).where(Sample.id.in_(taken)).order_by(Sample.occurred_at))
+            return [
+                ClaimedSample(
+                    id=row.id,
+                    sample_key=row.sample_key,
+                    segment=row.segment,
+                    occurred_at=row.occurred_at,
+                    messages=row.messages,
+                    completion=row.completion,
+                    temperature=row.temperature or 0.0,
+                )
+                for row in rows
+            ]
+
+    def _lease(self, session: Session, ids: list[int], now: datetime) -> list[int]:
+        """Insert or take over expired leases; only the rows this statement wrote are ours."""
+        expires = now + timedelta(seconds=self.config.claim_ttl_s)
+        rows = [
+            {"sample_id": sample_id, "draft_version": self.versions.draft, "worker": self.worker, "expires_at": expires}
+            for sample_id in ids
+        ]
+        statement = self._insert(ReplayClaim)
+        statement = statement.on_conflict_do_update(
+            index_elements=["sample_id", "draft_version"],
+            set_={"worker": statement.excluded.worker, "expires_at": statement.excluded.expires_at},
+            where=ReplayClaim.expires_at <= now,
+        ).returning(ReplayClaim.sample_id)
+        return [row[0] for row in session.execute(statement, rows)]
+
+    def replay_once(self) -> ReplayReport:
+        """Claim one round of samples, replay them, store the results."""
+        started = time.perf_counter()
+        claimed = self.claim()
+        report = ReplayReport(claimed=len(claimed))
+        if not claimed:
+            return report
+        rows = self._scored_rows(claimed) + self._exact_rows(claimed)
+        self._store(claimed, rows)
+        report.stored = sum(1 for row in rows if row["mode"] == SCORED)
+        report.exact = sum(1 for row in rows if row["mode"] == EXACT)
+        report.skipped = sum(1 for row in rows if row["skipped"])
+        report.tokens = sum(row["prompt_tokens"] + row["completion_tokens"] for row in rows if row["mode"] == SCORED)
+        report.seconds = time.perf_counter() - started
+        log.info(
+            "replayed %d samples (%d exact, %d skipped) in %.2fs",
+            report.stored,
+            report.exact,
+            report.skipped,
+            report.seconds,
+        )
+        return report
+
+    def replay_all(self, max_rounds: int | None = None) -> ReplayReport:
+        """Rounds until nothing is left to claim (or `max_rounds`)."""
+        total = ReplayReport()
+        rounds = 0
+        while max_rounds is None or rounds < max_rounds:
+            report = self.replay_once()
+            if not report.claimed:
+                break
+            for name in ("claimed", "stored", "skipped", "exact", "tokens"):
+                setattr(total, name, getattr(total, name) + getattr(report, name))
+            total.seconds += report.seconds
+            rounds += 1
+        return total
+
+    def tokenize(self, sample: ClaimedSample) -> TokenizedSample:
+        return TokenizedSample(
+            str(sample.id), self.target.encode_chat(sample.messages), self.target.encode_completion(sample.completion)
+        )
+
+    def _scored_rows(self, claimed: Sequence[ClaimedSample]) -> list[dict[str, Any]]:
+        by_temperature: dict[float, list[ClaimedSample]] = defaultdict(list)
+        for sample in claimed:
+            by_temperature[sample.temperature].append(sample)
+        rows: list[dict[str, Any]] = []
+        for temperature, group in by_temperature.items():
+            scores = score_batch(
+                self.target,
+                self.draft,
+                [self.tokenize(sample) for sample in group],
+                window=self.config.window,
+                temperature=temperature,
+                batch_size=self.config.batch_size,
+                max_batch_tokens=self.config.max_batch_tokens,
+            )
+            rows.extend(
+                self._scored_row(sample, score, temperature) for sample, score in zip(group, scores, strict=True)
+            )
+        return rows
+
+    def _scored_row(self, sample: ClaimedSample, score: SampleScore, temperature: float) -> dict[str, Any]:
+        return self._row(
+            sample,
+            SCORED,
+            temperature,
+            counts=score.counts.to_dict(),
+            outcomes=[round(value, 4) for value in score.first_proposal_acceptance],
+            target_agreement=score.target_agreement,
+            prompt_tokens=score.prompt_tokens,
+            completion_tokens=score.completion_tokens,
+            truncated_tokens=score.truncated_tokens,
+            skipped=score.skipped,
+            seconds=score.seconds,
+            speedup=None,
+        )
+
+    def _exact_rows(self, claimed: Sequence[ClaimedSample]) -> list[dict[str, Any]]:
+        chosen = [s for s in claimed if key_fraction("exact:" + s.sample_key) < self.config.exact_fraction]
+        rows = []
+        for sample in chosen:
+            prompt_ids = self.target.encode_chat(sample.messages)
+            result = exact_generate(
+                self.target,
+                self.draft,
+                prompt_ids,
+                window=self.config.window,
+                max_new_tokens=self.config.exact_max_new_tokens,
+                temperature=sample.temperature,
+                seed=sample.id,
+            )
+            rows.append(self._exact_row(sample, result, len(prompt_ids)))
+        return rows
+
+    def _exact_row(self, sample: ClaimedSample, result: ExactResult, prompt_tokens: int) -> dict[str, Any]:
+        counts = result.counts
+        return self._row(
+            sample,
+            EXACT,
+            sample.temperature,
+            counts=counts.to_dict(),
+            outcomes=[],
+            target_agreement=None,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(result.tokens),
+            truncated_tokens=0,
+            skipped=None if result.tokens else "generated nothing",
+            seconds=result.speculative.seconds,
+            speedup=result.speedup,
+        )
+
+    def _row(self, sample: ClaimedSample, mode: str, temperature: float, **fields: Any) -> dict[str, Any]:
+        counts = fields["counts"]
+        return {
+            "sample_id": sample.id,
+            "segment": sample.segment,
+            "occurred_at": sample.occurred_at,
+            "replayed_at": utcnow(),
+            "draft_version": self.versions.draft,
+            "target_version": self.versions.target,
+            "mode": mode,
+            "window": self.config.window,
+            "temperature": temperature,
+            "accepted": counts["accepted"],
+            "rejected": counts["rejected"],
+            "drafted": counts["drafted"],
+            "steps": counts["steps"],
+            "worker": self.worker,
+            **fields,
+        }
+
+    def _store(self, claimed: Sequence[ClaimedSample], rows: list[dict[str, Any]]) -> None:
+        """Results in and leases out, in one transaction: a crash before it leaves no trace."""
+        with Session(self.engine) as session, session.begin():
+            statement = self._insert(ReplayResult).on_conflict_do_nothing(
+                index_elements=["sample_id", "draft_version", "target_version", "mode"]
+            )
+            session.execute(statement, rows)
+            session.execute(
+                delete(ReplayClaim).where(
+                    and_(
+                        ReplayClaim.sample_id.in_([sample.id for sample in claimed]),
+                        ReplayClaim.draft_version == self.versions.draft,
+                        ReplayClaim.worker == self.worker,
+                    )
+                )
+            )

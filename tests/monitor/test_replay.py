@@ -1,0 +1,189 @@
+"""Replay on the tiny reference models, against SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from decoder import AcceptCounts, score_batch
+from monitor.config import Config, ModelsConfig, ReplayConfig, Secret
+from monitor.db import ReplayClaim, ReplayResult, Sample
+from monitor.demo_traffic import traffic
+from monitor.intake.pipeline import IntakePipeline, RawRecord
+from monitor.live_models import LiveModels, ModelsUnavailable, load_live_models
+from monitor.replay import EXACT, SCORED, ClaimedSample, Replayer, Versions
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def live(reference_models: Path) -> LiveModels:
+    return load_live_models(
+        ModelsConfig(target=reference_models / "target", draft=reference_models / "drafts" / "eagle", device="cpu")
+    )
+
+
+def ingest(config: Config, engine: Engine, count: int, seed: int = 0) -> None:
+    records = [
+        RawRecord(position=f"item {i}", value=value)
+        for i, value in enumerate(traffic(count, {"en": 0.4, "zh": 0.3, "code": 0.3}, seed=seed))
+    ]
+    IntakePipeline(config, engine, Secret("salt")).ingest("test", records)
+
+
+def claimed_sample(sample: Sample) -> ClaimedSample:
+    return ClaimedSample(
+        sample.id, sample.sample_key, sample.segment, sample.occurred_at, sample.messages, sample.completion, 0.0
+    )
+
+
+def results(engine: Engine, mode: str = SCORED) -> list[ReplayResult]:
+    with Session(engine) as session:
+        return list(
+            session.scalars(select(ReplayResult).where(ReplayResult.mode == mode).order_by(ReplayResult.sample_id))
+        )
+
+
+def replayer(engine: Engine, live: LiveModels, **settings: object) -> Replayer:
+    config = ReplayConfig(**{"samples_per_round": 8, "exact_fraction": 0.0, **settings})  # type: ignore[arg-type]
+    return Replayer(engine, live.target, live.draft, live.versions, config)
+
+
+def test_scored_results_match_the_decoder(config: Config, engine: Engine, live: LiveModels) -> None:
+    ingest(config, engine, 12)
+    worker = replayer(engine, live)
+    assert worker.pending() == 12
+    report = worker.replay_all()
+    assert (report.claimed, report.stored) == (12, 12)
+    assert worker.pending() == 0
+    stored = results(engine)
+    with Session(engine) as session:
+        samples = {s.id: s for s in session.scalars(select(Sample))}
+    tokenized = [worker.tokenize(claimed_sample(samples[row.sample_id])) for row in stored]
+    direct = score_batch(live.target, live.draft, tokenized, window=4)
+    for row, score in zip(stored, direct, strict=True):
+        assert AcceptCounts.from_dict(row.counts) == score.counts
+        assert (row.accepted, row.drafted) == (score.counts.accepted, score.counts.drafted)
+        assert row.draft_version == live.versions.draft and row.target_version == live.versions.target
+        assert len(row.outcomes) == row.completion_tokens
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(ReplayClaim)) == 0
+
+
+def test_exact_fraction_stores_exact_results_with_speedup(config: Config, engine: Engine, live: LiveModels) -> None:
+    ingest(config, engine, 3)
+    replayer(engine, live, exact_fraction=1.0, exact_max_new_tokens=8).replay_all()
+    exact = results(engine, EXACT)
+    assert len(exact) == 3
+    assert all(row.speedup is not None and row.speedup > 0 for row in exact)
+    assert all(row.steps >= 1 for row in exact)
+
+
+def test_new_draft_version_keeps_results_apart(config: Config, engine: Engine, live: LiveModels) -> None:
+    ingest(config, engine, 4)
+    replayer(engine, live).replay_all()
+    retrained = LiveModels(live.target, live.draft, Versions(live.versions.target, "retrained-head-v2"))
+    worker = replayer(engine, retrained)
+    assert worker.pending() == 4
+    worker.replay_all()
+    versions = [row.draft_version for row in results(engine)]
+    assert versions.count(live.versions.draft) == 4 and versions.count("retrained-head-v2") == 4
+
+
+def test_claims_take_turns_across_segments(config: Config, engine: Engine, live: LiveModels) -> None:
+    ingest(config, engine, 30)
+    claimed = replayer(engine, live).claim(limit=6)
+    assert len({sample.segment for sample in claimed}) == 6
+
+
+def test_expired_claims_go_back_to_the_pool(config: Config, engine: Engine, live: LiveModels) -> None:
+    ingest(config, engine, 4)
+    dead = replayer(engine, live, claim_ttl_s=0.5)
+    assert len(dead.claim()) == 4
+    other = replayer(engine, live)
+    other.worker = "other-worker"
+    assert other.claim() == []
+    time.sleep(0.6)
+    assert other.replay_all().stored == 4
+    assert {row.worker for row in results(engine)} == {"other-worker"}
+
+
+def test_missing_model_directory_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ModelsUnavailable, match=r"models\.target = .*nope: no such directory"):
+        load_live_models(ModelsConfig(target=tmp_path / "nope", draft=tmp_path))
+
+
+def write_config(tmp_path: Path, database_url: str, reference: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.toml"
+    path.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
+        f'[models]\ntarget = "{reference / "target"}"\ndraft = "{reference / "drafts" / "eagle"}"\ndevice = "cpu"\n'
+        "[replay]\nsamples_per_round = 4\nexact_fraction = 0.0\nclaim_ttl_s = 2.0\n"
+    )
+    return path
+
+
+def replay_process(config: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "monitor", "replay", "--once", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def counts_by_sample(engine: Engine) -> dict[int, str]:
+    return {row.sample_id: json.dumps(row.counts, sort_keys=True) for row in results(engine)}
+
+
+@pytest.mark.slow
+def test_two_workers_share_the_store_without_doubling(
+    tmp_path: Path, config: Config, engine: Engine, reference_models: Path, live: LiveModels, database_url: str
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("several workers need PostgreSQL; SQLite runs one worker")
+    ingest(config, engine, 40, seed=5)
+    workers = [replay_process(write_config(tmp_path, database_url, reference_models, f"w{i}")) for i in range(2)]
+    for process in workers:
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err
+    rows = results(engine)
+    assert len(rows) == 40 == len({row.sample_id for row in rows})
+    assert len({row.worker for row in rows}) == 2
+    two_workers = counts_by_sample(engine)
+    with engine.begin() as connection:
+        connection.execute(ReplayResult.__table__.delete())
+    replayer(engine, live).replay_all()
+    assert counts_by_sample(engine) == two_workers
+
+
+@pytest.mark.slow
+def test_sigkill_mid_batch_leaves_no_half_results(
+    tmp_path: Path, config: Config, engine: Engine, reference_models: Path, database_url: str
+) -> None:
+    ingest(config, engine, 40, seed=9)
+    config_path = write_config(tmp_path, database_url, reference_models, "crash")
+    process = replay_process(config_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(results(engine)) < 4:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stored = len(results(engine))
+    assert 0 < stored < 40 and stored % 4 == 0, "results are written a whole round at a time"
+    time.sleep(2.1)
+    final = replay_process(config_path)
+    _, err = final.communicate(timeout=600)
+    assert final.returncode == 0, err
+    rows = results(engine)
+    assert len(rows) == 40 == len({row.sample_id for row in rows})
