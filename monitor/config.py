@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -247,6 +248,48 @@ class ReplayConfig(Section):
     interval_s: float = Field(default=30.0, gt=0, description="seconds between replay rounds in the daemon")
 
 
+WindowName = Annotated[str, Field(pattern=r"^[1-9][0-9]*[mhd]$")]
+WINDOW_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def window_length(name: str) -> timedelta:
+    """'90m', '1h', '7d' -> timedelta."""
+    return timedelta(seconds=int(name[:-1]) * WINDOW_UNITS[name[-1]])
+
+
+class StatsConfig(Section):
+    windows: list[WindowName] = Field(
+        default_factory=lambda: ["1h", "24h", "7d"], min_length=1, description="sliding windows, e.g. 90m, 1h, 7d"
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="confidence level of the intervals")
+    resamples: int = Field(default=1000, ge=100, le=100_000, description="bootstrap resamples (over samples)")
+    cost_ratio: float | None = Field(
+        default=None, ge=0.0, description="draft/target forward cost for the speedup estimate; unset = measured"
+    )
+
+
+class DriftConfig(Section):
+    threshold: float = Field(default=0.65, gt=0.0, lt=1.0, description="alpha below this (with confidence) breaches")
+    threshold_overrides: dict[str, float] = Field(
+        default_factory=dict, description='per-segment thresholds by segment parts, e.g. { "lang=code" = 0.7 }'
+    )
+    warning_margin: float = Field(
+        default=0.05, ge=0.0, lt=1.0, description="alpha within this of the threshold shows as warning in status"
+    )
+    min_samples: int = Field(default=30, ge=1, description="samples a segment needs before anything fires")
+    change_window: WindowName = Field(default="7d", description="recent span the change detector watches")
+    change_delta: float = Field(default=0.05, ge=0.0, le=1.0, description="Page-Hinkley tolerance: drops smaller pass")
+    change_threshold: float = Field(default=5.0, gt=0.0, description="Page-Hinkley alarm level (lambda)")
+    input_window: WindowName = Field(default="24h", description="recent samples compared against the reference")
+    input_drift_share: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="share of drifted features that makes an input-drift finding"
+    )
+    input_min_rows: int = Field(default=30, ge=5, description="rows each side needs for an input-drift report")
+    reference_corpus: Path | None = Field(
+        default=None, description="JSONL of the live head's training corpus; unset = samples before input_window"
+    )
+
+
 class SlackConfig(Section):
     channel: str = Field(default="", description="default channel for alerts, e.g. #inference-oncall")
     bot_token: SecretSource = Field(default_factory=SecretSource, description="xoxb- token, from env or file")
@@ -264,6 +307,8 @@ class Config(Section):
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @model_validator(mode="after")
@@ -282,13 +327,16 @@ class Config(Section):
         storage = self.storage.model_copy(update={"data_dir": absolute(self.storage.data_dir)})
         follow = self.intake.follow.model_copy(update={"paths": [absolute(p) for p in self.intake.follow.paths]})
         intake = self.intake.model_copy(update={"follow": follow})
+        drift = self.drift.model_copy(
+            update={"reference_corpus": absolute(self.drift.reference_corpus) if self.drift.reference_corpus else None}
+        )
         models = self.models.model_copy(
             update={
                 "target": absolute(self.models.target) if self.models.target else None,
                 "draft": absolute(self.models.draft) if self.models.draft else None,
             }
         )
-        return self.model_copy(update={"storage": storage, "intake": intake, "models": models})
+        return self.model_copy(update={"storage": storage, "intake": intake, "models": models, "drift": drift})
 
     @property
     def database_url(self) -> str:

@@ -186,6 +186,22 @@ class ReplayClaim(Base):
     expires_at: Mapped[datetime]
 
 
+class StoredFinding(Base):
+    """A drift detector's finding, with its evidence, from one evaluation."""
+
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(index=True)
+    draft_version: Mapped[str] = mapped_column(String(64))
+    detector: Mapped[str] = mapped_column(String(32))
+    segment: Mapped[str] = mapped_column(String(255))
+    window: Mapped[str] = mapped_column(String(32))
+    severity: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(Text)
+    evidence: Mapped[dict[str, Any]]
+
+
 Index("ix_samples_segment_occurred", Sample.segment, Sample.occurred_at)
 
 

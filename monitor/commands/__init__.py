@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from monitor.commands import config_cmd, db_cmd, demo_cmd, intake_cmd, models_cmd, replay_cmd
+from monitor.commands import config_cmd, db_cmd, demo_cmd, intake_cmd, models_cmd, replay_cmd, status_cmd
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -16,4 +16,5 @@ COMMAND_GROUPS: list[Register] = [
     intake_cmd.register,
     models_cmd.register,
     replay_cmd.register,
+    status_cmd.register,
 ]

@@ -1,0 +1,229 @@
+"""Evaluation: replay results -> per-segment statistics -> drift findings, stored with evidence.
+
+results of the live draft version (scored mode)
+  -> segment_stats over the configured windows (bootstrap intervals over samples)
+  -> threshold findings (alpha confidently below 0.65), change findings (Page-Hinkley drop
+     from the segment's baseline), input drift (evidently, recent samples vs the reference)
+  -> stored in `findings` and handed to `deliver_findings`, the one door to alerting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from decoder import AcceptCounts
+from monitor.config import Config, window_length
+from monitor.db import ReplayResult, Sample, StoredFinding, utcnow
+from monitor.drift import (
+    Finding,
+    change_findings,
+    input_drift_finding,
+    input_features,
+    threshold_findings,
+)
+from monitor.replay import EXACT, SCORED
+from monitor.stats import SampleResult, SegmentStats, alpha_series, segment_stats
+
+log = logging.getLogger(__name__)
+
+REPORTS_DIR = "reports"
+ALL_TRAFFIC = "*"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    at: datetime
+    draft_version: str
+    stats: list[SegmentStats]
+    findings: list[Finding]
+    cost_ratio: float | None
+
+
+def load_results(engine: Engine, draft_version: str, since: datetime) -> list[SampleResult]:
+    """Scored results of one draft version for traffic since `since`, oldest first."""
+    query = (
+        select(ReplayResult)
+        .where(
+            ReplayResult.draft_version == draft_version,
+            ReplayResult.mode == SCORED,
+            ReplayResult.skipped.is_(None),
+            ReplayResult.occurred_at > since,
+        )
+        .order_by(ReplayResult.occurred_at, ReplayResult.id)
+    )
+    with Session(engine) as session:
+        return [
+            SampleResult(
+                sample_id=row.sample_id,
+                segment=row.segment,
+                occurred_at=row.occurred_at,
+                counts=AcceptCounts.from_dict(row.counts),
+                completion_tokens=row.completion_tokens,
+                draft_version=row.draft_version,
+            )
+            for row in session.scalars(query)
+        ]
+
+
+def measured_cost_ratio(engine: Engine, draft_version: str, window_k: int) -> float | None:
+    """Draft/target forward cost implied by exact replays: speedup = tau / (1 + k c) solved for c."""
+    query = select(ReplayResult.counts, ReplayResult.speedup).where(
+        ReplayResult.draft_version == draft_version, ReplayResult.mode == EXACT, ReplayResult.speedup.is_not(None)
+    )
+    with Session(engine) as session:
+        ratios = []
+        for counts, speedup in session.execute(query):
+            tau = AcceptCounts.from_dict(counts).tau
+            if tau is not None and speedup:
+                ratios.append(max(0.0, (tau / speedup - 1.0) / window_k))
+    return sum(ratios) / len(ratios) if ratios else None
+
+
+def baselines(results: Sequence[SampleResult], recent_since: datetime, min_samples: int) -> dict[str, float]:
+    """Each segment's (and all traffic's, "*") expected alpha: its own results before the recent
+    span (the previous week by default) when there are enough, else its first `min_samples`
+    results under this draft version (the head's alpha when it started serving that segment)."""
+    by_segment: dict[str, list[SampleResult]] = defaultdict(list)
+    for result in results:
+        by_segment[result.segment].append(result)
+        by_segment[ALL_TRAFFIC].append(result)
+    found = {}
+    for segment, items in by_segment.items():
+        earlier = [r for r in items if r.occurred_at <= recent_since]
+        reference = earlier if len(earlier) >= min_samples else items[:min_samples]
+        alpha = AcceptCounts.total(r.counts for r in reference).alpha
+        if alpha is not None and len(reference) >= min_samples:
+            found[segment] = alpha
+    return found
+
+
+def recent_rows(engine: Engine, since: datetime, until: datetime | None = None) -> list[dict[str, Any]]:
+    query = select(Sample.messages, Sample.completion, Sample.language, Sample.segment).where(
+        Sample.occurred_at > since
+    )
+    if until is not None:
+        query = query.where(Sample.occurred_at <= until)
+    with Session(engine) as session:
+        return [
+            {"prompt": _prompt(messages), "completion": completion, "language": language, "segment": segment}
+            for messages, completion, language, segment in session.execute(query)
+        ]
+
+
+def reference_rows(path: Path) -> list[dict[str, Any]]:
+    """The live head's training corpus as JSONL rows with prompt/completion (or messages), language, segment."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                item = json.loads(line)
+                if "prompt" not in item and "messages" in item:
+                    item["prompt"] = _prompt(item["messages"])
+                rows.append(item)
+    return rows
+
+
+def _prompt(messages: list[dict[str, str]]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def detect_input_drift(config: Config, engine: Engine, now: datetime) -> list[Finding]:
+    drift = config.drift
+    since = now - window_length(drift.input_window)
+    current = recent_rows(engine, since, now)
+    if drift.reference_corpus is not None:
+        reference = reference_rows(drift.reference_corpus)
+    else:
+        reference = recent_rows(engine, since - window_length(drift.change_window), since)
+    finding, report = input_drift_finding(
+        input_features(reference),
+        input_features(current),
+        drift_share=drift.input_drift_share,
+        report_dir=config.storage.data_dir / REPORTS_DIR,
+        now=now,
+        min_rows=drift.input_min_rows,
+        window=drift.input_window,
+    )
+    if report.reason:
+        log.info("input drift not checked: %s", report.reason)
+    return [finding] if finding else []
+
+
+def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime | None = None) -> Evaluation:
+    now = now or utcnow()
+    windows = {name: window_length(name) for name in config.stats.windows}
+    change_span = window_length(config.drift.change_window)
+    lookback = max([*windows.values(), change_span * 2])
+    results = load_results(engine, draft_version, now - lookback)
+    cost_ratio = config.stats.cost_ratio
+    if cost_ratio is None:
+        cost_ratio = measured_cost_ratio(engine, draft_version, config.replay.window)
+    stats = segment_stats(
+        results,
+        windows,
+        now,
+        window_k=config.replay.window,
+        cost_ratio=cost_ratio,
+        confidence=config.stats.confidence,
+        resamples=config.stats.resamples,
+    )
+    drift = config.drift
+    findings = threshold_findings(
+        stats, threshold=drift.threshold, overrides=drift.threshold_overrides, min_samples=drift.min_samples
+    )
+    recent_since = now - change_span
+    recent = [r for r in results if r.occurred_at > recent_since]
+    series = {segment: alpha_series(recent, segment) for segment in {r.segment for r in recent} | {ALL_TRAFFIC}}
+    findings += change_findings(
+        series,
+        baselines(results, recent_since, drift.min_samples),
+        delta=drift.change_delta,
+        threshold=drift.change_threshold,
+        min_samples=drift.min_samples,
+        window=drift.change_window,
+    )
+    findings += detect_input_drift(config, engine, now)
+    evaluation = Evaluation(now, draft_version, stats, findings, cost_ratio)
+    store_findings(engine, evaluation)
+    deliver_findings(evaluation.findings)
+    return evaluation
+
+
+def store_findings(engine: Engine, evaluation: Evaluation) -> None:
+    with Session(engine) as session, session.begin():
+        session.add_all(
+            StoredFinding(
+                created_at=evaluation.at,
+                draft_version=evaluation.draft_version,
+                detector=finding.detector,
+                segment=finding.segment,
+                window=finding.window,
+                severity=finding.severity,
+                summary=finding.summary,
+                evidence=finding.evidence,
+            )
+            for finding in evaluation.findings
+        )
+
+
+def deliver_findings(findings: Sequence[Finding]) -> None:
+    """The one door from drift detection to alerting. The alert lifecycle (alerts/) is not built
+    yet: findings are stored and shown by `specwatch findings`, and logged here."""
+    for finding in findings:
+        log.warning("finding [%s] %s: %s", finding.severity, finding.detector, finding.summary)
+
+
+def latest_findings(engine: Engine, limit: int = 50) -> list[StoredFinding]:
+    with Session(engine) as session:
+        query = select(StoredFinding).order_by(StoredFinding.created_at.desc(), StoredFinding.id).limit(limit)
+        return list(session.scalars(query))
