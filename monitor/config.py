@@ -301,6 +301,18 @@ class AlertsConfig(Section):
     slack: SlackConfig = Field(default_factory=SlackConfig)
 
 
+class MetricsConfig(Section):
+    enabled: bool = Field(default=True, description="serve Prometheus metrics at http://host:port/metrics")
+    host: str = Field(default="127.0.0.1", description="bind address of the metrics endpoint")
+    port: int = Field(default=9464, ge=0, le=65535, description="TCP port of the metrics endpoint (0 picks a free one)")
+    otlp_endpoint: str = Field(
+        default="",
+        description="OTLP/HTTP collector base URL, e.g. http://127.0.0.1:4318 (metrics to /v1/metrics, spans to "
+        "/v1/traces); empty = no OTLP export. Needs the opentelemetry-exporter-otlp package",
+    )
+    service_name: str = Field(default="specwatch", min_length=1, description="service.name resource attribute")
+
+
 class Config(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
@@ -310,6 +322,7 @@ class Config(Section):
     stats: StatsConfig = Field(default_factory=StatsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
     def _exposed_http_needs_token(self) -> Config:

@@ -19,11 +19,13 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from opentelemetry import trace
 from sqlalchemy import Engine, and_, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -34,6 +36,7 @@ from monitor.db import ReplayClaim, ReplayResult, Sample, utcnow
 from monitor.intake.sampling import key_fraction
 
 log = logging.getLogger(__name__)
+default_tracer = trace.get_tracer(__name__)  # no-op until a TracerProvider is installed globally
 
 SCORED, EXACT = "scored", "exact"
 
@@ -97,6 +100,7 @@ class Replayer:
         versions: Versions,
         config: ReplayConfig,
         worker: str | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.engine = engine
         self.target = target
@@ -104,6 +108,7 @@ class Replayer:
         self.versions = versions
         self.config = config
         self.worker = worker or worker_name()
+        self.tracer = tracer or default_tracer
         self._insert = _upsert(engine)
 
     def pending(self) -> int:
@@ -167,8 +172,18 @@ class Replayer:
         ).returning(ReplayClaim.sample_id)
         return [row[0] for row in session.execute(statement, rows)]
 
+    def _span(self, name: str, samples: int, mode: str) -> AbstractContextManager[trace.Span]:
+        attributes: dict[str, int | str] = {"samples": samples, "mode": mode, "draft_version": self.versions.draft}
+        return self.tracer.start_as_current_span(name, attributes=attributes)
+
     def replay_once(self) -> ReplayReport:
         """Claim one round of samples, replay them, store the results."""
+        with self._span("replay.round", 0, SCORED) as span:
+            report = self._replay_round()
+            span.set_attributes({"samples": report.claimed, "tokens": report.tokens, "exact": report.exact})
+            return report
+
+    def _replay_round(self) -> ReplayReport:
         started = time.perf_counter()
         claimed = self.claim()
         report = ReplayReport(claimed=len(claimed))
@@ -215,15 +230,18 @@ class Replayer:
             by_temperature[sample.temperature].append(sample)
         rows: list[dict[str, Any]] = []
         for temperature, group in by_temperature.items():
-            scores = score_batch(
-                self.target,
-                self.draft,
-                [self.tokenize(sample) for sample in group],
-                window=self.config.window,
-                temperature=temperature,
-                batch_size=self.config.batch_size,
-                max_batch_tokens=self.config.max_batch_tokens,
-            )
+            tokenized = [self.tokenize(sample) for sample in group]
+            with self._span("replay.scored_batch", len(group), SCORED) as span:
+                span.set_attribute("tokens", sum(sample.num_tokens for sample in tokenized))
+                scores = score_batch(
+                    self.target,
+                    self.draft,
+                    tokenized,
+                    window=self.config.window,
+                    temperature=temperature,
+                    batch_size=self.config.batch_size,
+                    max_batch_tokens=self.config.max_batch_tokens,
+                )
             rows.extend(
                 self._scored_row(sample, score, temperature) for sample, score in zip(group, scores, strict=True)
             )
@@ -247,20 +265,25 @@ class Replayer:
 
     def _exact_rows(self, claimed: Sequence[ClaimedSample]) -> list[dict[str, Any]]:
         chosen = [s for s in claimed if key_fraction("exact:" + s.sample_key) < self.config.exact_fraction]
-        rows = []
-        for sample in chosen:
-            prompt_ids = self.target.encode_chat(sample.messages)
-            result = exact_generate(
-                self.target,
-                self.draft,
-                prompt_ids,
-                window=self.config.window,
-                max_new_tokens=self.config.exact_max_new_tokens,
-                temperature=sample.temperature,
-                seed=sample.id,
-            )
-            rows.append(self._exact_row(sample, result, len(prompt_ids)))
+        if not chosen:
+            return []
+        with self._span("replay.exact_batch", len(chosen), EXACT) as span:
+            rows = [self._exact_replay(sample) for sample in chosen]
+            span.set_attribute("tokens", sum(row["prompt_tokens"] + row["completion_tokens"] for row in rows))
         return rows
+
+    def _exact_replay(self, sample: ClaimedSample) -> dict[str, Any]:
+        prompt_ids = self.target.encode_chat(sample.messages)
+        result = exact_generate(
+            self.target,
+            self.draft,
+            prompt_ids,
+            window=self.config.window,
+            max_new_tokens=self.config.exact_max_new_tokens,
+            temperature=sample.temperature,
+            seed=sample.id,
+        )
+        return self._exact_row(sample, result, len(prompt_ids))
 
     def _exact_row(self, sample: ClaimedSample, result: ExactResult, prompt_tokens: int) -> dict[str, Any]:
         counts = result.counts

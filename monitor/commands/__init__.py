@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from monitor.commands import config_cmd, db_cmd, demo_cmd, intake_cmd, models_cmd, replay_cmd, status_cmd
+from monitor.commands import (
+    config_cmd,
+    db_cmd,
+    demo_cmd,
+    intake_cmd,
+    models_cmd,
+    replay_cmd,
+    report_cmd,
+    status_cmd,
+)
 
 Register = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
@@ -17,4 +26,5 @@ COMMAND_GROUPS: list[Register] = [
     models_cmd.register,
     replay_cmd.register,
     status_cmd.register,
+    report_cmd.register,
 ]
