@@ -245,7 +245,10 @@ class ReplayConfig(Section):
     claim_ttl_s: float = Field(
         default=900.0, gt=0, description="seconds before a dead worker's claimed samples go back to the pool"
     )
-    interval_s: float = Field(default=30.0, gt=0, description="seconds between replay rounds in the daemon")
+    interval_s: float = Field(default=30.0, gt=0, description="seconds between replay rounds when nothing is pending")
+    evaluate_interval_s: float = Field(
+        default=300.0, gt=0, description="seconds between evaluations (statistics and drift) in the replay loop"
+    )
 
 
 WindowName = Annotated[str, Field(pattern=r"^[1-9][0-9]*[mhd]$")]

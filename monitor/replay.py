@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,8 @@ class ReplayReport:
     exact: int = 0
     seconds: float = 0.0
     tokens: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    """the result rows this round wrote (one round only; replay_all keeps none)"""
 
 
 def draft_version(directory: Path) -> str:
@@ -191,6 +193,7 @@ class Replayer:
             return report
         rows = self._scored_rows(claimed) + self._exact_rows(claimed)
         self._store(claimed, rows)
+        report.rows = rows
         report.stored = sum(1 for row in rows if row["mode"] == SCORED)
         report.exact = sum(1 for row in rows if row["mode"] == EXACT)
         report.skipped = sum(1 for row in rows if row["skipped"])

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -63,8 +64,9 @@ def config(tmp_path: Path, database_url: str) -> Config:
 
 
 @pytest.fixture(scope="session")
-def reference_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One tiny offline reference build (target + one draft of each kind) per test session."""
+def reference_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """One tiny offline reference build (target + one draft of each kind) per test session, with its
+    report. SPECWATCH_TEST_REFERENCE_DIR reuses a prebuilt one (report None) while developing."""
     import torch
 
     from decoder.reference import build_reference
@@ -72,7 +74,11 @@ def reference_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(2)
     prebuilt = os.environ.get("SPECWATCH_TEST_REFERENCE_DIR")
     if prebuilt:
-        return Path(prebuilt)
+        return Path(prebuilt), None
     out = tmp_path_factory.mktemp("reference") / "tiny"
-    build_reference("tiny", out, seed=0)
-    return out
+    return out, build_reference("tiny", out, seed=0)
+
+
+@pytest.fixture(scope="session")
+def reference_models(reference_build: tuple[Path, Any]) -> Path:
+    return reference_build[0]

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Engine
 
 from monitor.commands.common import CommandError, add_config_argument, load_config, open_database
+from monitor.config import Config
+
+if TYPE_CHECKING:
+    from monitor.live_models import LiveModels
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("replay", help="replay sampled traffic through the live target and draft")
     add_config_argument(parser)
-    parser.add_argument("--once", action="store_true", help="replay until nothing is pending, then exit")
+    how = parser.add_mutually_exclusive_group(required=True)
+    how.add_argument("--once", action="store_true", help="replay until nothing is pending, then exit")
+    how.add_argument(
+        "--follow", action="store_true", help="replay, evaluate and serve /metrics until SIGTERM or SIGINT"
+    )
     parser.add_argument(
         "--mode",
         choices=["scored", "exact"],
@@ -26,8 +39,6 @@ def replay_command(args: argparse.Namespace) -> int:
     from monitor.live_models import ModelsUnavailable, load_live_models
     from monitor.replay import Replayer
 
-    if not args.once:
-        raise CommandError("continuous replay runs inside the daemon; use --once here")
     config = load_config(args)
     replay = config.replay
     if args.mode == "exact":
@@ -37,6 +48,8 @@ def replay_command(args: argparse.Namespace) -> int:
     except (ModelsUnavailable, DecoderError, OSError) as exc:
         raise CommandError(str(exc)) from None
     engine = open_database(config)
+    if args.follow:
+        return follow(config, engine, models)
     replayer = Replayer(engine, models.target, models.draft, models.versions, replay)
     print(f"{replayer.pending()} samples pending for draft {models.versions.draft}", flush=True)
     report = replayer.replay_all(args.max_rounds)
@@ -46,4 +59,25 @@ def replay_command(args: argparse.Namespace) -> int:
         f"in {report.seconds:.1f}s, {rate:,.0f} target tokens/s"
     )
     engine.dispose()
+    return 0
+
+
+def follow(config: Config, engine: Engine, models: LiveModels) -> int:
+    from monitor.metrics import start_metrics
+    from monitor.replay_loop import ReplayLoop
+
+    metrics, server = start_metrics(config.metrics)
+    if server is not None:
+        print(f"metrics on {server.url}", flush=True)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        ReplayLoop(config, engine, models, metrics).run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if server is not None:
+            server.stop()
+        metrics.shutdown()
+        engine.dispose()
     return 0

@@ -20,9 +20,10 @@ from monitor.live_models import LiveModels, load_live_models
 from monitor.replay import Replayer
 
 STABLE = {"en": 0.5, "code": 0.5}
-# The tiny reference models train in seconds: their drafts reach alpha of roughly 0.3-0.6 on English
-# and code and about 0 on Chinese, so the tests put the line at 0.2; the demo models clear 0.65.
-TINY_THRESHOLD = 0.2
+# The tiny reference models train in seconds: on this traffic at k=4 their eagle head holds alpha
+# about 0.5-0.55 on English and code and about 0 on Chinese, so the tests draw the line at 0.4;
+# the demo models hold about 0.9 on English and code and clear the production 0.65.
+TINY_THRESHOLD = 0.4
 SHIFTED = {"en": 0.1, "code": 0.1, "zh": 0.8}
 
 
@@ -30,7 +31,7 @@ SHIFTED = {"en": 0.1, "code": 0.1, "zh": 0.8}
 def live(reference_models: Path) -> LiveModels:
     return load_live_models(
         ModelsConfig(
-            target=reference_models / "target", draft=reference_models / "drafts" / "draft_model", device="cpu"
+            target=reference_models / "target", draft=reference_models / "drafts" / "eagle", device="cpu"
         )
     )
 
@@ -116,7 +117,7 @@ def test_status_and_findings_commands(
     path = tmp_path / "config.toml"
     path.write_text(
         f'[storage]\ndata_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
-        f'[models]\ntarget = "{reference_models / "target"}"\ndraft = "{reference_models / "drafts" / "draft_model"}"\n'
+        f'[models]\ntarget = "{reference_models / "target"}"\ndraft = "{reference_models / "drafts" / "eagle"}"\n'
         f'[drift]\nthreshold = {TINY_THRESHOLD}\nreference_corpus = "{tmp_path / "corpus.jsonl"}"\n'
     )
     assert main(["status", "--json", "--config", str(path), "--window", "24h"]) == 0

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from decoder import AcceptCounts, score_batch
 from monitor.config import Config, ModelsConfig, ReplayConfig, Secret
-from monitor.db import ReplayClaim, ReplayResult, Sample
-from monitor.demo_traffic import traffic
+from monitor.db import ReplayClaim, ReplayResult, Sample, utcnow
+from monitor.demo_traffic import START, traffic
 from monitor.intake.pipeline import IntakePipeline, RawRecord
 from monitor.live_models import LiveModels, ModelsUnavailable, load_live_models
 from monitor.replay import EXACT, SCORED, ClaimedSample, Replayer, Versions
@@ -32,10 +33,12 @@ def live(reference_models: Path) -> LiveModels:
     )
 
 
-def ingest(config: Config, engine: Engine, count: int, seed: int = 0) -> None:
+def ingest(config: Config, engine: Engine, count: int, seed: int = 0, recent: bool = False) -> None:
+    start = utcnow() - timedelta(hours=1) if recent else START
+    mix = {"en": 0.4, "zh": 0.3, "code": 0.3}
     records = [
         RawRecord(position=f"item {i}", value=value)
-        for i, value in enumerate(traffic(count, {"en": 0.4, "zh": 0.3, "code": 0.3}, seed=seed))
+        for i, value in enumerate(traffic(count, mix, seed=seed, start=start, spacing_s=60))
     ]
     IntakePipeline(config, engine, Secret("salt")).ingest("test", records)
 
@@ -187,3 +190,43 @@ def test_sigkill_mid_batch_leaves_no_half_results(
     assert final.returncode == 0, err
     rows = results(engine)
     assert len(rows) == 40 == len({row.sample_id for row in rows})
+
+
+@pytest.mark.slow
+def test_follow_replays_evaluates_and_serves_metrics_until_sigterm(
+    tmp_path: Path, config: Config, engine: Engine, reference_models: Path, database_url: str
+) -> None:
+    import urllib.request
+
+    ingest(config, engine, 12, seed=4, recent=True)
+    path = write_config(tmp_path, database_url, reference_models, "follow")
+    path.write_text(path.read_text() + "interval_s = 0.2\nevaluate_interval_s = 0.5\n[metrics]\nport = 0\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "replay", "--follow", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert banner.startswith("metrics on "), banner + (process.stderr.read() if process.poll() else "")
+        url = banner.split()[-1]
+        deadline = time.monotonic() + 120
+        page = ""
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                page = reply.read().decode()
+            if 'specwatch_samples_replayed_total{mode="scored"} 12.0' in page and "specwatch_alpha{" in page:
+                break
+            time.sleep(0.5)
+        assert 'specwatch_samples_replayed_total{mode="scored"} 12.0' in page
+        assert 'specwatch_alpha{segment="*",window="24h"}' in page
+        assert "specwatch_replay_pending_samples 0.0" in page
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert len(results(engine)) == 12

@@ -1,0 +1,295 @@
+"""GPU benchmark at production shape: scored-mode vs exact-mode replay throughput (not a test).
+
+Random-weight Qwen2.5-7B-shaped target in bfloat16, a 0.5B-shaped draft_model and an EAGLE
+head; random token traffic. Measures
+
+- the bf16 matmul ceiling (TFLOP/s of a large torch.matmul);
+- scored mode: target tokens/s (prompt + completion through the target) and its share of the
+  ceiling, counting 2 * parameters * tokens FLOPs; plus a target-forward-only figure;
+- exact mode (draft-then-verify, batch 1) and the target alone: generated tokens/s;
+- the ratio scored / exact. Goals: scored >= 30,000 target tokens/s and >= 50x exact mode.
+
+Runs in under 8 minutes on one H200 (python 3.12, torch 2.11, transformers 5.17; nothing else
+to install). `--smoke` uses tiny shapes and runs anywhere, the CPU included.
+
+    python bench/decoder_gpu.py --out decoder_gpu.json
+    python bench/decoder_gpu.py --smoke --out /tmp/decoder_gpu_smoke.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from tokenizers import Tokenizer, models
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from decoder import (
+    DraftModel,
+    TargetModel,
+    TokenizedSample,
+    create_draft,
+    exact_generate,
+    score_batch,
+)
+from decoder.drafts import DraftModelConfig
+
+log = logging.getLogger("decoder_gpu")
+
+
+@dataclass(frozen=True)
+class Shape:
+    target_hidden: int
+    target_layers: int
+    target_heads: int
+    target_kv_heads: int
+    target_intermediate: int
+    vocab: int
+    draft_hidden: int
+    draft_layers: int
+    draft_heads: int
+    draft_kv_heads: int
+    draft_intermediate: int
+    batch: int
+    prompt_tokens: int
+    completion_tokens: int
+    scored_batches: int
+    exact_samples: int
+    exact_new_tokens: int
+    matmul_size: int
+
+
+PRODUCTION = Shape(3584, 28, 28, 4, 18944, 152064, 896, 24, 14, 2, 4864, 64, 256, 768, 3, 2, 32, 8192)
+SMOKE = Shape(64, 2, 4, 2, 128, 512, 32, 1, 2, 1, 64, 4, 24, 40, 1, 1, 8, 256)
+
+
+def timed(function: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    value = function()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return value, time.perf_counter() - started
+
+
+def matmul_ceiling(size: int, device: torch.device, dtype: torch.dtype) -> float:
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    iterations = 20
+    _, seconds = timed(lambda: [a @ b for _ in range(iterations)], device)
+    return 2 * size**3 * iterations / seconds / 1e12
+
+
+def placeholder_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer with `vocab` entries: random-token traffic needs ids, not text."""
+    words = {f"t{i}": i for i in range(vocab)}
+    tokenizer = Tokenizer(models.WordLevel(vocab=words, unk_token="t0"))
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="t1", pad_token="t0", unk_token="t0")
+
+
+def build_target(shape: Shape, device: torch.device, dtype: torch.dtype) -> TargetModel:
+    config = Qwen2Config(
+        vocab_size=shape.vocab,
+        hidden_size=shape.target_hidden,
+        intermediate_size=shape.target_intermediate,
+        num_hidden_layers=shape.target_layers,
+        num_attention_heads=shape.target_heads,
+        num_key_value_heads=shape.target_kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return TargetModel(model, placeholder_tokenizer(shape.vocab))
+
+
+def build_draft_model(shape: Shape, target: TargetModel, device: torch.device) -> DraftModel:
+    config = Qwen2Config(
+        vocab_size=shape.vocab,
+        hidden_size=shape.draft_hidden,
+        intermediate_size=shape.draft_intermediate,
+        num_hidden_layers=shape.draft_layers,
+        num_attention_heads=shape.draft_heads,
+        num_key_value_heads=shape.draft_kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    with torch.device(device):
+        return DraftModel.for_target(DraftModelConfig(lm_config=config.to_dict()), target)
+
+
+def random_samples(shape: Shape, count: int, seed: int) -> list[TokenizedSample]:
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for index in range(count):
+        ids = torch.randint(2, shape.vocab, (shape.prompt_tokens + shape.completion_tokens,), generator=generator)
+        samples.append(
+            TokenizedSample(str(index), ids[: shape.prompt_tokens].tolist(), ids[shape.prompt_tokens :].tolist())
+        )
+    return samples
+
+
+def parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@torch.inference_mode()
+def target_forward_only(target: TargetModel, samples: list[TokenizedSample], batch: int) -> float:
+    """Seconds for target forwards + greedy argmax over the completion positions only."""
+    device = target.device
+    total = 0.0
+    for start in range(0, len(samples), batch):
+        chunk = samples[start : start + batch]
+        ids = torch.tensor([s.prompt_ids + s.completion_ids for s in chunk], device=device)
+        prompt = len(chunk[0].prompt_ids)
+
+        def run(ids: torch.Tensor = ids, prompt: int = prompt) -> None:
+            hidden = target.forward(ids, attention_mask=torch.ones_like(ids)).hidden[:, prompt - 1 : -1]
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            for rows in flat.split(2048):
+                target.logits(rows).argmax(dim=-1)
+
+        _, seconds = timed(run, device)
+        total += seconds
+    return total
+
+
+def scored_throughput(target: TargetModel, draft: Any, samples: list[TokenizedSample], shape: Shape) -> dict[str, Any]:
+    device = target.device
+    score_batch(target, draft, samples[: max(1, shape.batch // 8)], window=4, batch_size=shape.batch)  # warm-up
+    scores, seconds = timed(
+        lambda: score_batch(
+            target, draft, samples, window=4, batch_size=shape.batch, max_batch_tokens=shape.batch * 1024
+        ),
+        device,
+    )
+    tokens = sum(s.prompt_tokens + s.completion_tokens for s in scores)
+    completion = sum(s.completion_tokens for s in scores)
+    return {
+        "seconds": seconds,
+        "target_tokens_per_s": tokens / seconds,
+        "completion_tokens_per_s": completion / seconds,
+    }
+
+
+def exact_throughput(target: TargetModel, draft: Any, samples: list[TokenizedSample], shape: Shape) -> dict[str, Any]:
+    exact_generate(target, draft, samples[0].prompt_ids, window=4, max_new_tokens=4)  # warm-up
+    spec_tokens = spec_seconds = base_tokens = base_seconds = 0.0
+    for sample in samples[: shape.exact_samples]:
+        result = exact_generate(
+            target, draft, sample.prompt_ids, window=4, max_new_tokens=shape.exact_new_tokens, stop_at_eos=False
+        )
+        assert result.target_only is not None
+        spec_tokens += len(result.speculative.tokens)
+        spec_seconds += result.speculative.seconds
+        base_tokens += len(result.target_only.tokens)
+        base_seconds += result.target_only.seconds
+    return {
+        "speculative_tokens_per_s": spec_tokens / spec_seconds,
+        "target_only_tokens_per_s": base_tokens / base_seconds,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes (runs on the CPU)")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--skip-eagle", action="store_true", help="measure the draft_model only")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    started = time.perf_counter()
+    shape = SMOKE if args.smoke else PRODUCTION
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not args.smoke and device.type != "cuda":
+        parser.error("no CUDA device: run with --smoke on the CPU")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(0)
+    results: dict[str, Any] = {
+        "shape": "smoke" if args.smoke else "production",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+    }
+
+    ceiling = matmul_ceiling(shape.matmul_size, device, dtype)
+    results["matmul_tflops"] = ceiling
+    log.info("matmul ceiling %.1f TFLOP/s", ceiling)
+
+    target = build_target(shape, device, dtype)
+    draft_model = build_draft_model(shape, target, device)
+    target_parameters = parameters(target.model)
+    results["parameters"] = {"target": target_parameters, "draft_model": parameters(draft_model)}
+    samples = random_samples(shape, shape.batch * shape.scored_batches, seed=1)
+    tokens_per_sample = shape.prompt_tokens + shape.completion_tokens
+    log.info(
+        "target %.2fB parameters, %d samples x %d tokens", target_parameters / 1e9, len(samples), tokens_per_sample
+    )
+
+    target_forward_only(target, samples[: shape.batch], shape.batch)  # warm-up
+    forward_seconds = target_forward_only(target, samples, shape.batch)
+    forward_rate = len(samples) * tokens_per_sample / forward_seconds
+    results["target_forward_only"] = {
+        "target_tokens_per_s": forward_rate,
+        "share_of_ceiling": 2 * target_parameters * forward_rate / (ceiling * 1e12),
+    }
+    log.info("target forward only: %.0f tokens/s", forward_rate)
+
+    scored = {"draft_model": scored_throughput(target, draft_model, samples, shape)}
+    log.info("scored draft_model: %.0f target tokens/s", scored["draft_model"]["target_tokens_per_s"])
+    eagle = None
+    if not args.skip_eagle:
+        with torch.device(device):
+            eagle = create_draft("eagle", target)
+        results["parameters"]["eagle"] = parameters(eagle)
+        scored["eagle"] = scored_throughput(target, eagle, samples, shape)
+        log.info("scored eagle: %.0f target tokens/s", scored["eagle"]["target_tokens_per_s"])
+    for row in scored.values():
+        row["share_of_ceiling"] = 2 * target_parameters * row["target_tokens_per_s"] / (ceiling * 1e12)
+    results["scored"] = scored
+
+    exact = {"draft_model": exact_throughput(target, draft_model, samples, shape)}
+    if eagle is not None:
+        exact["eagle"] = exact_throughput(target, eagle, samples, shape)
+    results["exact"] = exact
+    best_scored = scored["draft_model"]
+    ratio = best_scored["completion_tokens_per_s"] / exact["draft_model"]["speculative_tokens_per_s"]
+    results["scored_over_exact"] = {
+        "completion_tokens": ratio,
+        "target_tokens": best_scored["target_tokens_per_s"] / exact["draft_model"]["speculative_tokens_per_s"],
+    }
+    results["goals"] = {
+        "scored_target_tokens_per_s_at_least_30000": best_scored["target_tokens_per_s"] >= 30_000,
+        "scored_at_least_50x_exact": ratio >= 50,
+    }
+    results["seconds"] = time.perf_counter() - started
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""specwatch's measuring instrument: how many drafted tokens a target model accepts.
+
+Load a target and a draft, then replay traffic in one of two modes:
+
+    from decoder import load_target, load_draft, score_batch, exact_generate, TokenizedSample
+    target = load_target("models/reference-demo/target")
+    draft = load_draft("models/reference-demo/drafts/eagle", target)
+    sample = TokenizedSample("s1", target.encode_chat(messages), target.encode_completion(reply))
+    scores = score_batch(target, draft, [sample], window=4)          # scored (teacher-forced)
+    result = exact_generate(target, draft, sample.prompt_ids, window=4, max_new_tokens=64)  # exact
+
+Metrics (alpha, tau, draft acceptance rate, per-position rates) are defined in decoder.metrics.
+This package imports only torch, transformers, tokenizers, safetensors, pydantic, numpy and the
+standard library.
+"""
+
+from decoder.batching import map_in_batches
+from decoder.drafts import (
+    DRAFT_KINDS,
+    Draft,
+    DraftConfig,
+    DraftManifest,
+    DraftModel,
+    EagleHead,
+    MedusaHeads,
+    create_draft,
+    load_draft,
+    read_manifest,
+    register_draft,
+    save_draft,
+)
+from decoder.errors import (
+    DecoderError,
+    DraftFormatError,
+    DraftTargetMismatchError,
+    TokenizerMismatchError,
+)
+from decoder.exact import ExactResult, Generation, exact_generate, generate
+from decoder.metrics import AcceptCounts, simulate_verify_loop
+from decoder.samples import TokenizedSample
+from decoder.scored import SampleScore, score_batch, target_agreement
+from decoder.target import TargetModel, load_target, target_fingerprint, tokenizer_fingerprint
+from decoder.training import FitConfig, FitResult, TokenBatch, fit_draft, pack_token_batches
+
+__all__ = [
+    "DRAFT_KINDS",
+    "AcceptCounts",
+    "DecoderError",
+    "Draft",
+    "DraftConfig",
+    "DraftFormatError",
+    "DraftManifest",
+    "DraftModel",
+    "DraftTargetMismatchError",
+    "EagleHead",
+    "ExactResult",
+    "FitConfig",
+    "FitResult",
+    "Generation",
+    "MedusaHeads",
+    "SampleScore",
+    "TargetModel",
+    "TokenBatch",
+    "TokenizedSample",
+    "TokenizerMismatchError",
+    "create_draft",
+    "exact_generate",
+    "fit_draft",
+    "generate",
+    "load_draft",
+    "load_target",
+    "map_in_batches",
+    "pack_token_batches",
+    "read_manifest",
+    "register_draft",
+    "save_draft",
+    "score_batch",
+    "simulate_verify_loop",
+    "target_agreement",
+    "target_fingerprint",
+    "tokenizer_fingerprint",
+]

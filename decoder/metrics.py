@@ -1,0 +1,210 @@
+"""Acceptance metrics, defined once: counts per verify step and the rates derived from them.
+
+Per verify step with window k the draft proposes d <= k tokens and the target accepts a <= d.
+Over steps with A accepted, D drafted, R rejections (steps with a < d) and S steps:
+
+- alpha = A / (A + R): probability a drafted token is accepted given all earlier ones in its
+  step were (the number the 0.65 threshold applies to);
+- tau = 1 + A / S: tokens emitted per target forward;
+- draft acceptance rate = A / D (vLLM's num_accepted_tokens / num_draft_tokens);
+- per-position rate p_i = steps whose i-th drafted token was accepted / S.
+
+Exact mode adds whole steps; scored mode with temperature > 0 adds expected (fractional)
+counts, so the fields are floats that hold integers in greedy and exact modes.
+The verify-loop simulation over an acceptance matrix lives here too, so both replay modes
+count steps with the same rule (`draft_budget`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def draft_budget(window: int, max_draft_tokens: int | None, remaining: int) -> int:
+    """Tokens the draft proposes in a step: at most the window, what the draft can propose,
+    and one less than the tokens still to emit (the target always emits one more)."""
+    budget = min(window, remaining - 1)
+    if max_draft_tokens is not None:
+        budget = min(budget, max_draft_tokens)
+    return max(budget, 0)
+
+
+def _padded_sum(left: list[float], right: list[float]) -> list[float]:
+    size = max(len(left), len(right))
+    return [(left[i] if i < len(left) else 0.0) + (right[i] if i < len(right) else 0.0) for i in range(size)]
+
+
+@dataclass
+class AcceptCounts:
+    """Verify-step counts that add up across steps, samples and segments."""
+
+    accepted: float = 0.0
+    rejected: float = 0.0
+    drafted: float = 0.0
+    steps: float = 0.0
+    accept_histogram: list[float] = field(default_factory=list)
+    """index a: steps that accepted exactly a drafted tokens"""
+    accepted_per_position: list[float] = field(default_factory=list)
+    """index i: steps whose (i+1)-th drafted token was accepted"""
+
+    def add_step(self, drafted: int, accepted: int) -> None:
+        if not 0 <= accepted <= drafted:
+            raise ValueError(f"accepted {accepted} must lie in [0, drafted={drafted}]")
+        self.accepted += accepted
+        self.drafted += drafted
+        self.steps += 1
+        if accepted < drafted:
+            self.rejected += 1
+        histogram = [0.0] * (accepted + 1)
+        histogram[accepted] = 1.0
+        self.accept_histogram = _padded_sum(self.accept_histogram, histogram)
+        self.accepted_per_position = _padded_sum(self.accepted_per_position, [1.0] * accepted)
+
+    def __add__(self, other: AcceptCounts) -> AcceptCounts:
+        return AcceptCounts(
+            accepted=self.accepted + other.accepted,
+            rejected=self.rejected + other.rejected,
+            drafted=self.drafted + other.drafted,
+            steps=self.steps + other.steps,
+            accept_histogram=_padded_sum(self.accept_histogram, other.accept_histogram),
+            accepted_per_position=_padded_sum(self.accepted_per_position, other.accepted_per_position),
+        )
+
+    @classmethod
+    def total(cls, counts: Iterable[AcceptCounts]) -> AcceptCounts:
+        result = cls()
+        for item in counts:
+            result = result + item
+        return result
+
+    @property
+    def alpha(self) -> float | None:
+        """A / (A + R); None when no token was drafted."""
+        denominator = self.accepted + self.rejected
+        return self.accepted / denominator if denominator > 0 else None
+
+    @property
+    def tau(self) -> float | None:
+        """1 + A / S, tokens emitted per target forward; None without steps."""
+        return 1.0 + self.accepted / self.steps if self.steps > 0 else None
+
+    @property
+    def draft_acceptance_rate(self) -> float | None:
+        """A / D, lower than alpha when the window exceeds 1."""
+        return self.accepted / self.drafted if self.drafted > 0 else None
+
+    @property
+    def per_position_rates(self) -> list[float]:
+        """p_i = steps whose (i+1)-th drafted token was accepted / steps."""
+        if self.steps <= 0:
+            return []
+        return [count / self.steps for count in self.accepted_per_position]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "drafted": self.drafted,
+            "steps": self.steps,
+            "accept_histogram": list(self.accept_histogram),
+            "accepted_per_position": list(self.accepted_per_position),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AcceptCounts:
+        return cls(
+            accepted=float(data["accepted"]),
+            rejected=float(data["rejected"]),
+            drafted=float(data["drafted"]),
+            steps=float(data["steps"]),
+            accept_histogram=[float(x) for x in data.get("accept_histogram", [])],
+            accepted_per_position=[float(x) for x in data.get("accepted_per_position", [])],
+        )
+
+
+def simulate_verify_loop(
+    acceptance: torch.Tensor,
+    lengths: torch.Tensor,
+    window: int,
+    max_draft_tokens: int | None = None,
+) -> list[AcceptCounts]:
+    """Replays the verify loop over known continuations and returns each sample's counts.
+
+    acceptance[b, c, i]: probability (0/1 in greedy mode) that the draft's (i+1)-th proposal in a
+    step is accepted, given the earlier ones in that step were, when that proposal is for
+    completion token c of sample b. lengths[b]: completion tokens of sample b.
+
+    The first completion token comes from the target's prefill, so the loop starts with one
+    token emitted; each step drafts `draft_budget(...)` tokens. With 0/1 acceptance this walks
+    the single path exact mode takes; with probabilities it returns expected counts, computed by
+    carrying the probability of reaching each start forward (no sampling noise).
+    """
+    batch, max_length, depth = acceptance.shape
+    window = min(window, depth)
+    if window < 1 or batch == 0:
+        return [AcceptCounts() for _ in range(batch)]
+    acceptance = acceptance.detach().to(torch.float64).cpu()
+    lengths = lengths.detach().cpu().to(torch.long)
+    rows = torch.arange(batch)
+    depth_index = torch.arange(window)
+    reach = torch.zeros(batch, max_length + window + 2, dtype=torch.float64)
+    reach[:, 1] = 1.0
+    accepted = torch.zeros(batch, dtype=torch.float64)
+    rejected = torch.zeros_like(accepted)
+    drafted = torch.zeros_like(accepted)
+    steps = torch.zeros_like(accepted)
+    histogram = torch.zeros(batch, window + 1, dtype=torch.float64)
+    per_position = torch.zeros(batch, window, dtype=torch.float64)
+    cap = window if max_draft_tokens is None else min(window, max_draft_tokens)
+    for emitted in range(1, max_length):
+        active = emitted < lengths
+        if not bool(active.any()):
+            break
+        probability = torch.where(active, reach[:, emitted], torch.zeros_like(accepted))
+        budget = (lengths - emitted - 1).clamp(min=0, max=cap)
+        # proposal i of a step that starts with `emitted` tokens is for completion token emitted-1+i
+        token_index = (emitted + depth_index).clamp(max=max_length - 1)
+        chain = acceptance[rows[:, None], token_index[None, :], depth_index[None, :]]
+        chain = torch.where(depth_index[None, :] < budget[:, None], chain, torch.zeros_like(chain))
+        at_least = torch.cumprod(chain, dim=1)  # P(a >= i+1)
+        at_least_padded = torch.cat([torch.ones(batch, 1, dtype=torch.float64), at_least], dim=1)
+        exactly = at_least_padded[:, :-1] - at_least_padded[:, 1:]  # P(a == j), j < window
+        exactly = torch.cat([exactly, at_least[:, -1:]], dim=1)  # P(a == window)
+        all_accepted = at_least_padded[rows, budget]
+        steps += probability
+        drafted += probability * budget
+        accepted += probability * at_least.sum(dim=1)
+        rejected += probability * torch.where(budget > 0, 1.0 - all_accepted, torch.zeros_like(accepted))
+        histogram += probability[:, None] * exactly
+        per_position += probability[:, None] * at_least
+        reach[:, emitted + 1 : emitted + window + 2] += probability[:, None] * exactly
+    return [
+        AcceptCounts(
+            accepted=_clean(accepted[b]),
+            rejected=_clean(rejected[b]),
+            drafted=_clean(drafted[b]),
+            steps=_clean(steps[b]),
+            accept_histogram=_trimmed(histogram[b]),
+            accepted_per_position=_trimmed(per_position[b]),
+        )
+        for b in range(batch)
+    ]
+
+
+def _trimmed(values: torch.Tensor) -> list[float]:
+    """Without trailing zeros, the shape `add_step` builds, so both modes compare equal."""
+    cleaned = [_clean(x) for x in values]
+    while cleaned and cleaned[-1] == 0.0:
+        cleaned.pop()
+    return cleaned
+
+
+def _clean(value: torch.Tensor) -> float:
+    """Exact integers stay exact (greedy mode); expectations keep their fraction."""
+    number = float(value)
+    rounded = round(number)
+    return float(rounded) if abs(number - rounded) < 1e-9 else number

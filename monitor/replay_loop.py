@@ -1,0 +1,51 @@
+"""The replay loop: replay what is pending, evaluate every `replay.evaluate_interval_s`, export metrics.
+
+specwatch replay --follow     # until SIGTERM/SIGINT; /metrics on metrics.host:metrics.port
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import Engine
+
+from monitor.config import Config
+from monitor.evaluate import evaluate
+from monitor.live_models import LiveModels
+from monitor.metrics import Metrics, replay_backlog
+from monitor.replay import Replayer
+
+log = logging.getLogger(__name__)
+
+
+class ReplayLoop:
+    def __init__(self, config: Config, engine: Engine, models: LiveModels, metrics: Metrics) -> None:
+        self.config = config
+        self.engine = engine
+        self.models = models
+        self.metrics = metrics
+        self.replayer = Replayer(engine, models.target, models.draft, models.versions, config.replay)
+        self._last_evaluation = float("-inf")
+
+    def step(self) -> int:
+        """One round: replay, update metrics, evaluate when due; returns the samples claimed."""
+        report = self.replayer.replay_once()
+        self.metrics.record_replay(report.rows, report)
+        self.metrics.observe_backlog(*replay_backlog(self.engine, self.models.versions))
+        if time.monotonic() - self._last_evaluation >= self.config.replay.evaluate_interval_s:
+            self.metrics.observe_evaluation(evaluate(self.config, self.engine, self.models.versions.draft))
+            self._last_evaluation = time.monotonic()
+        return report.claimed
+
+    def run(self, stop: threading.Event) -> None:
+        self.metrics.observe_live_draft(self.models.versions)
+        while not stop.is_set():
+            try:
+                claimed = self.step()
+            except Exception:
+                log.exception("replay round failed; retrying in %.0fs", self.config.replay.interval_s)
+                claimed = 0
+            if not claimed:
+                stop.wait(self.config.replay.interval_s)

@@ -1,0 +1,112 @@
+"""Scored mode: greedy counts equal exact mode's on the target's own greedy output; bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_generate, score_batch
+from decoder.drafts import DraftInputs
+from tests.decoder.conftest import KINDS
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scored_counts_equal_exact_counts(
+    kind: str, target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+) -> None:
+    draft = drafts[kind]
+    for window in (1, 2, 3, 5):
+        scores = score_batch(target, draft, greedy_samples, window=window, batch_size=4)
+        for sample, score in zip(greedy_samples, scores, strict=True):
+            exact = exact_generate(
+                target,
+                draft,
+                sample.prompt_ids,
+                window=window,
+                max_new_tokens=len(sample.completion_ids),
+                compare_target_only=False,
+            )
+            assert score.counts == exact.counts, (kind, window, sample.sample_id)
+            assert score.target_agreement == 1.0
+            assert score.skipped is None and score.truncated_tokens == 0
+
+
+def test_some_drafts_are_accepted_and_some_rejected(
+    target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+) -> None:
+    """Guards the equality test above against a trivial pass (all accepted or none)."""
+    totals = [
+        AcceptCounts.total(s.counts for s in score_batch(target, drafts[kind], greedy_samples, window=3))
+        for kind in KINDS
+    ]
+    assert all(total.accepted > 0 for total in totals)
+    assert all(total.rejected > 0 for total in totals)
+
+
+def test_batching_does_not_change_results(
+    target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+) -> None:
+    batched = score_batch(target, drafts["eagle"], greedy_samples, window=3, batch_size=16)
+    single = score_batch(target, drafts["eagle"], greedy_samples, window=3, batch_size=1)
+    assert [s.counts for s in batched] == [s.counts for s in single]
+    assert [s.sample_id for s in batched] == [s.sample_id for s in greedy_samples]
+
+
+def test_agreement_labels_a_continuation_the_target_would_not_produce(
+    target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+) -> None:
+    sample = greedy_samples[0]
+    reversed_sample = TokenizedSample("reversed", sample.prompt_ids, sample.completion_ids[::-1])
+    [score] = score_batch(target, drafts["draft_model"], [reversed_sample], window=2)
+    assert score.target_agreement is not None and score.target_agreement < 0.5
+
+
+def test_empty_continuation_is_skipped_with_a_reason(target: TargetModel, drafts: dict[str, Draft]) -> None:
+    samples = [
+        TokenizedSample("empty", target.encode_chat([{"role": "user", "content": "Hi"}]), []),
+        TokenizedSample("no-prompt", [], [5, 6, 7]),
+    ]
+    empty, no_prompt = score_batch(target, drafts["medusa"], samples, window=2)
+    assert empty.skipped == "empty continuation"
+    assert no_prompt.skipped is not None and "prompt" in no_prompt.skipped
+    assert empty.counts == AcceptCounts()
+
+
+def test_sequences_longer_than_the_context_are_truncated_and_counted(
+    target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+) -> None:
+    sample = greedy_samples[0]
+    long_completion = sample.completion_ids * 30
+    samples = [
+        TokenizedSample("long-completion", sample.prompt_ids, long_completion),
+        TokenizedSample("long-prompt", sample.prompt_ids * 60, sample.completion_ids),
+    ]
+    context = target.context_length
+    long_completion_score, long_prompt_score = score_batch(target, drafts["eagle"], samples, window=3)
+    assert long_completion_score.prompt_tokens + long_completion_score.completion_tokens == context
+    assert long_completion_score.truncated_tokens == len(sample.prompt_ids) + len(long_completion) - context
+    assert long_prompt_score.prompt_tokens + long_prompt_score.completion_tokens <= context
+    assert long_prompt_score.truncated_tokens > 0
+    assert long_prompt_score.completion_tokens > 0 and long_prompt_score.counts.steps > 0
+
+
+def test_sampling_acceptance_is_the_overlap_of_distributions(
+    target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+) -> None:
+    """temperature > 0: first-proposal acceptance of token c is sum_x min(p(x), q(x))."""
+    draft = drafts["draft_model"]
+    sample = greedy_samples[1]
+    [score] = score_batch(target, draft, [sample], window=2, temperature=0.7)
+    ids = torch.tensor([sample.prompt_ids + sample.completion_ids])
+    with torch.inference_mode():
+        states = target.forward(ids)
+        p = torch.softmax(target.logits(states.hidden[0]) / 0.7, dim=-1)
+        hidden = draft.teacher_forced_proposals(DraftInputs(ids, torch.ones_like(ids), states), 1)[0]
+        q = torch.softmax(draft.proposal_logits(hidden[0], 0) / 0.7, dim=-1)
+    overlap = torch.minimum(p, q).sum(dim=-1)
+    prompt = len(sample.prompt_ids)
+    for c in range(1, len(sample.completion_ids)):
+        assert score.acceptance[c][0] == pytest.approx(float(overlap[prompt - 1 + c]), abs=1e-5)
+    counts = score.counts
+    assert 0 < counts.accepted < counts.drafted
+    assert counts.accepted + counts.steps == pytest.approx(len(sample.completion_ids) - 1)
