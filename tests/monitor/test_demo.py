@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 from monitor.demo import run_demo
 from monitor.demo_traffic import traffic
 
@@ -15,6 +17,18 @@ def test_traffic_shifts_with_the_mix_and_is_seeded() -> None:
 def test_demo_ingests_shifting_traffic(tmp_path: Path) -> None:
     result = run_demo(tmp_path / "demo", per_phase=40, seed=1)
     assert result.intake.stored == 120
+    assert result.intake.stored == 120
     assert result.intake.quarantined == 3
     assert result.samples_per_language.get("zh", 0) > 0
     assert (tmp_path / "demo" / "specwatch.db").exists()
+
+
+def test_demo_replays_evaluates_and_reports(
+    tmp_path: Path, reference_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = run_demo(tmp_path / "demo", per_phase=60, seed=2, models_dir=reference_models)
+    out = capsys.readouterr().out
+    assert result.intake.stored == 180
+    assert "route=chat/lang=zh" in out and "breach" in out
+    report = Path(out.strip().splitlines()[-1].removeprefix("report: "))
+    assert report.exists() and "<svg" in report.read_text()
