@@ -10,7 +10,6 @@ import shutil
 import struct
 import subprocess
 import tempfile
-import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from decoder import AcceptCounts
@@ -31,7 +30,7 @@ from monitor.live_models import LiveModels, load_live_models
 from monitor.replay import Replayer
 from monitor.report import LIVE_COLOUR, ReportData, build_report, hourly_alpha, render_html, time_ticks, write_report
 from monitor.stats import SampleResult
-from tests.conftest import BACKENDS, POSTGRES_URL, postgres_schema_url
+from tests.conftest import BACKENDS, POSTGRES_URL, fresh_postgres_schema
 
 # The tiny reference drafts reach alpha of roughly 0.3-0.6 on English and code; draft A about 0 on
 # Chinese: the line goes at 0.2, as in test_evaluate.
@@ -58,16 +57,8 @@ def history_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
         return
     if not POSTGRES_URL:
         pytest.skip("SPECWATCH_TEST_DATABASE_URL not set")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield postgres_schema_url(schema)
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_postgres_schema() as url:
+        yield url
 
 
 def models(reference: Path, draft: str) -> LiveModels:
