@@ -1,5 +1,7 @@
 """Traffic records: decode one raw line or object and normalise it, or say exactly why not.
 
+Reasons name fields and types, never the values: a reason is logged and stored, a value may be PII.
+
 Two formats, auto-detected per record:
 
 - specwatch: {"id", "timestamp", "messages" | "prompt", "completion", "model", "temperature",
@@ -145,7 +147,7 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
             raise RecordError(f"{where}[{index}]: not an object")
         role = item.get("role")
         if role not in ROLES:
-            raise RecordError(f"{where}[{index}].role: {role!r} is not one of {sorted(ROLES)}")
+            raise RecordError(f"{where}[{index}].role: not one of {sorted(ROLES)}")
         content = _content(item.get("content"), f"{where}[{index}].content")
         messages.append({"role": role, "content": content})
     return messages
@@ -218,7 +220,7 @@ def _timestamp(value: Any, where: str) -> datetime | None:
         try:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise RecordError(f"{where}: {value[:40]!r} is not ISO 8601") from None
+            raise RecordError(f"{where}: text is not ISO 8601") from None
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     raise RecordError(f"{where}: expected ISO 8601 text or epoch seconds, got {type(value).__name__}")
 

@@ -119,3 +119,11 @@ def test_decode_line_errors() -> None:
         decode_line(json.dumps(specwatch_record()).encode(), 10)
     with pytest.raises(RecordError, match="nested too deeply"):
         decode_line(b"[" * 100_000, 1_000_000)
+
+
+def test_reasons_never_echo_field_values() -> None:
+    pii = "ana@corp.example +65 9123 4567"
+    for value in (specwatch_record(messages=[{"role": pii, "content": "x"}]), specwatch_record(timestamp=pii)):
+        with pytest.raises(RecordError) as caught:
+            parse_record(value)
+        assert "ana@corp" not in str(caught.value) and "9123" not in str(caught.value)
