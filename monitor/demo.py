@@ -29,9 +29,8 @@ from sqlalchemy.orm import Session
 from monitor.config import Config, DriftConfig, ModelsConfig, ReplayConfig, SamplingConfig, StorageConfig
 from monitor.db import QuarantinedRecord, Sample, create_db_engine, upgrade, utcnow
 from monitor.demo_traffic import traffic, write_jsonl
-from monitor.intake.follow import FileFollower
-from monitor.intake.pipeline import IngestReport, IntakePipeline
-from monitor.progress import Progress
+from monitor.intake.follow import import_logs
+from monitor.intake.pipeline import IngestReport
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +108,17 @@ def reference_models(directory: Path, size: str) -> Path:
     return directory
 
 
-def write_training_corpus(path: Path) -> None:
+def write_training_corpus(path: Path, per_kind: int = 300, code_bytes: int = 200_000) -> Path:
     """The drafts' training traffic (English dialogs, stdlib code): the input-drift reference."""
     from decoder.reference_corpus import code_documents, dialog_documents, split
 
-    documents = split(dialog_documents("en"))[0][:300] + split(code_documents(200_000))[0][:300]
+    documents = split(dialog_documents("en"))[0][:per_kind] + split(code_documents(code_bytes))[0][:per_kind]
     with path.open("w", encoding="utf-8") as handle:
         for document in documents:
             chat = document.chat
             row = {"messages": chat[:-1], "completion": chat[-1]["content"], "language": document.language}
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
 
 
 def measure(config: Config, engine: Engine) -> str:
@@ -140,23 +140,6 @@ def measure(config: Config, engine: Engine) -> str:
         print(f"  [{finding.severity}] {finding.detector}: {finding.summary}")
     path = write_report(config, build_report(config, engine, live_draft=models.versions.draft))
     return str(path)
-
-
-def ingest(config: Config, engine: Engine, logs: Path) -> IngestReport:
-    progress = Progress()
-    total = IngestReport()
-
-    def show(path: Path, report: IngestReport) -> None:
-        total.add(report)
-        progress.update(f"  ingesting {path.name}: {total.stored} stored, {total.quarantined} quarantined")
-
-    FileFollower(IntakePipeline(config, engine), engine, config.intake.follow, on_batch=show).poll_once(
-        [logs], final=True
-    )
-    progress.finish(
-        f"  {total.records} records: {total.stored} stored, {total.quarantined} quarantined in {progress.elapsed:.1f}s"
-    )
-    return total
 
 
 def show_intake(engine: Engine) -> dict[str, int]:
@@ -193,7 +176,7 @@ def run_demo(
     logs = directory / "logs"
     write_logs(logs, per_phase, seed)
     print("[2/4] intake: parse, redact, segment, sample, quarantine")
-    report = ingest(config, engine, logs)
+    report = import_logs(config, engine, [logs])
     languages = show_intake(engine)
     report_path = None
     if models is not None:

@@ -59,6 +59,18 @@ class ClaimedSample:
     completion: str
     temperature: float
 
+    @classmethod
+    def from_row(cls, row: Sample) -> ClaimedSample:
+        return cls(
+            id=row.id,
+            sample_key=row.sample_key,
+            segment=row.segment,
+            occurred_at=row.occurred_at,
+            messages=row.messages,
+            completion=row.completion,
+            temperature=row.temperature or 0.0,
+        )
+
 
 @dataclass
 class ReplayReport:
@@ -146,18 +158,7 @@ class Replayer:
                 return []
             taken = self._lease(session, ids, now)
             rows = session.scalars(select(Sample).where(Sample.id.in_(taken)).order_by(Sample.occurred_at))
-            return [
-                ClaimedSample(
-                    id=row.id,
-                    sample_key=row.sample_key,
-                    segment=row.segment,
-                    occurred_at=row.occurred_at,
-                    messages=row.messages,
-                    completion=row.completion,
-                    temperature=row.temperature or 0.0,
-                )
-                for row in rows
-            ]
+            return [ClaimedSample.from_row(row) for row in rows]
 
     def _lease(self, session: Session, ids: list[int], now: datetime) -> list[int]:
         """Insert or take over expired leases; only the rows this statement wrote are ours."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -14,11 +15,10 @@ from sqlalchemy.orm import Session
 from monitor.commands.common import CommandError, add_config_argument, load_config, open_database, print_json
 from monitor.config import Config
 from monitor.db import IntakeCounter, QuarantinedRecord
-from monitor.intake.follow import FileFollower
+from monitor.intake.follow import FileFollower, import_logs
 from monitor.intake.http import IntakeHTTPServer
-from monitor.intake.pipeline import IngestReport, IntakePipeline
+from monitor.intake.pipeline import IntakePipeline
 from monitor.intake.retention import purge_expired
-from monitor.progress import Progress
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,13 +49,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     purge.set_defaults(handler=purge_command)
 
 
-def describe(report: IngestReport) -> str:
-    return (
-        f"{report.records} records: {report.stored} stored, {report.duplicates} duplicates, "
-        f"{report.sampled_out} sampled out, {report.quarantined} quarantined"
-    )
-
-
 def with_format(config: Config, record_format: str | None) -> Config:
     if record_format is None:
         return config
@@ -68,19 +61,9 @@ def ingest_command(args: argparse.Namespace) -> int:
         raise CommandError(f"no such file or directory: {', '.join(missing)}")
     config = with_format(load_config(args), args.format)
     engine = open_database(config)
-    progress = Progress()
-    total = IngestReport()
-
-    def show(path: Path, report: IngestReport) -> None:
-        total.add(report)
-        rate = total.records / max(progress.elapsed, 1e-9)
-        progress.update(f"{path.name}: {describe(total)} ({rate:,.0f} records/s)")
-
-    follower = FileFollower(IntakePipeline(config, engine), engine, config.intake.follow, on_batch=show)
-    follower.poll_once([path.resolve() for path in args.paths], final=True)
-    progress.finish(f"ingested {describe(total)} in {progress.elapsed:.1f}s")
+    total = import_logs(config, engine, args.paths)
     if total.quarantined:
-        progress.finish("see them with: specwatch intake errors")
+        print("see them with: specwatch intake errors", file=sys.stderr)
     engine.dispose()
     return 0
 

@@ -19,8 +19,9 @@ from typing import BinaryIO, cast
 
 from sqlalchemy import Engine
 
-from monitor.config import FollowConfig
+from monitor.config import Config, FollowConfig
 from monitor.intake.pipeline import CursorAdvance, IngestReport, IntakePipeline, RawRecord, cursor_offsets
+from monitor.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -156,3 +157,20 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
+
+
+def import_logs(config: Config, engine: Engine, paths: list[Path]) -> IngestReport:
+    """Read files and directories once to their end (a last line without newline counts), with a
+    progress display on stderr."""
+    progress = Progress()
+    total = IngestReport()
+
+    def show(path: Path, report: IngestReport) -> None:
+        total.add(report)
+        rate = total.records / max(progress.elapsed, 1e-9)
+        progress.update(f"{path.name}: {total.describe()} ({rate:,.0f} records/s)")
+
+    follower = FileFollower(IntakePipeline(config, engine), engine, config.intake.follow, on_batch=show)
+    follower.poll_once([path.resolve() for path in paths], final=True)
+    progress.finish(f"ingested {total.describe()} in {progress.elapsed:.1f}s")
+    return total

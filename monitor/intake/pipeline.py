@@ -65,6 +65,12 @@ class IngestReport:
     quarantined: int = 0
     problems: list[tuple[str, str]] = field(default_factory=list)
 
+    def describe(self) -> str:
+        return (
+            f"{self.records} records: {self.stored} stored, {self.duplicates} duplicates, "
+            f"{self.sampled_out} sampled out, {self.quarantined} quarantined"
+        )
+
     def add(self, other: IngestReport) -> None:
         self.records += other.records
         self.stored += other.stored

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from decoder.reference_corpus import code_documents, dialog_documents, split
 from monitor.config import Config, DriftConfig, ModelsConfig, ReplayConfig, Secret, StatsConfig
 from monitor.db import utcnow
+from monitor.demo import write_training_corpus
 from monitor.demo_traffic import traffic
 from monitor.evaluate import evaluate, latest_findings
 from monitor.intake.pipeline import IntakePipeline, RawRecord
@@ -30,21 +30,8 @@ SHIFTED = {"en": 0.1, "code": 0.1, "zh": 0.8}
 @pytest.fixture(scope="module")
 def live(reference_models: Path) -> LiveModels:
     return load_live_models(
-        ModelsConfig(
-            target=reference_models / "target", draft=reference_models / "drafts" / "eagle", device="cpu"
-        )
+        ModelsConfig(target=reference_models / "target", draft=reference_models / "drafts" / "eagle", device="cpu")
     )
-
-
-def training_corpus(path: Path) -> Path:
-    """The drafts' training corpus (English dialogs and stdlib code) as the input-drift reference."""
-    documents = split(dialog_documents("en"))[0][:150] + split(code_documents(60_000))[0][:150]
-    with path.open("w", encoding="utf-8") as handle:
-        for document in documents:
-            messages = document.chat
-            row = {"messages": messages[:-1], "completion": messages[-1]["content"], "language": document.language}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
 
 
 def drift_config(config: Config, tmp_path: Path, threshold: float) -> Config:
@@ -55,7 +42,9 @@ def drift_config(config: Config, tmp_path: Path, threshold: float) -> Config:
             "replay": ReplayConfig(samples_per_round=128, exact_fraction=0.0),
             "stats": StatsConfig(windows=["1h", "24h", "7d"], resamples=400),
             "drift": DriftConfig(
-                threshold=threshold, min_samples=30, reference_corpus=training_corpus(tmp_path / "corpus.jsonl")
+                threshold=threshold,
+                min_samples=30,
+                reference_corpus=write_training_corpus(tmp_path / "corpus.jsonl", per_kind=150, code_bytes=60_000),
             ),
         }
     )

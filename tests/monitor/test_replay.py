@@ -43,12 +43,6 @@ def ingest(config: Config, engine: Engine, count: int, seed: int = 0, recent: bo
     IntakePipeline(config, engine, Secret("salt")).ingest("test", records)
 
 
-def claimed_sample(sample: Sample) -> ClaimedSample:
-    return ClaimedSample(
-        sample.id, sample.sample_key, sample.segment, sample.occurred_at, sample.messages, sample.completion, 0.0
-    )
-
-
 def results(engine: Engine, mode: str = SCORED) -> list[ReplayResult]:
     with Session(engine) as session:
         return list(
@@ -71,7 +65,7 @@ def test_scored_results_match_the_decoder(config: Config, engine: Engine, live: 
     stored = results(engine)
     with Session(engine) as session:
         samples = {s.id: s for s in session.scalars(select(Sample))}
-    tokenized = [worker.tokenize(claimed_sample(samples[row.sample_id])) for row in stored]
+    tokenized = [worker.tokenize(ClaimedSample.from_row(samples[row.sample_id])) for row in stored]
     direct = score_batch(live.target, live.draft, tokenized, window=4)
     for row, score in zip(stored, direct, strict=True):
         assert AcceptCounts.from_dict(row.counts) == score.counts
