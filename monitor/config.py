@@ -219,6 +219,9 @@ class IntakeConfig(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     follow: FollowConfig = Field(default_factory=FollowConfig)
+    quarantined_per_hour_alert: int = Field(
+        default=100, ge=1, description="IntakeErrorsHigh fires when more records than this were quarantined in an hour"
+    )
     http: HttpIntakeConfig = Field(default_factory=HttpIntakeConfig)
 
 
@@ -249,10 +252,15 @@ class ReplayConfig(Section):
     evaluate_interval_s: float = Field(
         default=300.0, gt=0, description="seconds between evaluations (statistics and drift) in the replay loop"
     )
+    stall_after_s: float = Field(
+        default=1800.0, gt=0, description="ReplayStalled fires when a sample has waited this long for replay"
+    )
 
 
 WindowName = Annotated[str, Field(pattern=r"^[1-9][0-9]*[mhd]$")]
-WINDOW_UNITS = {"m": 60, "h": 3600, "d": 86400}
+WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_PATTERN = r"^[0-9]+[smhd]$"
+DurationName = Annotated[str, Field(pattern=DURATION_PATTERN)]
 
 
 def window_length(name: str) -> timedelta:
@@ -293,15 +301,110 @@ class DriftConfig(Section):
     )
 
 
-class SlackConfig(Section):
-    channel: str = Field(default="", description="default channel for alerts, e.g. #inference-oncall")
-    bot_token: SecretSource = Field(default_factory=SecretSource, description="xoxb- token, from env or file")
-    webhook_url: SecretSource = Field(default_factory=SecretSource, description="incoming webhook, env or file")
+ALERT_RULES_DEFAULT: dict[str, tuple[str, str, str]] = {
+    # alertname: (detector whose findings raise it, severity, what it means)
+    "AcceptanceBelowThreshold": ("threshold", "critical", "a segment's alpha is confidently below its threshold"),
+    "AcceptanceDropped": ("change", "warning", "a segment's alpha dropped from its baseline"),
+    "InputDrift": ("input_drift", "warning", "traffic no longer looks like the live head's training corpus"),
+    "ReplayStalled": ("replay_stalled", "warning", "sampled traffic waits for replay longer than allowed"),
+    "IntakeErrorsHigh": ("intake_errors", "warning", "many incoming records were quarantined in the last hour"),
+    "RetrainFailed": ("retrain_failed", "warning", "the latest retrain job failed"),
+    "DeployRolledBack": ("deploy_rolled_back", "critical", "a deployed head regressed and was rolled back"),
+}
+
+
+class AlertRule(Section):
+    detector: str = Field(min_length=1, description="the finding detector that raises this alert")
+    severity: Literal["critical", "warning", "info"] = Field(default="warning", description="severity label")
+    description: str = Field(default="", description="what the alert means")
+    runbook_url: str = Field(default="", description="runbook link shown in notifications")
+
+
+def default_alert_rules() -> dict[str, AlertRule]:
+    return {
+        name: AlertRule(detector=detector, severity=severity, description=description)  # type: ignore[arg-type]
+        for name, (detector, severity, description) in ALERT_RULES_DEFAULT.items()
+    }
+
+
+Matcher = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)")]
+
+
+class AlertRoute(Section):
+    matchers: list[Matcher] = Field(
+        min_length=1, description='label matchers, all must match: "severity=critical", "segment=~.*lang=zh.*"'
+    )
+    receiver: str = Field(min_length=1, description="receiver that gets matching alerts (first matching route wins)")
+
+
+class InhibitRule(Section):
+    source_matchers: list[Matcher] = Field(min_length=1, description="alerts that mute others while firing")
+    target_matchers: list[Matcher] = Field(min_length=1, description="alerts that are muted")
+    equal: list[str] = Field(default_factory=list, description="labels source and target must share")
+
+
+def default_inhibit_rules() -> list[InhibitRule]:
+    return [
+        InhibitRule(
+            source_matchers=["alertname=AcceptanceBelowThreshold"],
+            target_matchers=["alertname=AcceptanceDropped"],
+            equal=["segment"],
+        )
+    ]
+
+
+class ReceiverConfig(Section):
+    type: Literal["console", "slack", "webhook"] = Field(description="console (log), slack, or a JSON webhook")
+    channel: str = Field(default="", description="slack with bot_token: channel name or id, e.g. #inference-oncall")
+    bot_token: SecretSource = Field(default_factory=SecretSource, description="slack: xoxb- bot token, env or file")
+    url: SecretSource = Field(
+        default_factory=SecretSource, description="slack incoming-webhook URL, or the JSON webhook's URL; env or file"
+    )
+    slack_api_url: str = Field(default="https://slack.com/api/", description="Slack Web API base URL")
+    timeout_s: float = Field(default=10.0, gt=0, le=300, description="HTTP timeout per request")
+
+    @model_validator(mode="after")
+    def _complete(self) -> ReceiverConfig:
+        if self.type == "slack" and not (self.bot_token.configured or self.url.configured):
+            raise ValueError("a slack receiver needs bot_token (with channel) or url (incoming webhook)")
+        if self.type == "slack" and self.bot_token.configured and not self.channel:
+            raise ValueError("a slack receiver with bot_token needs channel")
+        if self.type == "webhook" and not self.url.configured:
+            raise ValueError("a webhook receiver needs url")
+        return self
+
+
+def default_receivers() -> dict[str, ReceiverConfig]:
+    return {"console": ReceiverConfig(type="console")}
 
 
 class AlertsConfig(Section):
-    notifier: Literal["console", "slack"] = Field(default="console", description="where notifications go")
-    slack: SlackConfig = Field(default_factory=SlackConfig)
+    receivers: dict[str, ReceiverConfig] = Field(
+        default_factory=default_receivers, description="named notification targets"
+    )
+    default_receiver: str = Field(default="console", description="receiver for alerts no route matches")
+    routes: list[AlertRoute] = Field(default_factory=list, description="routing by labels; first match wins")
+    rules: dict[str, AlertRule] = Field(
+        default_factory=default_alert_rules, description="alertname -> the detector that raises it and its severity"
+    )
+    inhibit_rules: list[InhibitRule] = Field(default_factory=default_inhibit_rules)
+    group_by: list[str] = Field(default_factory=lambda: ["alertname", "segment"], description="labels that group")
+    group_wait: DurationName = Field(default="30s", description="wait before the first notification of a new group")
+    group_interval: DurationName = Field(default="5m", description="wait before notifying changes to a group")
+    repeat_interval: DurationName = Field(default="4h", description="re-notify a group that is still firing")
+    resolve_after: DurationName = Field(default="15m", description="condition clear this long -> alert resolved")
+    send_resolved: bool = Field(default=True, description="notify when a group's alerts have all resolved")
+    report_url: str = Field(default="", description="link to the HTML report shown in notifications")
+    dispatch_interval_s: float = Field(default=10.0, gt=0, description="daemon: how often the outbox is sent")
+    max_backoff_s: float = Field(default=300.0, gt=0, description="longest wait between delivery retries")
+
+    @model_validator(mode="after")
+    def _receivers_exist(self) -> AlertsConfig:
+        named = {self.default_receiver, *(route.receiver for route in self.routes)}
+        missing = sorted(named - set(self.receivers))
+        if missing:
+            raise ValueError(f"unknown receiver(s) {', '.join(missing)}; define them under [alerts.receivers.NAME]")
+        return self
 
 
 class MetricsConfig(Section):

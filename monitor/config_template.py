@@ -51,20 +51,36 @@ def bounds(field: FieldInfo) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
+def is_model(value: Any) -> bool:
+    return isinstance(value, BaseModel) and not isinstance(value, SecretSource)
+
+
 def render_section(model: BaseModel, path: list[str]) -> list[str]:
+    """Plain keys first, then sub-tables: a model is [a.b], a dict of models is [a.b.NAME] each,
+    a list of models is [[a.b]] each (TOML needs tables after the keys of their parent)."""
     lines: list[str] = []
-    subsections: list[tuple[str, BaseModel]] = []
+    tables: list[tuple[str, str, BaseModel]] = []  # (header, description, model)
     for name, field in type(model).model_fields.items():
         value = getattr(model, name)
-        if isinstance(value, BaseModel) and not isinstance(value, SecretSource):
-            subsections.append((name, value))
-            continue
-        if field.description:
-            lines.append(f"# {field.description}{bounds(field)}")
-        lines.append(f"# {name} =   (not set)" if value is None else f"{name} = {toml_value(value)}")
-    for name, section in subsections:
-        lines.extend(["", f"[{'.'.join([*path, name])}]"])
-        lines.extend(render_section(section, [*path, name]))
+        dotted = ".".join([*path, name])
+        description = f"# {field.description}" if field.description else ""
+        if is_model(value):
+            tables.append((f"[{dotted}]", description, value))
+        elif isinstance(value, dict) and value and all(is_model(item) for item in value.values()):
+            tables.extend((f"[{dotted}.{key}]", description, item) for key, item in value.items())
+        elif isinstance(value, list) and value and all(is_model(item) for item in value):
+            tables.extend((f"[[{dotted}]]", description, item) for item in value)
+        else:
+            if field.description:
+                lines.append(f"# {field.description}{bounds(field)}")
+            lines.append(f"# {name} =   (not set)" if value is None else f"{name} = {toml_value(value)}")
+    described = set()
+    for header, description, section in tables:
+        if description in described:
+            description = ""
+        described.add(description)
+        lines.extend(["", *([description] if description else []), header])
+        lines.extend(render_section(section, header.strip("[]").split(".")))
     return lines
 
 

@@ -16,6 +16,7 @@ from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Engine,
     Float,
@@ -64,7 +65,12 @@ def as_utc(moment: datetime) -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime(), dict[str, Any]: JSON(), list[Any]: JSON()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UtcDateTime(),
+        dict[str, Any]: JSON(),
+        list[Any]: JSON(),
+        bool: Boolean(),
+    }
 
 
 class Sample(Base):
@@ -200,6 +206,76 @@ class StoredFinding(Base):
     severity: Mapped[str] = mapped_column(String(16))
     summary: Mapped[str] = mapped_column(Text)
     evidence: Mapped[dict[str, Any]]
+
+
+class AlertRecord(Base):
+    """One alert, identified by the fingerprint of its labels: firing until its condition has been
+    clear for `resolve_after`, then resolved. A resolved alert that fires again starts over."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(32), unique=True)
+    alertname: Mapped[str] = mapped_column(String(128))
+    detector: Mapped[str] = mapped_column(String(64))
+    labels: Mapped[dict[str, Any]]
+    annotations: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    starts_at: Mapped[datetime]
+    last_active_at: Mapped[datetime]
+    clear_since: Mapped[datetime | None]
+    ends_at: Mapped[datetime | None]
+
+
+class NotificationLogEntry(Base):
+    """What a receiver was last told about one alert group: the notification log that decides
+    whether to notify again (Alertmanager's nflog)."""
+
+    __tablename__ = "notification_log"
+
+    receiver: Mapped[str] = mapped_column(String(128), primary_key=True)
+    group_key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    incident: Mapped[int] = mapped_column(Integer)
+    open: Mapped[bool]
+    firing: Mapped[list[Any]]
+    resolved: Mapped[list[Any]]
+    notified_at: Mapped[datetime]
+
+
+class OutboxMessage(Base):
+    """A notification waiting for, or accepted by, its receiver. Marked sent only after the
+    receiver accepted it; sent in id order per receiver."""
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (Index("ix_alert_outbox_pending", "receiver", "sent_at", "id"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    receiver: Mapped[str] = mapped_column(String(128))
+    group_key: Mapped[str] = mapped_column(String(512))
+    incident: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempted_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    sent_at: Mapped[datetime | None]
+    receipt: Mapped[dict[str, Any] | None]
+
+
+class Silence(Base):
+    """Mutes the alerts its matchers select from starts_at to ends_at, without deleting them."""
+
+    __tablename__ = "silences"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    matchers: Mapped[list[Any]]
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    comment: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime]
 
 
 Index("ix_samples_segment_occurred", Sample.segment, Sample.occurred_at)

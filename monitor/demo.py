@@ -44,7 +44,7 @@ BROKEN_LINES = [
     b'{"id": "broken-2", "messages": [{"role": "user", "content": "hi"}], "completion": ""}\n',
     b'{"id": "broken-3", "prompt": "\xff\xfe", "completion": "x"}\n',
 ]
-NOT_BUILT = "Slack alerts, the recapture retrain and redeploy, and the daemon under systemd (not built yet)"
+NOT_BUILT = "the recapture retrain and redeploy, and the daemon under systemd"
 DEMO_DRAFT = "eagle"
 
 
@@ -87,7 +87,8 @@ def write_logs(directory: Path, per_phase: int, seed: int) -> list[Path]:
 def demo_config(data_dir: Path, models: Path | None = None) -> Config:
     config = Config(storage=StorageConfig(data_dir=data_dir))
     intake = config.intake.model_copy(update={"sampling": SamplingConfig(rate=1.0), "segment_keys": ["route"]})
-    update: dict[str, object] = {"intake": intake}
+    alerts = config.alerts.model_copy(update={"group_wait": "0s"})  # notify at the first evaluation
+    update: dict[str, object] = {"intake": intake, "alerts": alerts}
     if models is not None:
         update["models"] = ModelsConfig(target=models / "target", draft=models / "drafts" / DEMO_DRAFT)
         update["replay"] = ReplayConfig(samples_per_round=256, exact_fraction=0.01)
@@ -123,6 +124,8 @@ def write_training_corpus(path: Path, per_kind: int = 300, code_bytes: int = 200
 
 def measure(config: Config, engine: Engine) -> str:
     """Replay everything, evaluate, show status and findings; returns the report's path."""
+    from alerts.outbox import dispatch
+    from alerts.queries import alert_views
     from monitor.evaluate import evaluate
     from monitor.live_models import load_live_models
     from monitor.replay import Replayer
@@ -138,6 +141,11 @@ def measure(config: Config, engine: Engine) -> str:
     print(render_table(statuses, colour=sys.stdout.isatty()))
     for finding in evaluation.findings:
         print(f"  [{finding.severity}] {finding.detector}: {finding.summary}")
+    delivery = dispatch(config.alerts, engine)
+    for view in alert_views(config.alerts, engine):
+        muted = f" (muted: {view.muted_by})" if view.muted_by else ""
+        print(f"  alert {view.alert.name} {view.alert.labels.get('segment')} firing{muted}")
+    print(f"  {delivery.sent} notifications sent to the console receiver (set a Slack receiver in config.toml)")
     path = write_report(config, build_report(config, engine, live_draft=models.versions.draft))
     return str(path)
 

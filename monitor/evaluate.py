@@ -4,7 +4,8 @@ results of the live draft version (scored mode)
   -> segment_stats over the configured windows (bootstrap intervals over samples)
   -> threshold findings (alpha confidently below 0.65), change findings (Page-Hinkley drop
      from the segment's baseline), input drift (evidently, recent samples vs the reference)
-  -> stored in `findings` and handed to `deliver_findings`, the one door to alerting.
+  + health findings (replay stalled, intake errors)
+  -> stored in `findings` and handed to `deliver_findings`, the one door to alerting (alerts/).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from alerts.lifecycle import raise_findings
 from decoder import AcceptCounts
 from monitor.config import Config, window_length
 from monitor.db import ReplayResult, Sample, StoredFinding, utcnow
@@ -31,6 +33,7 @@ from monitor.drift import (
     input_features,
     threshold_findings,
 )
+from monitor.health import HEALTH_DETECTORS, health_findings
 from monitor.replay import EXACT, SCORED
 from monitor.stats import SampleResult, SegmentStats, alpha_series, segment_stats
 
@@ -137,7 +140,8 @@ def _prompt(messages: list[dict[str, str]]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
 
-def detect_input_drift(config: Config, engine: Engine, now: datetime) -> list[Finding]:
+def detect_input_drift(config: Config, engine: Engine, now: datetime) -> tuple[list[Finding], bool]:
+    """Input-drift findings, and whether the check ran (it needs enough rows on both sides)."""
     drift = config.drift
     since = now - window_length(drift.input_window)
     current = recent_rows(engine, since, now)
@@ -156,7 +160,7 @@ def detect_input_drift(config: Config, engine: Engine, now: datetime) -> list[Fi
     )
     if report.reason:
         log.info("input drift not checked: %s", report.reason)
-    return [finding] if finding else []
+    return ([finding] if finding else []), not report.reason
 
 
 def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime | None = None) -> Evaluation:
@@ -192,10 +196,13 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
         min_samples=drift.min_samples,
         window=drift.change_window,
     )
-    findings += detect_input_drift(config, engine, now)
+    input_drift, input_checked = detect_input_drift(config, engine, now)
+    findings += input_drift
+    findings += health_findings(config, engine, draft_version, now)
     evaluation = Evaluation(now, draft_version, stats, findings, cost_ratio)
     store_findings(engine, evaluation)
-    deliver_findings(evaluation.findings)
+    evaluated = {"threshold", "change", *HEALTH_DETECTORS, *(["input_drift"] if input_checked else [])}
+    deliver_findings(config, engine, evaluation.findings, evaluated, now)
     return evaluation
 
 
@@ -216,11 +223,14 @@ def store_findings(engine: Engine, evaluation: Evaluation) -> None:
         )
 
 
-def deliver_findings(findings: Sequence[Finding]) -> None:
-    """The one door from drift detection to alerting. The alert lifecycle (alerts/) is not built
-    yet: findings are stored and shown by `specwatch findings`, and logged here."""
+def deliver_findings(
+    config: Config, engine: Engine, findings: Sequence[Finding], evaluated: Collection[str], now: datetime
+) -> None:
+    """The one door from detection to alerting: what the detectors in `evaluated` found now. Alerts
+    fire, resolve and queue notifications in alerts/; the outbox is sent by `dispatch_alerts`."""
     for finding in findings:
-        log.warning("finding [%s] %s: %s", finding.severity, finding.detector, finding.summary)
+        log.info("finding [%s] %s: %s", finding.severity, finding.detector, finding.summary)
+    raise_findings(config.alerts, engine, findings, evaluated, now)
 
 
 def latest_findings(engine: Engine, limit: int = 50) -> list[StoredFinding]:

@@ -244,15 +244,18 @@ class Metrics:
         self.provider.shutdown()
 
 
-def replay_backlog(engine: Engine, versions: Versions, now: datetime | None = None) -> tuple[int, float]:
-    """(samples without a scored result for `versions`, seconds the oldest of them has waited since it
-    was received); (0, 0.0) when nothing is pending."""
+def replay_backlog(
+    engine: Engine, draft_version: str, target_version: str | None = None, now: datetime | None = None
+) -> tuple[int, float]:
+    """(samples without a scored result for the draft version (and target version, when given),
+    seconds the oldest of them has waited since it was received); (0, 0.0) when nothing is pending."""
     replayed = exists().where(
         ReplayResult.sample_id == Sample.id,
-        ReplayResult.draft_version == versions.draft,
-        ReplayResult.target_version == versions.target,
+        ReplayResult.draft_version == draft_version,
         ReplayResult.mode == SCORED,
     )
+    if target_version is not None:
+        replayed = replayed.where(ReplayResult.target_version == target_version)
     query = select(func.count(), func.min(Sample.received_at)).select_from(Sample).where(~replayed)
     with Session(engine) as session:
         pending, oldest = session.execute(query).one()

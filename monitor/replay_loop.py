@@ -11,6 +11,7 @@ import time
 
 from sqlalchemy import Engine
 
+from alerts.outbox import dispatch
 from monitor.config import Config
 from monitor.evaluate import evaluate
 from monitor.live_models import LiveModels
@@ -33,9 +34,11 @@ class ReplayLoop:
         """One round: replay, update metrics, evaluate when due; returns the samples claimed."""
         report = self.replayer.replay_once()
         self.metrics.record_replay(report.rows, report)
-        self.metrics.observe_backlog(*replay_backlog(self.engine, self.models.versions))
+        versions = self.models.versions
+        self.metrics.observe_backlog(*replay_backlog(self.engine, versions.draft, versions.target))
         if time.monotonic() - self._last_evaluation >= self.config.replay.evaluate_interval_s:
             self.metrics.observe_evaluation(evaluate(self.config, self.engine, self.models.versions.draft))
+            dispatch(self.config.alerts, self.engine)
             self._last_evaluation = time.monotonic()
         return report.claimed
 

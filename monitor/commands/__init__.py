@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from monitor.commands import (
+    alerts_cmd,
     config_cmd,
     db_cmd,
     demo_cmd,
@@ -27,4 +28,5 @@ COMMAND_GROUPS: list[Register] = [
     replay_cmd.register,
     status_cmd.register,
     report_cmd.register,
+    alerts_cmd.register,
 ]

@@ -18,24 +18,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def secret_sources(config: Config) -> dict[str, SecretSource]:
-    return {
+    sources = {
         "storage.database_password": config.storage.database_password,
         "intake.redaction.hash_salt": config.intake.redaction.hash_salt,
         "intake.http.token": config.intake.http.token,
-        "alerts.slack.bot_token": config.alerts.slack.bot_token,
-        "alerts.slack.webhook_url": config.alerts.slack.webhook_url,
     }
+    for name, receiver in config.alerts.receivers.items():
+        sources[f"alerts.receivers.{name}.bot_token"] = receiver.bot_token
+        sources[f"alerts.receivers.{name}.url"] = receiver.url
+    return sources
 
 
 def secret_required(config: Config, key: str) -> bool:
-    """Whether an unset secret is a problem: the salt falls back to a generated one, the
-    intake token is optional on loopback, Slack secrets matter only with the Slack notifier."""
+    """Whether an unset secret is a problem: the salt falls back to a generated one and the
+    intake token is optional on loopback."""
     if key == "intake.redaction.hash_salt":
         return False
     if key == "intake.http.token":
         return not config.intake.http.is_loopback
-    if key.startswith("alerts.slack."):
-        return config.alerts.notifier == "slack"
     return True
 
 
@@ -52,9 +52,6 @@ def secret_problems(config: Config) -> list[str]:
             continue
         if value is None and secret_required(config, key):
             problems.append(f"{key}: {source.describe()} is not set")
-    slack = config.alerts.slack
-    if config.alerts.notifier == "slack" and not (slack.bot_token.configured or slack.webhook_url.configured):
-        problems.append("alerts.slack: notifier is slack but neither bot_token nor webhook_url is configured")
     return problems
 
 

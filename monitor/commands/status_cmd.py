@@ -9,7 +9,9 @@ from monitor.commands.common import CommandError, add_config_argument, load_conf
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    evaluate = subparsers.add_parser("evaluate", help="compute per-segment statistics and run the drift detectors")
+    evaluate = subparsers.add_parser(
+        "evaluate", help="compute per-segment statistics, run the detectors, raise and send alerts"
+    )
     add_config_argument(evaluate)
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(handler=evaluate_command)
@@ -37,11 +39,13 @@ def live_draft_version(args: argparse.Namespace) -> str:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    from alerts.outbox import dispatch
     from monitor.evaluate import evaluate
 
     config = load_config(args)
     engine = open_database(config)
     evaluation = evaluate(config, engine, live_draft_version(args))
+    dispatch(config.alerts, engine)
     engine.dispose()
     if args.json:
         print_json({"findings": [f.to_dict() for f in evaluation.findings]})

@@ -52,7 +52,7 @@ def test_toml_syntax_error_is_reported() -> None:
 @pytest.mark.parametrize(
     "text",
     [
-        '[alerts.slack]\nbot_token = "xoxb-123"\n',
+        '[alerts.receivers.oncall]\ntype = "slack"\nchannel = "#x"\nbot_token = "xoxb-123"\n',
         '[intake.http]\ntoken = "s3cret"\n',
         '[storage]\ndatabase_url = "postgresql://app:s3cret@db/specwatch"\n',
     ],
@@ -92,20 +92,23 @@ def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], mo
     good.write_text(render_config())
     assert main(["config", "check", "--config", str(good)]) == 0
     bad = tmp_path / "bad.toml"
-    bad.write_text('[retention]\nsamples_days = 0\n[alerts]\nnotifier = "pager"\n')
+    bad.write_text('[retention]\nsamples_days = 0\n[alerts]\ndefault_receiver = "pager"\n')
     assert main(["config", "check", "--config", str(bad)]) != 0
     err = capsys.readouterr().err
-    assert "retention.samples_days:" in err and "alerts.notifier:" in err
+    assert "retention.samples_days:" in err and "unknown receiver(s) pager" in err
 
 
 def test_config_check_reports_unset_secret_without_value(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "slack.toml"
-    path.write_text('[alerts]\nnotifier = "slack"\n[alerts.slack]\nbot_token = { env = "SW_TEST_SLACK" }\n')
+    path.write_text(
+        '[alerts]\ndefault_receiver = "oncall"\n'
+        '[alerts.receivers.oncall]\ntype = "slack"\nchannel = "#oncall"\nbot_token = { env = "SW_TEST_SLACK" }\n'
+    )
     monkeypatch.delenv("SW_TEST_SLACK", raising=False)
     assert main(["config", "check", "--config", str(path)]) == 1
-    assert "alerts.slack.bot_token: environment variable SW_TEST_SLACK is not set" in capsys.readouterr().err
+    assert "alerts.receivers.oncall.bot_token: environment variable SW_TEST_SLACK is not set" in capsys.readouterr().err
     monkeypatch.setenv("SW_TEST_SLACK", "xoxb-very-secret")
     assert main(["config", "check", "--config", str(path)]) == 0
     out = capsys.readouterr()

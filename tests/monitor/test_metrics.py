@@ -235,7 +235,7 @@ def test_replay_spans_backlog_and_results(
 ) -> None:
     records = [RawRecord(f"item {i}", value=v) for i, v in enumerate(traffic(10, {"en": 0.5, "code": 0.5}, seed=5))]
     IntakePipeline(config, engine, Secret("salt")).ingest("test", records)
-    waiting = replay_backlog(engine, live.versions)
+    waiting = replay_backlog(engine, live.versions.draft, live.versions.target)
     assert waiting[0] == 10 and waiting[1] >= 0.0
 
     spans = InMemorySpanExporter()
@@ -253,7 +253,7 @@ def test_replay_spans_backlog_and_results(
     assert by_name["replay.scored_batch"].parent.span_id == by_name["replay.round"].context.span_id
 
     later = datetime.now(UTC) + timedelta(minutes=5)
-    pending, lag = replay_backlog(engine, live.versions, now=later)
+    pending, lag = replay_backlog(engine, live.versions.draft, live.versions.target, now=later)
     assert pending == 6 and 300 <= lag < 600
 
     with Session(engine) as session:

@@ -1,0 +1,36 @@
+import pytest
+
+from alerts.matchers import Matcher, MatcherError, match_all, parse_all
+
+LABELS = {"alertname": "AcceptanceBelowThreshold", "severity": "critical", "segment": "tenant=acme/lang=zh"}
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("severity=critical", True),
+        ("severity = critical", True),
+        ('severity="critical"', True),
+        ("severity=warning", False),
+        ("severity!=warning", True),
+        ("segment=~.*lang=zh.*", True),
+        ("segment=~lang=zh", False),  # a regex must match the whole value
+        ("segment!~.*lang=en.*", True),
+        ("runbook=", True),  # an absent label matches the empty string
+        ("runbook!=", False),
+    ],
+)
+def test_matcher_semantics(text: str, expected: bool) -> None:
+    assert Matcher.parse(text).matches(LABELS) is expected
+
+
+@pytest.mark.parametrize("text", ["severity", "=critical", "segment=~(unclosed", "1abc=x"])
+def test_bad_matchers_are_refused_with_the_text(text: str) -> None:
+    with pytest.raises(MatcherError, match=r"matcher|regular expression"):
+        Matcher.parse(text)
+
+
+def test_all_matchers_must_match() -> None:
+    assert match_all(parse_all(["severity=critical", "segment=~.*zh"]), LABELS)
+    assert not match_all(parse_all(["severity=critical", "segment=~.*en"]), LABELS)
+    assert str(Matcher.parse("segment =~ .*zh")) == "segment=~.*zh"
