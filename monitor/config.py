@@ -407,6 +407,78 @@ class AlertsConfig(Section):
         return self
 
 
+class CorpusConfig(Section):
+    days: int = Field(default=30, ge=1, description="stored samples of the last N days form the corpus")
+    max_samples: int = Field(default=20_000, ge=10, description="most samples in one corpus (train + holdout)")
+    low_alpha_weight: float = Field(
+        default=3.0, ge=1.0, description="a segment below the alert threshold gets up to this many times its share"
+    )
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9, description="share of samples held out for the gate")
+    regenerate_responses: bool = Field(
+        default=False, description="train on the target's own greedy answers to the prompts instead of the logged ones"
+    )
+    max_new_tokens: int = Field(default=128, ge=1, description="tokens per regenerated answer")
+
+
+class TrainingConfig(Section):
+    kind: Literal["live", "eagle", "medusa", "draft_model"] = Field(
+        default="live", description="draft kind to train; live = the live head's kind (and warm start from it)"
+    )
+    steps: int = Field(default=300, ge=1, description="optimizer steps")
+    learning_rate: float = Field(default=1e-3, gt=0, le=1, description="peak AdamW learning rate")
+    batch_size: int = Field(default=16, ge=1, description="sequences per step")
+    sequence_length: int = Field(default=128, ge=8, description="tokens per training sequence")
+    checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints (a killed job resumes)")
+    seed: int = Field(default=0, ge=0, description="seeds corpus split, batch order and initialization")
+    device: str = Field(default="auto", description="auto = the GPU when present, else cpu")
+
+
+class GateConfig(Section):
+    min_alpha_gain: float = Field(
+        default=0.01, ge=0.0, description="overall alpha must improve by this much, at the interval's lower end"
+    )
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0, description="confidence of the paired bootstrap")
+    segment_min_samples: int = Field(default=20, ge=1, description="segments with fewer holdout samples are not judged")
+    segment_tolerance: float = Field(default=0.02, ge=0.0, description="a judged segment may lose at most this alpha")
+    lossless_samples: int = Field(default=4, ge=1, description="holdout prompts checked for exact-mode losslessness")
+    lossless_max_new_tokens: int = Field(default=32, ge=1, description="tokens generated per lossless check")
+
+
+class DeployConfig(Section):
+    command: list[str] = Field(
+        default_factory=list,
+        description="run after the live pointer switched, e.g. [\"systemctl\", \"reload\", \"vllm\"]; "
+        "env SPECWATCH_HEAD_DIR, SPECWATCH_HEAD_VERSION",
+    )
+    url: str = Field(default="", description="or POST {version, path} as JSON to this URL (the serving engine)")
+    timeout_s: float = Field(default=60.0, gt=0, description="the hook's time limit")
+
+
+class WatchConfig(Section):
+    window: WindowName = Field(default="6h", description="after a deploy, live alpha is compared for this long")
+    min_samples: int = Field(default=50, ge=1, description="samples the new head needs before it is judged")
+    tolerance: float = Field(default=0.03, ge=0.0, description="a drop below the old head by more than this rolls back")
+
+
+class RetrainConfig(Section):
+    heads_dir: Path = Field(default=Path("heads"), description="head registry; relative = under storage.data_dir")
+    schedule: str = Field(
+        default="0 3 1 1,4,7,10 *", description="quarterly retrain, crontab (minute hour day month weekday)"
+    )
+    timezone: str = Field(default="UTC", description="time zone of the schedule")
+    recapture_after: DurationName = Field(
+        default="6h", description="a breach or drop alert firing this long starts a retrain early"
+    )
+    cooldown: DurationName = Field(default="3d", description="no recapture retrain within this long of the last one")
+    heartbeat_s: float = Field(default=10.0, gt=0, description="a running job refreshes its heartbeat this often")
+    stale_after_s: float = Field(default=120.0, gt=0, description="a job silent this long is dead; its lock frees")
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
+
+
 class MetricsConfig(Section):
     enabled: bool = Field(default=True, description="serve Prometheus metrics at http://host:port/metrics")
     host: str = Field(default="127.0.0.1", description="bind address of the metrics endpoint")
@@ -428,6 +500,7 @@ class Config(Section):
     stats: StatsConfig = Field(default_factory=StatsConfig)
     drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @model_validator(mode="after")
@@ -456,6 +529,12 @@ class Config(Section):
             }
         )
         return self.model_copy(update={"storage": storage, "intake": intake, "models": models, "drift": drift})
+
+    @property
+    def heads_dir(self) -> Path:
+        """The head registry's directory (retrain.heads_dir, under the data dir unless absolute)."""
+        heads = self.retrain.heads_dir
+        return heads if heads.is_absolute() else self.storage.data_dir / heads
 
     @property
     def database_url(self) -> str:
