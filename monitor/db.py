@@ -278,6 +278,57 @@ class Silence(Base):
     created_at: Mapped[datetime]
 
 
+class RetrainJob(Base):
+    """One retrain: what started it, where it is, and what the gate decided."""
+
+    __tablename__ = "retrain_jobs"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    trigger: Mapped[str] = mapped_column(String(32))  # quarterly | recapture | manual
+    reason: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued running succeeded refused failed interrupted
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    owner: Mapped[str | None] = mapped_column(String(128))
+    work_dir: Mapped[str] = mapped_column(String(1024))
+    progress: Mapped[dict[str, Any]]
+    corpus_hash: Mapped[str | None] = mapped_column(String(64))
+    candidate_version: Mapped[str | None] = mapped_column(String(64))
+    decision: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+
+
+class RetrainLock(Base):
+    """The one-retrain-at-a-time lock: held while its owner's heartbeat is fresh, so a crashed
+    owner's lock frees itself."""
+
+    __tablename__ = "retrain_lock"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    job_id: Mapped[int | None] = mapped_column(Id)
+    heartbeat_at: Mapped[datetime | None]
+
+
+class HeadEvent(Base):
+    """A change of the live head: deploy, refusal, watch verdict, rollback, with the hook's result."""
+
+    __tablename__ = "head_events"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    event: Mapped[str] = mapped_column(String(32))  # deployed | refused | kept | rolled_back
+    version: Mapped[str] = mapped_column(String(64))
+    previous_version: Mapped[str | None] = mapped_column(String(64))
+    job_id: Mapped[int | None] = mapped_column(Id)
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]]
+
+
 Index("ix_samples_segment_occurred", Sample.segment, Sample.occurred_at)
 
 
