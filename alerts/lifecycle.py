@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -283,3 +284,32 @@ def record_notification(
 def as_alert(row: AlertRecord) -> Alert:
     status: Status = "firing" if row.status == FIRING else "resolved"
     return Alert(dict(row.labels), dict(row.annotations), status, row.starts_at, row.ends_at)
+
+
+def queue_event(
+    config: AlertsConfig,
+    engine: Engine,
+    labels: dict[str, str],
+    annotations: dict[str, Any],
+    now: datetime | None = None,
+) -> int:
+    """Queues a one-off notification (a retrain decision, a deploy, a rollback): routed by its labels
+    like an alert, a group of its own, no lifecycle. Returns the outbox id."""
+    now = now or utcnow()
+    routes = [(parse_all(r.matchers), r.receiver) for r in config.routes]
+    receiver = route(labels, routes, config.default_receiver)
+    key, group_labels = group_key(receiver, labels, config.group_by)
+    event = Alert(labels, {"report_url": config.report_url, **annotations}, "firing", now)
+    with Session(engine) as session, session.begin():
+        row = OutboxMessage(
+            receiver=receiver,
+            group_key=f"{key}:event:{now.isoformat()}:{uuid.uuid4().hex[:8]}",
+            incident=1,
+            kind="event",
+            payload={"group_labels": group_labels, "alerts": [event.to_dict()]},
+            created_at=now,
+            attempts=0,
+        )
+        session.add(row)
+        session.flush()
+        return row.id

@@ -7,15 +7,14 @@ and a test notification to check a route's wiring.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
-from alerts.lifecycle import active_silences, as_alert, inhibit_rules_of
+from alerts.lifecycle import active_silences, as_alert, inhibit_rules_of, queue_event
 from alerts.matchers import parse_all
 from alerts.model import FIRING, Alert
 from alerts.policy import muted
@@ -135,33 +134,16 @@ def silence_rows(engine: Engine, include_expired: bool = False) -> list[dict[str
         ]
 
 
-def queue_test_notification(engine: Engine, receiver: str, report_url: str = "") -> int:
-    """Queues a sample alert for `receiver` (its own group, kind "test"); returns the outbox id."""
-    now = utcnow()
-    sample = Alert(
-        labels={"alertname": "SpecwatchTest", "severity": "info", "segment": "lang=zh"},
-        annotations={
-            "summary": "test notification from `specwatch alerts test`: the route works",
-            "evidence": {"alpha": 0.41, "interval": [0.36, 0.47], "samples": 120, "threshold": 0.65},
-            "window": "1h",
-            "report_url": report_url,
-        },
-        status="firing",
-        starts_at=now - timedelta(minutes=1),
-    )
-    with Session(engine) as session, session.begin():
-        row = OutboxMessage(
-            receiver=receiver,
-            group_key=f"test:{uuid.uuid4().hex[:12]}",
-            incident=1,
-            kind="test",
-            payload={"group_labels": {"alertname": "SpecwatchTest"}, "alerts": [sample.to_dict()]},
-            created_at=now,
-            attempts=0,
-        )
-        session.add(row)
-        session.flush()
-        return row.id
+def queue_test_notification(config: AlertsConfig, engine: Engine, receiver: str) -> int:
+    """Queues a sample alert for `receiver` (its own group, kind "event"); returns the outbox id."""
+    labels = {"alertname": "SpecwatchTest", "severity": "info", "segment": "lang=zh"}
+    annotations = {
+        "summary": "test notification from `specwatch alerts test`: the route works",
+        "evidence": {"alpha": 0.41, "interval": [0.36, 0.47], "samples": 120, "threshold": 0.65},
+        "window": "1h",
+    }
+    only_to_receiver = config.model_copy(update={"routes": [], "default_receiver": receiver})
+    return queue_event(only_to_receiver, engine, labels, annotations)
 
 
 def outbox_row(engine: Engine, message_id: int) -> OutboxMessage | None:

@@ -196,7 +196,7 @@ def test_command(args: argparse.Namespace) -> int:
     if receiver not in config.alerts.receivers:
         raise CommandError(f"no receiver {receiver!r}; configured: {', '.join(sorted(config.alerts.receivers))}")
     engine = open_database(config)
-    message_id = queue_test_notification(engine, receiver, config.alerts.report_url)
+    message_id = queue_test_notification(config.alerts, engine, receiver)
     report = dispatch(config.alerts, engine)
     row = outbox_row(engine, message_id)
     engine.dispose()
