@@ -127,12 +127,12 @@ def measure(config: Config, engine: Engine) -> str:
     from alerts.outbox import dispatch
     from alerts.queries import alert_views
     from monitor.evaluate import evaluate
-    from monitor.live_models import load_live_models
+    from monitor.live_models import live_draft_dir, load_live_models
     from monitor.replay import Replayer
     from monitor.report import build_report, write_report
     from monitor.status import render_table, segment_statuses
 
-    models = load_live_models(config.models)
+    models = load_live_models(config.models, live_draft_dir(config))
     report = Replayer(engine, models.target, models.draft, models.versions, config.replay).replay_all()
     print(f"  replayed {report.stored} samples ({report.exact} also in exact mode) in {report.seconds:.1f}s")
     write_training_corpus(config.drift.reference_corpus or config.storage.data_dir / "training-corpus.jsonl")

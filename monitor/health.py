@@ -12,11 +12,12 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from monitor.config import Config
-from monitor.db import QuarantinedRecord
+from monitor.db import HeadEvent, QuarantinedRecord, RetrainJob
 from monitor.drift import WARNING, Finding
 from monitor.metrics import replay_backlog
 
-HEALTH_DETECTORS = ("replay_stalled", "intake_errors")
+HEALTH_DETECTORS = ("replay_stalled", "intake_errors", "retrain_failed", "deploy_rolled_back")
+ROLLBACK_ALERT_HOURS = 24
 ALL_TRAFFIC = "*"
 
 
@@ -56,9 +57,45 @@ def intake_errors(engine: Engine, per_hour_limit: int, now: datetime) -> Finding
     )
 
 
+def retrain_failed(engine: Engine) -> Finding | None:
+    """The latest retrain job failed or was interrupted (and none finished since)."""
+    query = select(RetrainJob).where(RetrainJob.state.in_(["succeeded", "refused", "failed", "interrupted"]))
+    with Session(engine) as session:
+        job = session.scalars(query.order_by(RetrainJob.id.desc()).limit(1)).first()
+        if job is None or job.state not in ("failed", "interrupted"):
+            return None
+        return Finding(
+            detector="retrain_failed",
+            segment=ALL_TRAFFIC,
+            window="latest",
+            severity=WARNING,
+            summary=f"retrain job {job.id} ({job.trigger}) {job.state}: {(job.error or '')[:300]}",
+            evidence={"job": job.id, "trigger": job.trigger, "state": job.state, "stage": job.progress.get("stage")},
+        )
+
+
+def deploy_rolled_back(engine: Engine, now: datetime) -> Finding | None:
+    """The live head changed last by a rollback, within the last ROLLBACK_ALERT_HOURS hours."""
+    query = select(HeadEvent).where(HeadEvent.event.in_(["deployed", "rolled_back"])).order_by(HeadEvent.id.desc())
+    with Session(engine) as session:
+        event = session.scalars(query.limit(1)).first()
+        if event is None or event.event != "rolled_back" or now - event.at > timedelta(hours=ROLLBACK_ALERT_HOURS):
+            return None
+        return Finding(
+            detector="deploy_rolled_back",
+            segment=ALL_TRAFFIC,
+            window=f"{ROLLBACK_ALERT_HOURS}h",
+            severity="critical",
+            summary=f"head {event.previous_version} was rolled back to {event.version}: {event.reason[:300]}",
+            evidence={"rolled_back": event.previous_version, "live": event.version, **event.details.get("watch", {})},
+        )
+
+
 def health_findings(config: Config, engine: Engine, draft_version: str, now: datetime) -> list[Finding]:
     found = [
         replay_stalled(engine, draft_version, config.replay.stall_after_s, now),
         intake_errors(engine, config.intake.quarantined_per_hour_alert, now),
+        retrain_failed(engine),
+        deploy_rolled_back(engine, now),
     ]
     return [finding for finding in found if finding is not None]

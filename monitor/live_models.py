@@ -6,9 +6,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from decoder import Draft, TargetModel, load_draft, load_target
-from monitor.config import ModelsConfig
-from monitor.replay import Versions, draft_version
+from decoder import Draft, TargetModel, draft_version, load_draft, load_target
+from monitor.config import Config, ModelsConfig
+from monitor.replay import Versions
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,22 @@ def require_directory(path: Path | None, key: str) -> Path:
     return path
 
 
-def load_live_models(config: ModelsConfig) -> LiveModels:
+def live_draft_dir(config: Config) -> Path | None:
+    """The live head: the head registry's live pointer once a retrain deployed one (or a rollback
+    moved it), else `models.draft`."""
+    from retrain.registry import HeadRegistry, RegistryError
+
+    try:
+        live = HeadRegistry(config.heads_dir).live_path()
+    except RegistryError as error:
+        raise ModelsUnavailable(str(error)) from None
+    return live or config.models.draft
+
+
+def load_live_models(config: ModelsConfig, draft_dir: Path | None = None) -> LiveModels:
+    """The target and the live draft (`draft_dir` when given, e.g. from live_draft_dir, else models.draft)."""
     target_dir = require_directory(config.target, "models.target")
-    draft_dir = require_directory(config.draft, "models.draft")
+    draft_dir = require_directory(draft_dir or config.draft, "models.draft")
     target = load_target(target_dir, device=config.device)
     draft = load_draft(draft_dir, target)
     versions = Versions(target=target.fingerprint[:16], draft=draft_version(draft_dir))

@@ -12,7 +12,6 @@ late duplicate is dropped, and a new draft version starts its own set of results
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -22,7 +21,6 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
@@ -82,17 +80,6 @@ class ReplayReport:
     tokens: int = 0
     rows: list[dict[str, Any]] = field(default_factory=list)
     """the result rows this round wrote (one round only; replay_all keeps none)"""
-
-
-def draft_version(directory: Path) -> str:
-    """A content hash of a saved draft (config and weights): a retrained head is a new version."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def worker_name() -> str:

@@ -123,23 +123,25 @@ def recent_jobs(engine: Engine, limit: int = 20) -> list[JobView]:
 
 
 def mark_dead_jobs(engine: Engine, stale_after_s: float, now: datetime | None = None) -> list[int]:
-    """Jobs that claim to run but whose heartbeat stopped: marked interrupted (resumable)."""
+    """Jobs that claim to run but whose heartbeat stopped: marked interrupted (resumable). Jobs
+    queued that long ago and never started: marked failed (their process died before the lock)."""
     now = now or utcnow()
     stale = now - timedelta(seconds=stale_after_s)
     with Session(engine) as session, session.begin():
-        rows = list(
-            session.scalars(
-                select(RetrainJob).where(
-                    RetrainJob.state == "running",
-                    or_(RetrainJob.heartbeat_at.is_(None), RetrainJob.heartbeat_at < stale),
-                )
-            )
+        running = select(RetrainJob).where(
+            RetrainJob.state == "running", or_(RetrainJob.heartbeat_at.is_(None), RetrainJob.heartbeat_at < stale)
         )
-        for row in rows:
+        dead = list(session.scalars(running))
+        for row in dead:
             row.state = "interrupted"
             row.error = f"no heartbeat since {row.heartbeat_at}: the job's process died"
             log.warning("retrain job %d was interrupted (no heartbeat since %s)", row.id, row.heartbeat_at)
-        return [row.id for row in rows]
+        never = select(RetrainJob).where(RetrainJob.state == "queued", RetrainJob.created_at < stale)
+        for row in session.scalars(never):
+            row.state, row.finished_at = "failed", now
+            row.error = f"queued at {row.created_at} and never started; see {row.work_dir}/process.log"
+            log.warning("retrain job %d never started", row.id)
+        return [row.id for row in dead]
 
 
 def resumable_job(engine: Engine) -> JobView | None:

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def replay_command(args: argparse.Namespace) -> int:
     from decoder import DecoderError
-    from monitor.live_models import ModelsUnavailable, load_live_models
+    from monitor.live_models import ModelsUnavailable, live_draft_dir, load_live_models
     from monitor.replay import Replayer
 
     config = load_config(args)
@@ -44,7 +44,7 @@ def replay_command(args: argparse.Namespace) -> int:
     if args.mode == "exact":
         replay = replay.model_copy(update={"exact_fraction": 1.0})
     try:
-        models = load_live_models(config.models)
+        models = load_live_models(config.models, live_draft_dir(config))
     except (ModelsUnavailable, DecoderError, OSError) as exc:
         raise CommandError(str(exc)) from None
     engine = open_database(config)

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from monitor.replay import draft_version
+    from decoder import draft_version
+    from monitor.live_models import ModelsUnavailable, live_draft_dir
     from monitor.report import build_report, write_report
 
     config = load_config(args)
@@ -39,7 +40,10 @@ def report_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--window {args.window}: not one of the configured windows {config.stats.windows}")
     if args.top < 0 or args.days <= 0:
         raise CommandError("--top must be >= 0 and --days > 0")
-    draft = config.models.draft
+    try:
+        draft = live_draft_dir(config)
+    except ModelsUnavailable as error:
+        raise CommandError(str(error)) from None
     live = draft_version(draft) if draft is not None and draft.is_dir() else None
     engine = open_database(config)
     try:

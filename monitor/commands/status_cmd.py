@@ -30,12 +30,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def live_draft_version(args: argparse.Namespace) -> str:
-    from monitor.replay import draft_version
+    from decoder import draft_version
+    from monitor.live_models import ModelsUnavailable, live_draft_dir
 
     config = load_config(args)
-    if config.models.draft is None or not config.models.draft.is_dir():
-        raise CommandError(f"models.draft = {config.models.draft}: not a directory; the live draft names the results")
-    return draft_version(config.models.draft)
+    try:
+        draft = live_draft_dir(config)
+    except ModelsUnavailable as error:
+        raise CommandError(str(error)) from None
+    if draft is None or not draft.is_dir():
+        raise CommandError(f"models.draft = {draft}: not a directory; the live draft names the results")
+    return draft_version(draft)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
