@@ -119,7 +119,7 @@ def estimated_speedup(tau: float | None, window_k: int, cost_ratio: float | None
     return tau / (1.0 + window_k * cost_ratio)
 
 
-def _expanded_levels(samples: int, confidence: float) -> tuple[float, float]:
+def expanded_levels(samples: int, confidence: float) -> tuple[float, float]:
     """Percentile levels of Hesterberg's expanded percentile interval for n = `samples`."""
     tail = (1.0 - confidence) / 2.0
     t_quantile = float(student_t.ppf(1.0 - tail, samples - 1))
@@ -127,7 +127,7 @@ def _expanded_levels(samples: int, confidence: float) -> tuple[float, float]:
     return expanded_tail, 1.0 - expanded_tail
 
 
-def _resampled_sums(columns: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+def resampled_sums(columns: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """Column sums of `resamples` cluster-bootstrap resamples of the rows: shape (resamples, columns)."""
     rows = columns.shape[0]
     chunk = max(1, _BOOTSTRAP_CHUNK // rows)
@@ -140,7 +140,7 @@ def _resampled_sums(columns: np.ndarray, resamples: int, rng: np.random.Generato
     return sums
 
 
-def _percentile_interval(values: np.ndarray, levels: tuple[float, float]) -> Interval | None:
+def percentile_interval(values: np.ndarray, levels: tuple[float, float]) -> Interval | None:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return None
@@ -155,13 +155,13 @@ def bootstrap_intervals(
     if len(counts) < 2:
         return None, None
     columns = np.array([(c.accepted, c.accepted + c.rejected, c.steps) for c in counts], dtype=np.float64, order="F")
-    sums = _resampled_sums(columns, resamples, np.random.default_rng(seed))
+    sums = resampled_sums(columns, resamples, np.random.default_rng(seed))
     accepted, alpha_denominator, steps = sums.T
     with np.errstate(divide="ignore", invalid="ignore"):
         alphas = accepted / alpha_denominator
         taus = 1.0 + accepted / steps
-    levels = _expanded_levels(len(counts), confidence)
-    return _percentile_interval(alphas, levels), _percentile_interval(taus, levels)
+    levels = expanded_levels(len(counts), confidence)
+    return percentile_interval(alphas, levels), percentile_interval(taus, levels)
 
 
 def _stats_for(

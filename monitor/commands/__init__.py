@@ -14,6 +14,7 @@ from monitor.commands import (
     models_cmd,
     replay_cmd,
     report_cmd,
+    retrain_cmd,
     status_cmd,
 )
 
@@ -29,4 +30,5 @@ COMMAND_GROUPS: list[Register] = [
     status_cmd.register,
     report_cmd.register,
     alerts_cmd.register,
+    retrain_cmd.register,
 ]

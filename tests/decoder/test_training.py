@@ -1,6 +1,9 @@
-"""fit_draft: loss goes down, runs are reproducible from the seed, warm starts continue."""
+"""fit_draft: loss goes down, runs are reproducible from the seed, warm starts continue, and a
+killed run resumed from its checkpoint ends with the weights of an uninterrupted one."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -8,13 +11,30 @@ import torch
 from decoder import FitConfig, TargetModel, create_draft, fit_draft, pack_token_batches
 from decoder.reference import encode_documents
 from decoder.reference_corpus import dialog_documents, split
+from decoder.training import CheckpointError, CheckpointMismatchError, FitCheckpoint
 from tests.decoder.conftest import KINDS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
 def english_batches(target: TargetModel) -> list:
     documents = split(dialog_documents("en"))[0][:200]
     return pack_token_batches(encode_documents(target.tokenizer, documents), sequence_length=48, batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def small_batches(target: TargetModel) -> list:
+    """A few small batches: the checkpoint tests check equality, not learning."""
+    documents = split(dialog_documents("en"))[0][:30]
+    return pack_token_batches(encode_documents(target.tokenizer, documents), sequence_length=24, batch_size=2)[:5]
 
 
 def small_draft(kind: str, target: TargetModel):
@@ -50,3 +70,93 @@ def test_empty_batches_are_refused(target: TargetModel) -> None:
 def test_config_bounds_are_enforced() -> None:
     with pytest.raises(ValueError):
         FitConfig(steps=0)
+
+
+class Killed(Exception):
+    """Stands in for a SIGKILL halfway through a run."""
+
+
+def kill_after(step: int):
+    def on_step(done: int, total: int, loss: float) -> None:
+        if done == step:
+            raise Killed
+
+    return on_step
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resume_after_a_kill_ends_with_the_uninterrupted_weights(
+    kind: str, target: TargetModel, small_batches: list, tmp_path
+) -> None:
+    config = FitConfig(steps=8, learning_rate=3e-3, warmup_steps=2, seed=5)
+    torch.manual_seed(0)
+    uninterrupted = small_draft(kind, target)
+    full = fit_draft(target, uninterrupted, small_batches, config)
+
+    torch.manual_seed(0)
+    draft = small_draft(kind, target)
+    path = tmp_path / "checkpoint.pt"
+    saved: list[int] = []
+
+    def save(checkpoint: FitCheckpoint) -> None:
+        checkpoint.save(path)
+        saved.append(checkpoint.step)
+
+    with pytest.raises(Killed):
+        fit_draft(target, draft, small_batches, config, checkpoint_every=3, on_checkpoint=save, on_step=kill_after(5))
+    assert saved == [3]
+    torch.manual_seed(0)
+    restarted = small_draft(kind, target)
+    steps_run: list[int] = []
+    resumed = fit_draft(
+        target,
+        restarted,
+        small_batches,
+        config,
+        resume=FitCheckpoint.load(path),
+        on_step=lambda done, total, loss: steps_run.append(done),
+        checkpoint_every=3,
+        on_checkpoint=save,
+    )
+    assert steps_run == [4, 5, 6, 7, 8] and saved == [3, 6, 8]
+    assert resumed.resumed_from_step == 3 and resumed.metadata()["resumed_from_step"] == 3
+    assert resumed.losses == full.losses and resumed.tokens_seen == full.tokens_seen
+    expected = uninterrupted.state_dict()
+    for name, tensor in restarted.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+
+
+def test_a_checkpoint_of_another_run_is_refused(target: TargetModel, small_batches: list, tmp_path) -> None:
+    config = FitConfig(steps=3, learning_rate=3e-3, warmup_steps=1, seed=0)
+    torch.manual_seed(0)
+    checkpoints: list[FitCheckpoint] = []
+    fit_draft(
+        target,
+        small_draft("medusa", target),
+        small_batches,
+        config,
+        checkpoint_every=2,
+        on_checkpoint=checkpoints.append,
+        labels={"corpus": "abc"},
+    )
+    assert [c.step for c in checkpoints] == [2, 3]
+    checkpoint = FitCheckpoint.load(checkpoints[0].save(tmp_path / "c.pt"))
+    torch.manual_seed(0)
+    draft = small_draft("medusa", target)
+    before = {name: tensor.clone() for name, tensor in draft.state_dict().items()}
+    other = config.model_copy(update={"learning_rate": 1e-3})
+    with pytest.raises(CheckpointMismatchError, match="config"):
+        fit_draft(target, draft, small_batches, other, resume=checkpoint, labels={"corpus": "abc"})
+    with pytest.raises(CheckpointMismatchError, match="labels"):
+        fit_draft(target, draft, small_batches, config, resume=checkpoint, labels={"corpus": "xyz"})
+    with pytest.raises(CheckpointMismatchError, match="batches"):
+        fit_draft(target, draft, small_batches[1:], config, resume=checkpoint, labels={"corpus": "abc"})
+    assert all(torch.equal(tensor, before[name]) for name, tensor in draft.state_dict().items()), "left unchanged"
+
+
+def test_an_unreadable_checkpoint_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        FitCheckpoint.load(tmp_path / "missing.pt")
+    (tmp_path / "torn.pt").write_bytes(b"PK\x03\x04 not a whole file")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        FitCheckpoint.load(tmp_path / "torn.pt")

@@ -1,0 +1,178 @@
+"""Training a candidate head on a corpus built by the real intake: the loss falls, a live head
+warm-starts it, and a killed run resumes from its checkpoint to the uninterrupted weights."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import torch
+
+from decoder import TargetModel, load_target, read_manifest
+from decoder.drafts import MedusaConfig
+from decoder.training import FitCheckpoint
+from monitor.config import Config, CorpusConfig, IntakeConfig, SamplingConfig, Secret, StorageConfig, TrainingConfig
+from monitor.db import create_db_engine, upgrade
+from monitor.demo_traffic import traffic
+from monitor.intake.pipeline import IntakePipeline, RawRecord
+from retrain.corpus import Corpus, build_corpus
+from retrain.trainer import (
+    CHECKPOINT_FILE,
+    TrainingError,
+    initial_draft,
+    save_candidate,
+    token_batches,
+    train_head,
+)
+
+NOW = datetime(2026, 6, 30, 12, tzinfo=UTC)
+SETTINGS = TrainingConfig(steps=12, learning_rate=3e-3, batch_size=4, sequence_length=32, checkpoint_every=4)
+SMALL = {"draft_model": {"hidden_size": 32, "num_layers": 1}, "medusa": {"num_heads": 2}, "eagle": {}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def target(reference_models: Path) -> TargetModel:
+    return load_target(reference_models / "target", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
+    """40 stored exchanges (English and Chinese), Chinese with a low alpha."""
+    root = tmp_path_factory.mktemp("trainer-corpus")
+    url = f"sqlite:///{root / 'specwatch.db'}"
+    config = Config(
+        storage=StorageConfig(data_dir=root / "data", database_url=url),
+        intake=IntakeConfig(sampling=SamplingConfig(rate=1.0), segment_keys=[]),
+    )
+    engine = create_db_engine(url)
+    upgrade(engine)
+    records = traffic(40, {"en": 0.5, "zh": 0.5}, start=NOW - timedelta(days=1), spacing_s=60)
+    IntakePipeline(config, engine, Secret("salt")).ingest(
+        "test", [RawRecord(f"{i}", value=r) for i, r in enumerate(records)]
+    )
+    yield build_corpus(
+        engine,
+        CorpusConfig(holdout_fraction=0.25),
+        out_dir=root / "corpus",
+        segment_alpha={"lang=zh": 0.3},
+        threshold=0.65,
+        seed=0,
+        now=NOW,
+    )
+    engine.dispose()
+
+
+def test_a_short_run_lowers_the_loss_and_saves_with_its_metadata(
+    target: TargetModel, corpus: Corpus, tmp_path: Path
+) -> None:
+    steps: list[int] = []
+    result = train_head(
+        target,
+        corpus,
+        kind="draft_model",
+        warm_start=None,
+        settings=SETTINGS,
+        work_dir=tmp_path / "work",
+        progress=lambda step, total, loss: steps.append(step),
+        overrides=SMALL["draft_model"],
+    )
+    losses = result.fit.losses
+    assert steps == list(range(1, 13)) and len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert not result.warm_started and result.resumed_from_step is None and result.batch_size == 4
+    assert FitCheckpoint.load(tmp_path / "work" / CHECKPOINT_FILE).step == 12
+    saved = save_candidate(result, tmp_path / "candidate", corpus)
+    training = read_manifest(saved).training
+    assert training["kind"] == "draft_model" and training["corpus_hash"] == corpus.content_hash
+    assert training["steps"] == 12 and training["resumed_from_step"] is None and "KL" in training["objective"]
+
+
+def test_warm_start_loads_the_live_head_of_the_same_kind(
+    target: TargetModel, corpus: Corpus, reference_models: Path, tmp_path: Path
+) -> None:
+    live_dir = reference_models / "drafts" / "medusa"
+    settings = SETTINGS.model_copy(update={"steps": 2})
+    warm = train_head(target, corpus, kind="medusa", warm_start=live_dir, settings=settings, work_dir=tmp_path / "w")
+    live_config = read_manifest(live_dir).draft
+    assert isinstance(live_config, MedusaConfig)
+    fresh = train_head(
+        target,
+        corpus,
+        kind="medusa",
+        warm_start=None,
+        settings=settings,
+        work_dir=tmp_path / "f",
+        overrides={"num_heads": live_config.num_heads, "num_residual_blocks": live_config.num_residual_blocks},
+    )
+    assert warm.warm_started and not fresh.warm_started
+    assert warm.draft.config == live_config
+    assert warm.fit.losses[0] < fresh.fit.losses[0], "the live head already predicts this traffic"
+    _, warm_started = initial_draft(target, "eagle", live_dir, seed=0, overrides={})
+    assert not warm_started, "a live head of another kind is not a warm start"
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(step: int):
+    def progress(done: int, total: int, loss: float) -> None:
+        if done == step:
+            raise Killed
+
+    return progress
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_weights(
+    target: TargetModel, corpus: Corpus, tmp_path: Path
+) -> None:
+    settings = SETTINGS.model_copy(update={"steps": 8, "checkpoint_every": 3})
+    options = {"kind": "medusa", "warm_start": None, "settings": settings, "overrides": SMALL["medusa"]}
+    full = train_head(target, corpus, work_dir=tmp_path / "full", **options)  # type: ignore[arg-type]
+    with pytest.raises(Killed):
+        train_head(target, corpus, work_dir=tmp_path / "job", progress=kill_at(5), **options)  # type: ignore[arg-type]
+    assert FitCheckpoint.load(tmp_path / "job" / CHECKPOINT_FILE).step == 3
+    resumed = train_head(target, corpus, work_dir=tmp_path / "job", **options)  # type: ignore[arg-type]
+    assert resumed.resumed_from_step == 3 and full.resumed_from_step is None
+    assert resumed.fit.losses == full.fit.losses
+    expected = full.draft.state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in resumed.draft.state_dict().items())
+
+
+def test_a_checkpoint_of_other_settings_is_ignored_and_replaced(
+    target: TargetModel, corpus: Corpus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = SETTINGS.model_copy(update={"steps": 3, "checkpoint_every": 2})
+    options = {"kind": "medusa", "warm_start": None, "work_dir": tmp_path, "overrides": SMALL["medusa"]}
+    train_head(target, corpus, settings=settings, **options)  # type: ignore[arg-type]
+    other = settings.model_copy(update={"learning_rate": 1e-3})
+    with caplog.at_level(logging.WARNING, logger="retrain.trainer"):
+        result = train_head(target, corpus, settings=other, **options)  # type: ignore[arg-type]
+    assert result.resumed_from_step is None and len(result.fit.losses) == 3
+    assert "starting over" in caplog.text and "learning_rate" in caplog.text
+    labels = FitCheckpoint.load(tmp_path / CHECKPOINT_FILE).identity["labels"]
+    assert labels["settings"]["learning_rate"] == 1e-3
+
+
+def test_a_corpus_too_small_for_one_batch_shrinks_it_or_is_refused() -> None:
+    batches, batch_size = token_batches([[5] * 70], SETTINGS)
+    assert batch_size == 2 and len(batches) == 1 and batches[0].input_ids.shape == (2, 32)
+    with pytest.raises(TrainingError, match="fewer than one sequence of 32"):
+        token_batches([[5] * 20, [6] * 11], SETTINGS)
+
+
+def test_an_unknown_kind_is_refused(target: TargetModel, corpus: Corpus, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="unknown draft kind"):
+        train_head(target, corpus, kind="live", warm_start=None, settings=SETTINGS, work_dir=tmp_path)
