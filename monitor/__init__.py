@@ -1,5 +1,6 @@
-"""specwatch's application: CLI, config, database, intake, replay, statistics, drift.
+"""specwatch's application: CLI, config, database, intake, replay, statistics, drift, health.
 
-Only this package knows about the CLI, the config file, the database and the scheduler;
-decoder/ measures, retrain/ trains, alerts/ notifies.
+The config models (monitor.config), the tables (monitor.db) and the statistics (monitor.stats) are
+the shared base; decoder/ measures, alerts/ notifies, retrain/ trains and redeploys, and the
+commands here wire them together.
 """

@@ -81,7 +81,7 @@ def retrain_command(args: argparse.Namespace) -> int:
             engine.dispose()
             raise CommandError("a retrain is already queued or running; see `specwatch retrain status`")
     else:
-        print(f"resuming interrupted retrain job {job.id} from its work directory {job.work_dir}")
+        print(f"resuming interrupted retrain job {job.id} from {job.work_dir}", file=sys.stderr if args.json else None)
     return launch(args, config, engine, job)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine
 
@@ -50,3 +51,18 @@ def test_health_findings_use_the_configured_limits(config: Config, engine: Engin
     ingest(config, engine, good=2, bad=4)
     found = health_findings(config, engine, DRAFT, utcnow() + timedelta(minutes=2))
     assert sorted(f.detector for f in found) == ["intake_errors", "replay_stalled"]
+
+
+def test_retrain_failed_until_a_later_job_finishes(config: Config, engine: Engine, tmp_path: Path) -> None:
+    from monitor.health import retrain_failed
+    from retrain.jobs import create_job, finish
+
+    assert retrain_failed(engine) is None
+    first = create_job(engine, trigger="quarterly", reason="test", kind="eagle", work_root=tmp_path)
+    finish(engine, first.id, "failed", error="CorpusError: no samples in the last 30 days")
+    finding = retrain_failed(engine)
+    assert finding is not None and finding.evidence["job"] == first.id and "no samples" in finding.summary
+    second = create_job(engine, trigger="manual", reason="test", kind="eagle", work_root=tmp_path)
+    assert retrain_failed(engine) is not None, "a queued job does not clear it"
+    finish(engine, second.id, "refused")
+    assert retrain_failed(engine) is None
