@@ -282,6 +282,24 @@ class TargetModel:
         return results
 
 
+    def greedy_answers(
+        self, conversations: Sequence[Sequence[dict[str, str]]], max_new_tokens: int, batch_size: int = 32
+    ) -> list[str]:
+        """The target's greedy answer to each conversation, as a serving engine would log it: decoded
+        without the eos token, a partial character at a cut dropped. Prompts run in batches of similar
+        length (little padding); a prompt longer than the context loses its oldest tokens."""
+        room = max(1, self.context_length - max_new_tokens)
+        prompts = [self.encode_chat(messages)[-room:] for messages in conversations]
+        order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
+        answers = self.greedy_continuations([prompts[i] for i in order], max_new_tokens, batch_size=batch_size)
+        texts = [""] * len(prompts)
+        for index, tokens in zip(order, answers, strict=True):
+            if tokens and tokens[-1] == self.eos_token_id:
+                tokens = tokens[:-1]
+            texts[index] = str(self.tokenizer.decode(tokens, skip_special_tokens=True)).rstrip("\ufffd")
+        return texts
+
+
 def load_target(
     path: str | Path,
     *,

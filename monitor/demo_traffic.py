@@ -3,19 +3,26 @@
 with a mix that can shift toward Chinese and a little PII for the redactor to find.
 
     python -c "from monitor.demo_traffic import *; print(next(iter(traffic(3, {'en': 1.0}))))"
+
+A record's completion is the corpus's own answer, text no model wrote. Production logs hold what
+the serving engine generated, the target's answer, which is what drafts are trained to predict:
+`served(records, target)` puts the target's greedy answers in place of the corpus answers.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from decoder.reference_corpus import Document, code_documents, dialog_documents
+
+if TYPE_CHECKING:
+    from decoder.target import TargetModel
 
 LANGUAGES = ("en", "zh", "ja", "code")
 TENANTS = ("acme", "globex", "initech")
@@ -79,6 +86,19 @@ def traffic(
         language = rng.choices(languages, weights)[0]
         moment = start + timedelta(seconds=spacing_s * offset)
         yield record(first_index + offset, language, moment, rng)
+
+
+def served(
+    records: Iterable[dict[str, Any]], target: TargetModel, max_new_tokens: int = 64, batch_size: int = 32
+) -> list[dict[str, Any]]:
+    """The records as if `target` had served them: each completion replaced by the target's greedy
+    answer to the record's messages (as the engine saw them, PII included), decoded without the eos
+    token as an engine logs it; a partial character at a cut is dropped, an empty answer stays empty
+    (intake quarantines it, as it would a real one); see TargetModel.greedy_answers. A few hundred
+    records take seconds with the tiny reference target."""
+    records = list(records)
+    texts = target.greedy_answers([item["messages"] for item in records], max_new_tokens, batch_size=batch_size)
+    return [{**item, "completion": text} for item, text in zip(records, texts, strict=True)]
 
 
 def write_jsonl(path: Path, records: Iterator[dict[str, Any]]) -> int:

@@ -282,6 +282,7 @@ def change_findings(
 
 CATEGORICAL_FEATURES = ("language", "segment")
 NUMERICAL_FEATURES = ("prompt_chars", "completion_chars", "cjk_share", "code_line_share", "ascii_share")
+OPTIONAL_FEATURES = ("segment",)  # a column only when the rows carry it (a training corpus has no segments)
 
 
 def _feature_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -304,11 +305,19 @@ def input_features(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 
     Each row is a mapping with "prompt" and "completion" texts and optionally "language" (detected from
     the prompt when missing) and "segment". The text shares (cjk, code lines, ascii) are measured over
-    prompt and completion together: the draft is judged on the completion, given the prompt.
+    prompt and completion together: the draft is judged on the completion, given the prompt. The
+    "segment" column is there only when some row carries a segment.
     """
-    frame = pd.DataFrame([_feature_row(row) for row in rows], columns=[*CATEGORICAL_FEATURES, *NUMERICAL_FEATURES])
+    rows = list(rows)
+    columns = [
+        column
+        for column in (*CATEGORICAL_FEATURES, *NUMERICAL_FEATURES)
+        if column not in OPTIONAL_FEATURES or any(row.get(column) for row in rows)
+    ]
+    frame = pd.DataFrame([_feature_row(row) for row in rows], columns=columns)
     for column in CATEGORICAL_FEATURES:
-        frame[column] = frame[column].astype(str)
+        if column in frame.columns:
+            frame[column] = frame[column].astype(str)
     return frame
 
 
@@ -330,6 +339,7 @@ class DriftReport:
     reference_rows: int
     current_rows: int
     reason: str | None = None  # why no comparison was made
+    uncompared: list[str] = field(default_factory=list)  # features only one side carries
 
     @property
     def statuses(self) -> dict[str, str]:
@@ -402,6 +412,7 @@ def _input_drift_evidence(report: DriftReport, drift_share: float) -> dict[str, 
         },
         "reference_rows": report.reference_rows,
         "current_rows": report.current_rows,
+        "uncompared_columns": list(report.uncompared),
         "report_path": str(report.path) if report.path else None,
     }
 
@@ -421,20 +432,26 @@ def input_drift_finding(
 
     A column has drifted when its drift test FAILs (the test picks K-S / chi-square p-values for small
     samples and Wasserstein / Jensen-Shannon distances for large ones, so raw scores are not compared
-    here). The HTML report goes to report_dir/input-drift-<UTC timestamp>.html. A finding when the
-    share of drifted columns >= drift_share; with fewer than `min_rows` rows on either side, no
-    comparison, no finding, and the report says why.
+    here). Only the features both frames carry are compared (a training corpus has no segments);
+    the others are listed in `uncompared`. The HTML report goes to
+    report_dir/input-drift-<UTC timestamp>.html. A finding when the share of drifted columns >=
+    drift_share; with fewer than `min_rows` rows on either side, no comparison, no finding, and the
+    report says why.
     """
     if min(len(reference), len(current)) < min_rows:
         reason = f"too few rows: {len(reference)} reference, {len(current)} current, need {min_rows} each"
         logger.info("input drift skipped: %s", reason)
         return None, DriftReport(None, [], 0.0, {}, len(reference), len(current), reason)
+    shared = [column for column in reference.columns if column in current.columns]
+    uncompared = [column for column in (*reference.columns, *current.columns) if column not in shared]
+    if uncompared:
+        logger.info("input drift: features only one side carries, not compared: %s", ", ".join(uncompared))
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = report_dir / f"input-drift-{stamp}.html"
-    columns = _run_evidently(reference, current, path)
+    columns = _run_evidently(reference[shared], current[shared], path)
     drifted = [name for name, column in columns.items() if column.status == "FAIL"]
     share = len(drifted) / len(columns) if columns else 0.0
-    report = DriftReport(path, drifted, share, columns, len(reference), len(current))
+    report = DriftReport(path, drifted, share, columns, len(reference), len(current), uncompared=uncompared)
     logger.info("input drift: %d of %d columns drifted, report %s", len(drifted), len(columns), path)
     if not columns or share < drift_share:
         return None, report

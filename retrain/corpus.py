@@ -273,19 +273,9 @@ def _from_row(row: Any) -> CorpusSample:
 def regenerate_responses(
     samples: Sequence[CorpusSample], target: TargetModel, max_new_tokens: int, batch_size: int = GENERATION_BATCH
 ) -> list[CorpusSample]:
-    """The samples with each completion replaced by the target's greedy answer to its messages,
-    decoded without the eos token (a partial character at a cut is dropped). Prompts run in
-    batches of similar length, so little padding enters; a prompt longer than the context leaves
-    room for the answer by losing its oldest tokens."""
-    room = max(1, target.context_length - max_new_tokens)
-    prompts = [target.encode_chat(sample.messages)[-room:] for sample in samples]
-    order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
-    answers = target.greedy_continuations([prompts[i] for i in order], max_new_tokens, batch_size=batch_size)
-    texts: list[str] = [""] * len(samples)
-    for index, tokens in zip(order, answers, strict=True):
-        if tokens and tokens[-1] == target.eos_token_id:
-            tokens = tokens[:-1]
-        texts[index] = str(target.tokenizer.decode(tokens, skip_special_tokens=True)).rstrip("\ufffd")
+    """The samples with each completion replaced by the target's greedy answer to its messages
+    (TargetModel.greedy_answers)."""
+    texts = target.greedy_answers([sample.messages for sample in samples], max_new_tokens, batch_size=batch_size)
     return [replace(sample, completion=text) for sample, text in zip(samples, texts, strict=True)]
 
 

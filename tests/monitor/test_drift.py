@@ -182,16 +182,17 @@ def test_input_features_columns() -> None:
     )
     assert list(frame.columns) == [
         "language",
-        "segment",
         "prompt_chars",
         "completion_chars",
         "cjk_share",
         "code_line_share",
         "ascii_share",
-    ]
+    ]  # no "segment": no row carries one
     assert list(frame["language"]) == ["zh", "code"]  # detected when the row has none
     assert frame.loc[0, "cjk_share"] == 1.0 and frame.loc[0, "ascii_share"] == 0.0
     assert frame.loc[0, "prompt_chars"] == 2.0 and frame.loc[1, "code_line_share"] > 0.5
+    segmented = input_features([{"prompt": "hi", "completion": "ok", "segment": "lang=en"}, {"prompt": "x"}])
+    assert list(segmented["segment"]) == ["lang=en", ""]
 
 
 def test_chinese_traffic_drifts_from_english_and_code(reference: pd.DataFrame, tmp_path: Path) -> None:
@@ -220,6 +221,24 @@ def test_same_distribution_does_not_drift(reference: pd.DataFrame, tmp_path: Pat
     assert set(report.statuses) == set(reference.columns)
     assert report.path == tmp_path / "input-drift-20261128T200000Z.html"  # named in UTC
     assert report.path.exists()
+
+
+def test_features_one_side_lacks_are_not_compared(reference: pd.DataFrame, tmp_path: Path) -> None:
+    """A training corpus carries no segments, live samples do: the segment column cannot drift, it is
+    left out and named; the other features still decide."""
+    corpus = input_features(
+        [{k: v for k, v in row.items() if k != "segment"} for row in traffic_rows({"en": 120, "code": 80}, seed=1)]
+    )
+    assert "segment" not in corpus.columns and "segment" in reference.columns
+
+    same, report = input_drift_finding(corpus, reference, report_dir=tmp_path, now=NOW)
+    assert same is None and report.share == 0.0
+    assert set(report.statuses) == set(corpus.columns) and report.uncompared == ["segment"]
+
+    shifted = input_features(traffic_rows({"zh": 170, "en": 30}, seed=2))
+    finding, report = input_drift_finding(corpus, shifted, report_dir=tmp_path, now=NOW + timedelta(seconds=1))
+    assert finding is not None and "segment" not in report.statuses
+    assert finding.evidence["uncompared_columns"] == ["segment"]
 
 
 def test_too_few_rows_gives_a_reason_and_no_report(reference: pd.DataFrame, tmp_path: Path) -> None:
