@@ -491,6 +491,29 @@ class MetricsConfig(Section):
     service_name: str = Field(default="specwatch", min_length=1, description="service.name resource attribute")
 
 
+class DaemonConfig(Section):
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="`specwatch run` logs to stdout (journald): text lines, or one JSON object a line"
+    )
+    max_replay_lag_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="/readyz answers 503 while the oldest sample waiting for replay has waited longer than this",
+    )
+    stall_after_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="no replay round completed for this long: systemd watchdog pings stop, so systemd restarts "
+        "the daemon (a round that fails only because the database is down still counts as completed)",
+    )
+    stop_timeout_s: float = Field(
+        default=45.0,
+        gt=0,
+        description="on SIGTERM, how long running jobs may take to finish before they are abandoned; "
+        "keep it below the unit's TimeoutStopSec",
+    )
+
+
 class Config(Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     intake: IntakeConfig = Field(default_factory=IntakeConfig)
@@ -502,6 +525,7 @@ class Config(Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
 
     @model_validator(mode="after")
     def _exposed_http_needs_token(self) -> Config:

@@ -15,6 +15,7 @@ from monitor.commands import (
     replay_cmd,
     report_cmd,
     retrain_cmd,
+    run_cmd,
     status_cmd,
 )
 
@@ -31,4 +32,5 @@ COMMAND_GROUPS: list[Register] = [
     report_cmd.register,
     alerts_cmd.register,
     retrain_cmd.register,
+    run_cmd.register,
 ]

@@ -1,0 +1,727 @@
+"""The specwatch daemon: intake, replay, evaluation, alerting and retraining in one process, every loop
+a job on one APScheduler BackgroundScheduler, run by systemd (Type=notify, watchdog).
+
+    specwatch run --config /etc/specwatch/config.toml      # monitor/systemd/specwatch.service runs this
+    curl http://127.0.0.1:9464/readyz                       # /metrics, /healthz and /readyz on metrics.host:port
+
+HTTP, one server on metrics.host:metrics.port: /metrics (prometheus_client's app on the daemon's registry,
+404 when metrics.enabled is false), /healthz (200 while the main loop is live, by the watchdog's test;
+503 once it stalls), /readyz (200 only when the database answers, the live head is loaded, intake is not
+paused and the replay lag is within `daemon.max_replay_lag_s`; the JSON body lists what is not).
+
+Startup: the model directories are checked (missing: refused, exit 2, the path named); /metrics, /healthz
+and /readyz are served; the database is opened and migrated, retried with backoff while unreachable
+(readiness says so, systemd's start timeout is extended); the live target and draft are loaded; the jobs
+start; intake starts (the file follower as a job, the HTTP endpoint as `intake serve` runs it); READY=1.
+
+Jobs: the quarterly retrain stays in retrain.schedule's SQLAlchemy job store; the interval jobs live in a
+memory store on the same scheduler (coalesce, one instance each): replay (drains what is pending and follows
+the live head after a deploy or rollback), evaluation + alert dispatch, alert dispatch, retrain check
+(resume an interrupted job, or start a recapture retrain), post-deploy watch, retention (hourly) and the
+file follower. A job that raises is logged and runs again at its next tick; while the database is
+unreachable the jobs back off together; a full disk pauses file intake with backoff.
+
+Watchdog: WATCHDOG=1 every WATCHDOG_USEC/2 while the scheduler runs and a replay round completed within
+`daemon.stall_after_s`. SIGTERM/SIGINT: STOPPING=1, intake stops, running jobs finish (the replay job
+after its current round) within `daemon.stop_timeout_s`, else they are abandoned (claims expire); exit 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from types import FrameType
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import sdnotify
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from alerts.outbox import dispatch
+from decoder import DecoderError, draft_version, load_draft
+from monitor.commands.common import open_database
+from monitor.config import Config, SecretUnavailable
+from monitor.evaluate import evaluate
+from monitor.intake.follow import FileFollower
+from monitor.intake.http import IntakeHTTPServer
+from monitor.intake.pipeline import IngestReport, IntakePipeline
+from monitor.intake.retention import purge_expired
+from monitor.live_models import LiveModels, ModelsUnavailable, live_draft_dir, load_live_models, require_directory
+from monitor.metrics import Metrics, MetricsServer, MetricsUnavailable, prometheus_reader, replay_backlog
+from monitor.replay import Versions
+from monitor.replay_loop import ReplayLoop
+from retrain.jobs import mark_dead_jobs, resumable_job
+from retrain.schedule import active_job, queue_job, recapture_due, spawn_job, start_scheduler
+from retrain.watch import watch_latest_deploy
+
+log = logging.getLogger(__name__)
+
+MEMORY_STORE = "memory"
+RETENTION_INTERVAL_S = 3600.0
+DATABASE_RETRY_FIRST_S, DATABASE_RETRY_MAX_S = 1.0, 60.0
+INTAKE_RETRY_MAX_S = 300.0
+MAX_RETRAIN_ATTEMPTS = 3
+POSTGRES_DISK_FULL = "53100"
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class StartupRefused(Exception):
+    """The daemon cannot start as configured; the message says what to fix (exit code 2)."""
+
+
+# -- what went wrong ---------------------------------------------------------------------------------
+
+
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """The error, the driver error it wraps, and the errors it was raised from."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """No space left: ENOSPC/EDQUOT, SQLite's 'database or disk is full', PostgreSQL's disk_full."""
+    for cause in causes(error):
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "database or disk is full" in str(cause) or getattr(cause, "sqlstate", None) == POSTGRES_DISK_FULL:
+            return True
+    return False
+
+
+def is_database_unreachable(error: BaseException) -> bool:
+    """The database did not answer (refused, timed out, lost the connection), as opposed to a bug."""
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, OperationalError | InterfaceError) and not is_disk_full(error)
+
+
+def retry_at_startup(error: BaseException) -> bool:
+    """Worth waiting out before the first connection: the database is down, its disk is full, or the
+    data directory cannot be used yet (a mount not there yet); anything else is a bug to report."""
+    return isinstance(error, OSError) or is_database_unreachable(error) or is_disk_full(error)
+
+
+def describe(error: BaseException) -> str:
+    """One line, without SQLAlchemy's statement and background-link trailers."""
+    text = str(getattr(error, "orig", None) or error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:300]
+
+
+# -- logging -------------------------------------------------------------------------------------------
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message (and the traceback, when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class QuietBusySkips(logging.Filter):
+    """The replay and intake jobs drain their backlog in one run, so a run outlasts its interval by
+    design; APScheduler then warns at every tick that the next run was skipped (max_instances=1)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+def configure_logging(log_format: str) -> None:
+    """Log lines to stdout (journald keeps them), as text or JSON, at the level already set."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    if root.level > logging.DEBUG:
+        logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)  # "Running job ..." every tick
+    logging.getLogger("apscheduler.scheduler").addFilter(QuietBusySkips())
+
+
+# -- systemd -------------------------------------------------------------------------------------------
+
+
+def watchdog_interval_s(environ: Mapping[str, str]) -> float | None:
+    """Half of WATCHDOG_USEC when systemd asks this process for watchdog pings, else None."""
+    usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2e6
+
+
+class Systemd:
+    """sd_notify through the `sdnotify` package; does nothing when NOTIFY_SOCKET is unset. The
+    variables are taken out of the environment, so retrain processes started later do not see them."""
+
+    def __init__(self, environ: MutableMapping[str, str] = os.environ) -> None:
+        self.watchdog_interval_s = watchdog_interval_s(environ)
+        self._notifier = sdnotify.SystemdNotifier() if environ.get("NOTIFY_SOCKET") else None
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            environ.pop(name, None)
+
+    def notify(self, *assignments: str) -> None:
+        if self._notifier is not None:
+            message = "\n".join(assignments).encode("ascii", "replace").decode("ascii")
+            self._notifier.notify(message)
+
+
+# -- health --------------------------------------------------------------------------------------------
+
+
+class Backoff:
+    """A failing dependency: what is wrong, and when to try again (doubling waits up to a bound)."""
+
+    def __init__(self, first_s: float, max_s: float, problem: str | None = None) -> None:
+        self.first_s, self.max_s = first_s, max_s
+        self.problem = problem
+        self.delay_s = 0.0
+        self.retry_at = 0.0
+        self._lock = threading.Lock()
+
+    def failed(self, problem: str) -> float:
+        """Records a failure; returns the seconds until the next try."""
+        with self._lock:
+            self.problem = problem
+            self.delay_s = min(self.max_s, max(self.first_s, self.delay_s * 2))
+            self.retry_at = time.monotonic() + self.delay_s
+            return self.delay_s
+
+    def succeeded(self) -> bool:
+        """Records a success; True when it ends a failure."""
+        with self._lock:
+            was_failing = self.problem is not None
+            self.problem, self.delay_s = None, 0.0
+            return was_failing
+
+    def waiting(self) -> bool:
+        return self.problem is not None and time.monotonic() < self.retry_at
+
+
+@dataclass
+class Health:
+    """What /healthz, /readyz and the watchdog report, updated by startup and the jobs."""
+
+    database: Backoff = field(
+        default_factory=lambda: Backoff(DATABASE_RETRY_FIRST_S, DATABASE_RETRY_MAX_S, "not connected yet")
+    )
+    intake: Backoff = field(default_factory=lambda: Backoff(1.0, INTAKE_RETRY_MAX_S))
+    phase: str = "starting"  # starting | running | stopping
+    models: str | None = "models not loaded yet"  # what is wrong with the models; None when the live head is loaded
+    pending: int | None = None
+    replay_lag_s: float | None = None
+    replay_progress_at: float = field(default_factory=time.monotonic)
+
+    def readiness_problems(self, max_replay_lag_s: float) -> list[str]:
+        problems = [] if self.phase == "running" else [self.phase]
+        if self.database.problem:
+            problems.append(f"database unreachable: {self.database.problem}")
+        if self.models:
+            problems.append(self.models)
+        if self.intake.problem:
+            problems.append(f"intake paused: {self.intake.problem}")
+        if self.replay_lag_s is None:
+            problems.append("replay lag not measured yet")
+        elif self.replay_lag_s > max_replay_lag_s:
+            problems.append(f"replay lag {self.replay_lag_s:.0f}s over daemon.max_replay_lag_s = {max_replay_lag_s:g}")
+        return problems
+
+    def liveness_problem(self, scheduler_running: bool, stall_after_s: float, now: float) -> str | None:
+        """Why the main loop is not healthy (the watchdog withholds its pings), or None."""
+        if self.phase == "starting":
+            return None  # startup makes its own progress; systemd's start timeout bounds it
+        if not scheduler_running:
+            return "the scheduler is not running"
+        idle = now - self.replay_progress_at
+        if idle > stall_after_s:
+            return f"no replay round completed for {idle:.0f}s (daemon.stall_after_s = {stall_after_s:g})"
+        return None
+
+
+# -- HTTP: /metrics, /healthz, /readyz on one port ---------------------------------------------------
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+StartResponse = Callable[..., Any]
+
+
+def json_reply(start_response: StartResponse, status: int, body: dict[str, Any]) -> list[bytes]:
+    payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
+    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+    start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+    return [payload]
+
+
+class Endpoints:
+    """The WSGI app: /metrics (prometheus_client's app, as start_metrics serves it), /healthz, /readyz."""
+
+    def __init__(self, daemon: Daemon, metrics_app: Callable[..., Iterable[bytes]] | None) -> None:
+        self.daemon = daemon
+        self.metrics_app = metrics_app
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics" and self.metrics_app is not None:
+            return self.metrics_app(environ, start_response)
+        if path == "/healthz":
+            problem = self.daemon.liveness_problem()
+            return json_reply(start_response, 503 if problem else 200, {"alive": not problem, "problem": problem})
+        if path == "/readyz":
+            problems = self.daemon.readiness_problems()
+            return json_reply(start_response, 503 if problems else 200, self.daemon.readiness_body(problems))
+        return json_reply(start_response, 404, {"error": "GET /healthz, /readyz or /metrics"})
+
+
+def serve_http(host: str, port: int, app: Endpoints) -> MetricsServer:
+    """Serves `app` from a daemon thread; port 0 picks a free port."""
+    try:
+        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=QuietHandler)
+    except OSError as error:
+        raise StartupRefused(f"cannot serve /metrics, /healthz, /readyz on {host}:{port}: {error.strerror}") from None
+    thread = threading.Thread(target=server.serve_forever, name="http-health-metrics", daemon=True)
+    thread.start()
+    served = MetricsServer(host, server.server_port, server, thread)
+    log.info("metrics, health and readiness on http://%s:%d (/metrics /healthz /readyz)", host, served.port)
+    return served
+
+
+# -- intake ----------------------------------------------------------------------------------------------
+
+
+class FollowJob:
+    """The file follower as a scheduled job: while the disk is full it pauses itself, with backoff."""
+
+    def __init__(self, follower: FileFollower, paused: Backoff) -> None:
+        self.follower = follower
+        self.paused = paused
+
+    def poll(self) -> None:
+        if self.paused.waiting():
+            return
+        try:
+            self.follower.poll_once()
+        except Exception as error:
+            if not is_disk_full(error):
+                raise
+            delay = self.paused.failed(f"no space left on the database's disk ({describe(error)})")
+            log.error(
+                "intake paused: the database or data directory is full (%s); retrying in %.0fs", describe(error), delay
+            )
+            return
+        if self.paused.succeeded():
+            log.info("intake resumed: samples are stored again")
+
+
+# -- the daemon -------------------------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path, systemd: Systemd | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.systemd = systemd or Systemd()
+        self.stop = threading.Event()
+        self.health = Health(intake=Backoff(config.intake.follow.poll_interval_s, INTAKE_RETRY_MAX_S))
+        self.engine: Engine | None = None
+        self.metrics: Metrics | None = None
+        self.http: MetricsServer | None = None
+        self.scheduler: BackgroundScheduler | None = None
+        self.intake_server: IntakeHTTPServer | None = None
+        self.loop: ReplayLoop | None = None
+        self.draft_dir: Path | None = None
+        self.follower: FollowJob | None = None
+        self.retrains: list[subprocess.Popen[bytes]] = []
+        self._dispatch_lock = threading.Lock()
+
+    # -- lifecycle
+
+    def run(self) -> int:
+        """Starts everything, serves until SIGTERM/SIGINT, stops; 0 on a clean stop."""
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            if not self.stop.is_set():
+                self.systemd.notify("READY=1", f"STATUS=running: draft {self.replay_loop.models.versions.draft}")
+                log.info("specwatch daemon ready (pid %d)", os.getpid())
+            while not self.stop.wait(1.0):
+                pass
+            log.info("stop requested: finishing running jobs")
+        except StartupRefused as refused:
+            self.systemd.notify(f"STATUS=refused to start: {refused}")
+            raise
+        finally:
+            self.shutdown()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        self.stop.set()
+
+    def start(self) -> None:
+        self.draft_dir = self.check_model_directories()
+        self.metrics, self.http = self.start_http()
+        self.start_watchdog()
+        self.engine = self.connect_database()
+        if self.engine is None:
+            return
+        self.loop = self.replay_loop_for(self.load_models())
+        if self.stop.is_set():
+            return
+        self.scheduler = self.start_jobs()
+        self.start_intake()
+        self.health.phase = "running"
+
+    def shutdown(self) -> None:
+        self.health.phase = "stopping"
+        self.stop.set()
+        self.systemd.notify("STOPPING=1", "STATUS=stopping: finishing the running jobs")
+        if self.intake_server is not None:
+            self.intake_server.stop()
+        if self.scheduler is not None:
+            self.stop_scheduler(self.scheduler)
+        if self.http is not None:
+            self.http.stop()
+        if self.metrics is not None:
+            self.metrics.shutdown()
+        if self.engine is not None:
+            self.engine.dispose()
+        log.info("specwatch daemon stopped")
+
+    def stop_scheduler(self, scheduler: BackgroundScheduler) -> None:
+        """No new runs; waits up to daemon.stop_timeout_s for the running ones, else abandons them."""
+        stopper = threading.Thread(target=scheduler.shutdown, name="scheduler-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(self.config.daemon.stop_timeout_s)
+        if stopper.is_alive():
+            log.warning(
+                "running jobs did not finish within daemon.stop_timeout_s = %gs: abandoning them "
+                "(a replay round's claims expire after replay.claim_ttl_s; intake cursors are committed per batch)",
+                self.config.daemon.stop_timeout_s,
+            )
+            logging.shutdown()
+            os._exit(0)
+
+    # -- startup steps
+
+    def check_model_directories(self) -> Path:
+        """The live draft's directory; refuses to start, naming the path, when a model directory is missing."""
+        try:
+            draft_dir = live_draft_dir(self.config)
+            require_directory(self.config.models.target, "models.target")
+            return require_directory(draft_dir, "models.draft")
+        except ModelsUnavailable as error:
+            raise StartupRefused(str(error)) from None
+
+    def start_http(self) -> tuple[Metrics, MetricsServer]:
+        settings = self.config.metrics
+        registry = CollectorRegistry()
+        readers = [prometheus_reader(registry)] if settings.enabled else []
+        try:
+            metrics = Metrics(readers, service_name=settings.service_name, otlp_endpoint=settings.otlp_endpoint)
+        except MetricsUnavailable as error:
+            raise StartupRefused(str(error)) from None
+        metrics_app = make_wsgi_app(registry) if settings.enabled else None
+        return metrics, serve_http(settings.host, settings.port, Endpoints(self, metrics_app))
+
+    def start_watchdog(self) -> None:
+        interval = self.systemd.watchdog_interval_s
+        if interval is not None:
+            threading.Thread(target=self.keep_watchdog, args=(interval,), name="watchdog", daemon=True).start()
+
+    def connect_database(self) -> Engine | None:
+        """The migrated database, retried with backoff while unreachable; None when stopped meanwhile."""
+        while not self.stop.is_set():
+            try:
+                engine = open_database(self.config)
+            except SecretUnavailable as error:
+                raise StartupRefused(str(error)) from None
+            except (DBAPIError, OSError) as error:
+                if not retry_at_startup(error):
+                    raise
+                delay = self.health.database.failed(describe(error))
+                log.warning("database unreachable (%s); retrying in %.0fs", describe(error), delay)
+                self.systemd.notify(
+                    f"STATUS=waiting for the database: {describe(error)}",
+                    f"EXTEND_TIMEOUT_USEC={int((delay + 30) * 1e6)}",
+                )
+                self.stop.wait(delay)
+                continue
+            self.health.database.succeeded()
+            return engine
+        return None
+
+    def load_models(self) -> LiveModels:
+        self.systemd.notify(f"STATUS=loading models: {self.config.models.target}, {self.draft_dir}")
+        try:
+            models = load_live_models(self.config.models, self.draft_dir)
+        except (ModelsUnavailable, DecoderError, OSError) as error:
+            raise StartupRefused(str(error)) from None
+        self.health.models = None
+        return models
+
+    def replay_loop_for(self, models: LiveModels) -> ReplayLoop:
+        """A ReplayLoop whose step only replays: the daemon evaluates on a job of its own."""
+        replay_only = self.config.replay.model_copy(update={"evaluate_interval_s": math.inf})
+        loop = ReplayLoop(self.config.model_copy(update={"replay": replay_only}), self.db, models, self.meters)
+        self.meters.observe_live_draft(models.versions)
+        return loop
+
+    def start_jobs(self) -> BackgroundScheduler:
+        """retrain.schedule's scheduler (quarterly job in the database) plus the interval jobs, in memory."""
+        scheduler = start_scheduler(self.config_path, self.config, self.db)
+        scheduler.add_jobstore(MemoryJobStore(), MEMORY_STORE)
+        replay, alerts = self.config.replay, self.config.alerts
+        self.every(scheduler, "replay", replay.interval_s, self.replay_job, now=True)
+        self.every(scheduler, "evaluate", replay.evaluate_interval_s, self.evaluate_job)
+        self.every(scheduler, "alert-dispatch", alerts.dispatch_interval_s, self.dispatch_job)
+        self.every(scheduler, "retrain-check", replay.evaluate_interval_s, self.retrain_check_job)
+        self.every(scheduler, "deploy-watch", replay.evaluate_interval_s, self.watch_job)
+        self.every(scheduler, "retention", RETENTION_INTERVAL_S, self.retention_job, now=True)
+        return scheduler
+
+    @staticmethod
+    def every(
+        scheduler: BackgroundScheduler, name: str, seconds: float, job: Callable[[], None], now: bool = False
+    ) -> None:
+        scheduler.add_job(
+            job,
+            "interval",
+            seconds=seconds,
+            id=name,
+            name=name,
+            jobstore=MEMORY_STORE,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+            **({"next_run_time": datetime.now(UTC)} if now else {}),
+        )
+
+    def start_intake(self) -> None:
+        """The file follower (a job) and the HTTP endpoint, built as `specwatch intake serve` builds them."""
+        intake = self.config.intake
+        try:
+            pipeline = IntakePipeline(self.config, self.db)
+            token = intake.http.token.read()
+        except (SecretUnavailable, OSError) as error:
+            raise StartupRefused(f"intake cannot start: {error}") from None
+        follower = FileFollower(pipeline, self.db, intake.follow, on_batch=self.count_intake)
+        self.follower = FollowJob(follower, self.health.intake)
+        if intake.follow.paths and self.scheduler is not None:
+            self.every(self.scheduler, "intake-follow", intake.follow.poll_interval_s, self.intake_job, now=True)
+        if intake.http.enabled:
+            try:
+                self.intake_server = IntakeHTTPServer(intake.http, pipeline, token)
+            except OSError as error:
+                raise StartupRefused(
+                    f"cannot serve intake on {intake.http.host}:{intake.http.port}: {error.strerror}"
+                ) from None
+            self.intake_server.start()
+
+    def intake_job(self) -> None:
+        if self.follower is not None:
+            self.run_job("intake-follow", self.follower.poll)
+
+    def count_intake(self, path: Path, report: IngestReport) -> None:
+        self.meters.record_intake(f"file:{path}", report)
+
+    # -- jobs
+
+    def run_job(self, name: str, work: Callable[[], object]) -> bool:
+        """Runs a job's work unless stopping or waiting out a database outage; a failure is logged and
+        the next run retries. False only when it failed for a reason other than an unreachable database."""
+        if self.stop.is_set() or self.health.database.waiting():
+            return True
+        try:
+            work()
+        except Exception as error:
+            return self.job_failed(name, error)
+        if self.health.database.succeeded():
+            log.info("database reachable again")
+        return True
+
+    def job_failed(self, name: str, error: Exception) -> bool:
+        if is_disk_full(error):
+            log.error(
+                "%s failed: no space left on the database's or the data directory's disk (%s)", name, describe(error)
+            )
+            return False
+        if is_database_unreachable(error):
+            delay = self.health.database.failed(describe(error))
+            log.warning("%s: database unreachable (%s); jobs retry in %.0fs", name, describe(error), delay)
+            return True
+        log.exception("%s failed; its next run retries", name)
+        return False
+
+    def replay_job(self) -> None:
+        if self.run_job("replay", self.replay_pending):
+            self.health.replay_progress_at = time.monotonic()
+
+    def replay_pending(self) -> None:
+        """Rounds until nothing is pending or a stop is requested (checked between rounds)."""
+        self.follow_live_head()
+        while not self.stop.is_set() and self.replay_loop.step():
+            self.health.replay_progress_at = time.monotonic()
+        versions = self.replay_loop.models.versions
+        self.health.pending, self.health.replay_lag_s = replay_backlog(self.db, versions.draft, versions.target)
+
+    def follow_live_head(self) -> None:
+        """Loads the live head when the registry's pointer moved (a deploy or a rollback). A head that
+        cannot be loaded keeps the old one replaying and makes the daemon not ready."""
+        try:
+            draft_dir = live_draft_dir(self.config)
+        except ModelsUnavailable as error:
+            self.models_problem(f"live head unusable: {error}")
+            return
+        if draft_dir is None or draft_dir == self.draft_dir:
+            self.health.models = None
+            return
+        log.info("the live head moved to %s (deploy or rollback): loading it", draft_dir)
+        try:
+            self.swap_draft(draft_dir)
+        except (DecoderError, OSError) as error:
+            self.models_problem(f"live head {draft_dir} cannot be loaded ({error}); still replaying {self.draft_dir}")
+
+    def models_problem(self, problem: str) -> None:
+        """Logged once when it appears or changes (the replay job checks every round); /readyz shows it."""
+        if problem != self.health.models:
+            log.error("%s", problem)
+        self.health.models = problem
+
+    def swap_draft(self, draft_dir: Path) -> None:
+        current = self.replay_loop.models
+        draft = load_draft(draft_dir, current.target)
+        versions = Versions(target=current.versions.target, draft=draft_version(draft_dir))
+        self.loop = self.replay_loop_for(LiveModels(current.target, draft, versions))
+        self.draft_dir, self.health.models = draft_dir, None
+        log.info("now replaying draft %s (was %s)", versions.draft, current.versions.draft)
+
+    def evaluate_job(self) -> None:
+        self.run_job("evaluate", self.evaluate_and_alert)
+
+    def evaluate_and_alert(self) -> None:
+        evaluation = evaluate(self.config, self.db, self.replay_loop.models.versions.draft)
+        self.meters.observe_evaluation(evaluation)
+        self.dispatch_alerts()
+
+    def dispatch_job(self) -> None:
+        self.run_job("alert-dispatch", self.dispatch_alerts)
+
+    def dispatch_alerts(self) -> None:
+        with self._dispatch_lock:  # the evaluation and the dispatch job both send the outbox
+            dispatch(self.config.alerts, self.db)
+
+    def retrain_check_job(self) -> None:
+        self.run_job("retrain-check", self.start_due_retrain)
+
+    def start_due_retrain(self) -> None:
+        """Resumes an interrupted retrain (a stop or crash killed it), else starts a due recapture one."""
+        self.reap_retrains()
+        mark_dead_jobs(self.db, self.config.retrain.stale_after_s)
+        if active_job(self.db) is not None:
+            return
+        job = resumable_job(self.db)
+        if job is not None and job.attempts >= MAX_RETRAIN_ATTEMPTS:
+            job = None
+        if job is None:
+            reason = recapture_due(self.config, self.db)
+            job = queue_job(self.config, self.db, trigger="recapture", reason=reason) if reason else None
+        if job is not None:
+            process = spawn_job(self.config_path, job)
+            self.retrains.append(process)
+            log.info("retrain job %d (%s) started, pid %d, log %s", job.id, job.trigger, process.pid, job.work_dir)
+
+    def reap_retrains(self) -> None:
+        for process in self.retrains:
+            if process.poll() is not None:
+                log.info("retrain process %d exited with code %d", process.pid, process.returncode)
+        self.retrains = [process for process in self.retrains if process.returncode is None]
+
+    def watch_job(self) -> None:
+        self.run_job("deploy-watch", lambda: watch_latest_deploy(self.config, self.db))
+
+    def retention_job(self) -> None:
+        self.run_job("retention", lambda: purge_expired(self.db, self.config.retention))
+
+    # -- health
+
+    def keep_watchdog(self, interval_s: float) -> None:
+        withheld = False
+        while not self.stop.wait(interval_s):
+            problem = self.liveness_problem()
+            if problem is None:
+                self.systemd.notify("WATCHDOG=1")
+            elif not withheld:
+                log.error("watchdog pings withheld, systemd will restart the daemon: %s", problem)
+            withheld = problem is not None
+
+    def liveness_problem(self) -> str | None:
+        running = self.scheduler is not None and self.scheduler.running
+        return self.health.liveness_problem(running, self.config.daemon.stall_after_s, time.monotonic())
+
+    def readiness_problems(self) -> list[str]:
+        return self.health.readiness_problems(self.config.daemon.max_replay_lag_s)
+
+    def readiness_body(self, problems: list[str]) -> dict[str, Any]:
+        loop = self.loop
+        return {
+            "ready": not problems,
+            "problems": problems,
+            "pending": self.health.pending,
+            "replay_lag_s": self.health.replay_lag_s,
+            "draft_version": loop.models.versions.draft if loop else None,
+        }
+
+    # -- what startup made
+
+    @property
+    def db(self) -> Engine:
+        assert self.engine is not None, "the database is opened at startup"
+        return self.engine
+
+    @property
+    def meters(self) -> Metrics:
+        assert self.metrics is not None, "metrics start at startup"
+        return self.metrics
+
+    @property
+    def replay_loop(self) -> ReplayLoop:
+        assert self.loop is not None, "the models are loaded at startup"
+        return self.loop

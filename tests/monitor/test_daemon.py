@@ -1,0 +1,401 @@
+"""`specwatch run` as a real subprocess on the tiny reference models: sd_notify on a real datagram socket
+(READY, WATCHDOG, STOPPING), /healthz and /readyz, SIGKILL and restart without lost or doubled work,
+refusal without models, an unreachable database; the systemd unit through systemd-analyze; and the
+daemon's small parts (failure classes, intake pause on a full disk, health, systemd environment) in-process.
+
+    SPECWATCH_TEST_REFERENCE_DIR=/tmp/tiny-ref .venv/bin/pytest tests/monitor/test_daemon.py
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from monitor.daemon import Backoff, FollowJob, Health, JsonFormatter, Systemd, is_database_unreachable, is_disk_full
+from monitor.db import IntakeCounter, ReplayResult, Sample
+from monitor.demo_traffic import traffic, write_jsonl
+from monitor.replay import SCORED
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "monitor" / "systemd" / "specwatch.service"
+MIX = {"en": 0.4, "zh": 0.3, "code": 0.3}
+STARTUP_S = 120  # imports and model loading on two busy cores
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_config(
+    tmp_path: Path, database_url: str, reference: Path, *, target: Path | None = None, **extra: str
+) -> Path:
+    """A config with short intervals; returns its path. `extra` appends raw TOML per section."""
+    sections = {
+        "storage": f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"',
+        "intake.follow": f'paths = ["{tmp_path / "logs"}"]\npoll_interval_s = 0.2\nbatch_lines = 5',
+        "intake.http": f"port = {free_port()}",
+        "models": f'target = "{target or reference / "target"}"\ndraft = "{reference / "drafts" / "eagle"}"\n'
+        'device = "cpu"',
+        "replay": "samples_per_round = 2\nexact_fraction = 0.0\nclaim_ttl_s = 2.0\ninterval_s = 0.2\n"
+        "evaluate_interval_s = 2.0",
+        "stats": "resamples = 100",
+        "metrics": f"port = {free_port()}",
+    }
+    for section, text in extra.items():
+        sections[section] = sections.get(section, "") + "\n" + text
+    path = tmp_path / "config.toml"
+    path.write_text("".join(f"[{name}]\n{body}\n" for name, body in sections.items()))
+    (tmp_path / "logs").mkdir(exist_ok=True)
+    return path
+
+
+def config_value(config: Path, section: str, key: str) -> Any:
+    import tomllib
+
+    value: Any = tomllib.loads(config.read_text())
+    for part in [*section.split("."), key]:
+        value = value[part]
+    return value
+
+
+def start_daemon(config: Path, out: Path, **env: str) -> subprocess.Popen[bytes]:
+    with out.open("ab") as output:
+        return subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "SPECWATCH_HASH_SALT": "test-salt", **env},
+            cwd=ROOT,
+        )
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Daemon processes a test started; any still running at the end is killed."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def wait_until(
+    what: str, check: Callable[[], bool], process: subprocess.Popen[bytes], out: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if process.poll() is not None:
+            pytest.fail(f"daemon exited ({process.returncode}) waiting for {what}:\n{out.read_text()[-4000:]}")
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}:\n{out.read_text()[-4000:]}")
+
+
+def http_get(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+    except OSError:
+        return 0, {}
+
+
+class NotifyListener:
+    """A unix datagram socket in the abstract namespace, as systemd's NOTIFY_SOCKET, recording messages."""
+
+    def __init__(self) -> None:
+        self.name = f"specwatch-test-{uuid.uuid4().hex}"
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind("\0" + self.name)
+        self.socket.settimeout(0.2)
+        self.messages: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._receive, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return "@" + self.name
+
+    def _receive(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.socket.recv(4096)
+            except TimeoutError:
+                continue
+            self.messages.extend(data.decode().splitlines())
+
+    def after(self, message: str) -> list[str]:
+        seen = list(self.messages)
+        return seen[seen.index(message) + 1 :] if message in seen else []
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.socket.close()
+
+
+def count(engine: Engine, query: Any) -> int:
+    with Session(engine) as session:
+        return int(session.scalar(query) or 0)
+
+
+def scored_results(engine: Engine) -> int:
+    return count(engine, select(func.count()).select_from(ReplayResult).where(ReplayResult.mode == SCORED))
+
+
+def deploy(heads: Path, draft: Path) -> str:
+    """What a retrain's deploy (or a rollback) does to the live head: the registry's pointer moves."""
+    from retrain.registry import HeadRegistry
+
+    registry = HeadRegistry(heads)
+    version = registry.register(draft, parent=None, source="test deploy").version
+    registry.switch(version, reason="test deploy")
+    return version
+
+
+def replayed_by(engine: Engine, draft_version: str) -> int:
+    query = select(func.count()).where(ReplayResult.mode == SCORED, ReplayResult.draft_version == draft_version)
+    return count(engine, query)
+
+
+def post_sample(url: str, record: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        url, data=json.dumps(record).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        return dict(json.loads(reply.read()))
+
+
+@pytest.mark.slow
+def test_notify_watchdog_health_deploy_and_clean_stop(
+    tmp_path: Path, engine: Engine, database_url: str, reference_models: Path, daemons: list[Any]
+) -> None:
+    config = write_config(
+        tmp_path, database_url, reference_models, daemon='log_format = "json"\nmax_replay_lag_s = 0.001'
+    )
+    write_jsonl(tmp_path / "logs" / "traffic.jsonl", traffic(6, MIX, seed=3))
+    health = f"http://127.0.0.1:{config_value(config, 'metrics', 'port')}"
+    out = tmp_path / "daemon.log"
+    notify = NotifyListener()
+    try:
+        process = start_daemon(config, out, NOTIFY_SOCKET=notify.address, WATCHDOG_USEC="2000000")
+        daemons.append(process)
+        wait_until("READY=1", lambda: "READY=1" in notify.messages, process, out, STARTUP_S)
+        assert http_get(f"{health}/healthz") == (200, {"alive": True, "problem": None})
+        wait_until("/readyz 200", lambda: http_get(f"{health}/readyz")[0] == 200, process, out, 60)
+        ready = http_get(f"{health}/readyz")[1]
+        assert ready["ready"] and ready["problems"] == [] and ready["pending"] == 0
+        assert scored_results(engine) == 6
+        intake = f"http://127.0.0.1:{config_value(config, 'intake.http', 'port')}/v1/samples"
+        assert post_sample(intake, next(traffic(1, MIX, seed=4, first_index=100)))["stored"] == 1
+        deployed = deploy(tmp_path / "data" / "heads", reference_models / "drafts" / "medusa")
+        wait_until("the deployed head replayed", lambda: replayed_by(engine, deployed) == 7, process, out, 60)
+        assert http_get(f"{health}/readyz")[1]["draft_version"] == deployed
+        wait_until("2 watchdog pings", lambda: notify.after("READY=1").count("WATCHDOG=1") >= 2, process, out, 10)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0, out.read_text()[-4000:]
+        assert "STOPPING=1" in notify.after("READY=1")
+    finally:
+        notify.close()
+    logged = [json.loads(line) for line in out.read_text().splitlines() if line.startswith("{")]
+    assert any(entry["message"].startswith("specwatch daemon ready") for entry in logged)
+
+
+@pytest.mark.slow
+def test_sigkill_and_restart_score_every_sample_once(
+    tmp_path: Path, engine: Engine, database_url: str, reference_models: Path, daemons: list[Any]
+) -> None:
+    config = write_config(tmp_path, database_url, reference_models)
+    lines = write_jsonl(tmp_path / "logs" / "traffic.jsonl", traffic(30, MIX, seed=7))
+    out = tmp_path / "daemon.log"
+    first = start_daemon(config, out)
+    daemons.append(first)
+    wait_until("the first results", lambda: scored_results(engine) >= 2, first, out, STARTUP_S)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    at_kill = scored_results(engine)
+    assert at_kill < lines, "killed after the whole log was replayed: nothing was interrupted"
+    second = start_daemon(config, out)
+    daemons.append(second)
+    wait_until("every sample scored", lambda: scored_results(engine) >= lines, second, out, STARTUP_S)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=20) == 0
+    distinct = select(func.count(func.distinct(ReplayResult.sample_id))).where(ReplayResult.mode == SCORED)
+    assert scored_results(engine) == count(engine, distinct) == lines
+    assert count(engine, select(func.count()).select_from(Sample)) == lines
+    with Session(engine) as session:
+        counter = session.scalars(select(IntakeCounter)).one()
+    assert (counter.records, counter.stored, counter.duplicates) == (lines, lines, 0), "lines read twice"
+
+
+@pytest.mark.slow
+def test_missing_model_directory_refuses_to_start(tmp_path: Path, reference_models: Path) -> None:
+    missing = tmp_path / "no-such-target"
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'db.sqlite'}", reference_models, target=missing)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_S,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"models.target = {missing}: no such directory" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_unreachable_database_waits_not_ready_and_stops_cleanly(
+    tmp_path: Path, reference_models: Path, daemons: list[Any]
+) -> None:
+    nobody = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/specwatch"
+    config = write_config(tmp_path, nobody, reference_models)
+    health = f"http://127.0.0.1:{config_value(config, 'metrics', 'port')}"
+    out = tmp_path / "daemon.log"
+    process = start_daemon(config, out)
+    daemons.append(process)
+    wait_until("a retry", lambda: "database unreachable" in out.read_text(), process, out, STARTUP_S)
+    assert http_get(f"{health}/healthz")[0] == 200
+    status, body = http_get(f"{health}/readyz")
+    assert status == 503 and any(problem.startswith("database unreachable") for problem in body["problems"])
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=20) == 0
+
+
+def test_systemd_unit_verifies(tmp_path: Path) -> None:
+    """systemd-analyze verify on the shipped unit, its ExecStart pointed at this checkout's venv (the
+    shipped path, /opt/specwatch/.venv/bin/specwatch, does not exist here)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    executable = Path(sys.executable).parent / "specwatch"
+    if not executable.exists():
+        pytest.skip(f"{executable} is not installed (pip install -e .)")
+    text = UNIT.read_text()
+    assert "ExecStart=/opt/specwatch/.venv/bin/specwatch run --config /etc/specwatch/config.toml" in text
+    unit = tmp_path / "specwatch.service"
+    unit.write_text(text.replace("/opt/specwatch/.venv/bin/specwatch", str(executable)))
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if "specwatch" in line]
+    assert result.returncode == 0 and not complaints, result.stdout + result.stderr
+    for setting in ("Type=notify", "WatchdogSec=60", "TimeoutStopSec=60", "DynamicUser=yes", "ProtectSystem=strict"):
+        assert setting in text.splitlines()
+
+
+# -- the daemon's parts, in-process --------------------------------------------------------------------
+
+
+def sqlite_error(message: str) -> OperationalError:
+    return OperationalError("INSERT ...", {}, sqlite3.OperationalError(message))
+
+
+def test_failures_are_told_apart() -> None:
+    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_full(sqlite_error("database or disk is full"))
+    assert not is_database_unreachable(sqlite_error("database or disk is full"))
+    assert is_database_unreachable(sqlite_error("unable to open database file"))
+    assert not is_database_unreachable(ValueError("a bug"))
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as error:
+            raise RuntimeError("while writing") from error
+    except RuntimeError as wrapped:
+        assert is_disk_full(wrapped)
+
+
+class FullDisk:
+    """A file follower whose database has no space left until `space` is set."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+        self.space = False
+
+    def poll_once(self) -> None:
+        self.polls += 1
+        if not self.space:
+            raise sqlite_error("database or disk is full")
+
+
+def test_intake_pauses_while_the_disk_is_full_then_resumes(caplog: pytest.LogCaptureFixture) -> None:
+    follower = FullDisk()
+    paused = Backoff(0.05, 1.0)
+    job = FollowJob(follower, paused)  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="monitor.daemon"):
+        job.poll()
+        job.poll()  # within the backoff: not tried
+        assert follower.polls == 1 and paused.problem and "no space left" in paused.problem
+        time.sleep(0.06)
+        follower.space = True
+        job.poll()
+    assert follower.polls == 2 and paused.problem is None
+    assert "intake paused" in caplog.text and "intake resumed" in caplog.text
+
+
+class Buggy:
+    def poll_once(self) -> None:
+        raise ValueError("a bug")
+
+
+def test_other_intake_failures_are_left_to_the_job_runner() -> None:
+    paused = Backoff(1.0, 1.0)
+    with pytest.raises(ValueError):
+        FollowJob(Buggy(), paused).poll()  # type: ignore[arg-type]
+    assert paused.problem is None
+
+
+def test_readiness_and_liveness() -> None:
+    health = Health()
+    assert "starting" in health.readiness_problems(60) and health.liveness_problem(False, 10, time.monotonic()) is None
+    health.phase, health.models, health.replay_lag_s = "running", None, 5.0
+    health.database.succeeded()
+    assert health.readiness_problems(60) == []
+    health.replay_lag_s = 120.0
+    assert health.readiness_problems(60) == ["replay lag 120s over daemon.max_replay_lag_s = 60"]
+    health.database.failed("connection refused")
+    assert "database unreachable: connection refused" in health.readiness_problems(60)
+    assert health.liveness_problem(True, 10, time.monotonic()) is None
+    assert health.liveness_problem(False, 10, time.monotonic()) == "the scheduler is not running"
+    assert "no replay round completed" in str(health.liveness_problem(True, 10, time.monotonic() + 11))
+
+
+def test_systemd_environment_is_read_once_and_removed() -> None:
+    environ = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid()), "OTHER": "kept"}
+    systemd = Systemd(environ)
+    assert systemd.watchdog_interval_s == 1.0 and environ == {"OTHER": "kept"}
+    systemd.notify("READY=1")  # no NOTIFY_SOCKET: nothing to send, nothing raised
+    assert Systemd({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None
+
+
+def test_json_log_lines() -> None:
+    record = logging.LogRecord("monitor.daemon", logging.INFO, __file__, 1, "ready in %ds", (3,), None)
+    entry = json.loads(JsonFormatter().format(record))
+    assert (entry["level"], entry["logger"], entry["message"]) == ("INFO", "monitor.daemon", "ready in 3s")
