@@ -9,7 +9,8 @@
 5. replay (scored mode, eagle head, k=4), per-segment statistics, drift findings, the status table
    and the HTML report.
 
-Slack alerts, retraining and the daemon are not built yet; the demo says so at the end.
+The alerts the findings raise go to the console receiver. Retraining and the daemon are built but
+not yet part of the demo; it says so at the end.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ BROKEN_LINES = [
     b'{"id": "broken-2", "messages": [{"role": "user", "content": "hi"}], "completion": ""}\n',
     b'{"id": "broken-3", "prompt": "\xff\xfe", "completion": "x"}\n',
 ]
-NOT_BUILT = "the recapture retrain and redeploy, and the daemon under systemd"
+NOT_BUILT = (
+    "the demo does not yet run the daemon and the recapture retrain on this traffic; "
+    "both exist: `specwatch run`, `specwatch retrain --now`"
+)
 DEMO_DRAFT = "eagle"
 
 
@@ -191,7 +195,7 @@ def run_demo(
         print("[3/4] replay on the reference models (drafts trained on English and code only), statistics, drift")
         report_path = measure(config, engine)
     engine.dispose()
-    print(f"[4/4] not built yet: {NOT_BUILT}")
+    print(f"[4/4] not shown: {NOT_BUILT}")
     summary = {"data_dir": str(directory), "stored": report.stored, "quarantined": report.quarantined}
     print(json.dumps(summary))
     if report_path:
