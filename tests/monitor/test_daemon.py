@@ -209,10 +209,10 @@ def test_notify_watchdog_health_deploy_and_clean_stop(
         daemons.append(process)
         wait_until("READY=1", lambda: "READY=1" in notify.messages, process, out, STARTUP_S)
         assert http_get(f"{health}/healthz") == (200, {"alive": True, "problem": None})
+        wait_until("the log replayed", lambda: scored_results(engine) == 6, process, out, 60)
         wait_until("/readyz 200", lambda: http_get(f"{health}/readyz")[0] == 200, process, out, 60)
         ready = http_get(f"{health}/readyz")[1]
         assert ready["ready"] and ready["problems"] == [] and ready["pending"] == 0
-        assert scored_results(engine) == 6
         intake = f"http://127.0.0.1:{config_value(config, 'intake.http', 'port')}/v1/samples"
         assert post_sample(intake, next(traffic(1, MIX, seed=4, first_index=100)))["stored"] == 1
         deployed = deploy(tmp_path / "data" / "heads", reference_models / "drafts" / "medusa")
