@@ -25,13 +25,12 @@ labels) is refused with `CheckpointMismatchError`, which names what differs.
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import logging
 import math
-import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from decoder.drafts import Draft, DraftInputs
 from decoder.errors import DecoderError
+from decoder.files import write_atomically
 from decoder.target import TargetModel
 
 log = logging.getLogger(__name__)
@@ -135,20 +135,10 @@ class FitCheckpoint:
     def save(self, path: str | Path) -> Path:
         """Writes the checkpoint atomically (temp file in the same directory, fsync, os.replace):
         a crash leaves either the previous checkpoint or this one, never a torn file."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **vars(self)}
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                torch.save(payload, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        return path
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        return write_atomically(Path(path), buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> FitCheckpoint:

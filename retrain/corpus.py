@@ -33,8 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -46,6 +44,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Engine, select
 
+from decoder.files import write_atomically
 from decoder.target import TargetModel
 from monitor.config import CorpusConfig
 from monitor.db import Sample, as_utc
@@ -390,20 +389,6 @@ def write_corpus(
         write_atomically(out_dir / name, data)
     write_atomically(out_dir / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode("utf-8"))
     return Corpus(directory=out_dir, manifest=manifest, train=list(train), holdout=list(holdout))
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, os.replace: readers see the old or the new file."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def load_corpus(directory: Path) -> Corpus:

@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from decoder.drafts import draft_version
+from decoder.files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +79,6 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Writes `text` to a temp file beside `path`, syncs it, and renames it over `path`."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
 
 
 def draft_files(draft_dir: Path) -> list[Path]:
@@ -280,7 +270,9 @@ class HeadRegistry:
             raise RegistryError(f"{path} is not a valid head manifest: {exc}") from None
 
     def _write_manifest(self, head: HeadManifest) -> None:
-        _write_atomic(self.versions_dir / head.version / HEAD_FILE, head.model_dump_json(indent=2) + "\n")
+        path = self.versions_dir / head.version / HEAD_FILE
+        write_atomically(path, (head.model_dump_json(indent=2) + "\n").encode("utf-8"))
+        _fsync_dir(path.parent)
 
     def _stage_draft(self, draft_dir: Path, staged: Path) -> None:
         """Copies the draft's files into staged/draft, synced and read-only."""
@@ -321,7 +313,7 @@ class HeadRegistry:
                 metrics=metrics,
                 state=state,
             )
-            _write_atomic(staged / HEAD_FILE, head.model_dump_json(indent=2) + "\n")
+            write_atomically(staged / HEAD_FILE, (head.model_dump_json(indent=2) + "\n").encode("utf-8"))
             os.rename(staged, self.versions_dir / version)
             _fsync_dir(self.versions_dir)
         finally:

@@ -91,3 +91,16 @@ def reference_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any
 @pytest.fixture(scope="session")
 def reference_models(reference_build: tuple[Path, Any]) -> Path:
     return reference_build[0]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread: their work is thousands of small steps, and two
+    threads on a busy two-core machine wait on each other (measured 5-10x slower). Modules opt in
+    with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -3,8 +3,6 @@ killed run resumed from its checkpoint ends with the weights of an uninterrupted
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -14,14 +12,8 @@ from decoder.reference_corpus import dialog_documents, split
 from decoder.training import CheckpointError, CheckpointMismatchError, FitCheckpoint
 from tests.decoder.conftest import KINDS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,10 @@ far lower). So the production threshold applies (DriftConfig's 0.65)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import torch
 from sqlalchemy import Engine
 
 from monitor.config import Config, DriftConfig, ModelsConfig, ReplayConfig, Secret, StatsConfig
@@ -39,15 +37,11 @@ ANSWER_TOKENS = 48
 
 
 @pytest.fixture(scope="module")
-def live(reference_models: Path) -> Iterator[LiveModels]:
-    """The tiny target and eagle head, run on one thread: greedy answers are thousands of tiny steps,
-    and two threads on a busy two-core machine wait on each other (measured 5-10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_live_models(
+def live(reference_models: Path, one_torch_thread: None) -> LiveModels:
+    """The tiny target and eagle head (on one thread: greedy answers are thousands of tiny steps)."""
+    return load_live_models(
         ModelsConfig(target=reference_models / "target", draft=reference_models / "drafts" / "eagle", device="cpu")
     )
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

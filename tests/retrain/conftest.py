@@ -16,7 +16,7 @@ from monitor.intake.pipeline import IntakePipeline, RawRecord
 
 
 @pytest.fixture(scope="session")
-def tiny_target(reference_models: Path) -> TargetModel:
+def target(reference_models: Path) -> TargetModel:
     return load_target(reference_models / "target", device="cpu")
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from decoder import TargetModel, load_target
+from decoder import TargetModel
 from monitor.config import Config, CorpusConfig, IntakeConfig, SamplingConfig, Secret
 from monitor.db import Sample
 from monitor.demo_traffic import traffic
@@ -29,6 +27,8 @@ from retrain.corpus import (
     load_corpus,
     segment_weight,
 )
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NOW = datetime(2026, 6, 30, 12, tzinfo=UTC)
 THRESHOLD = 0.65
@@ -168,18 +168,6 @@ def test_no_samples_is_a_clear_error(intake_config: Config, engine: Engine, tmp_
         build(engine, tmp_path, CorpusConfig(days=30))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def target(reference_models: Path) -> TargetModel:
-    return load_target(reference_models / "target", device="cpu")
 
 
 def test_regenerated_train_responses_are_the_targets_answers(

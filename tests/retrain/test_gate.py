@@ -7,7 +7,6 @@ the tiny drafts were trained to predict), 20 "lang=en", 20 "lang=zh" and 4 relab
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from decoder import AcceptCounts, Draft, TargetModel, create_draft, load_draft, load_target
+from decoder import AcceptCounts, Draft, TargetModel, create_draft, load_draft
 from monitor.config import GateConfig
 from monitor.demo_traffic import served, traffic
 from retrain.gate import GateDecision, draft_cost_ratio, paired_gain_interval, run_gate
@@ -33,18 +32,7 @@ class Holdout:
     completion: str
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread(reference_models: Path) -> Iterator[None]:
-    """Tiny matrices gain nothing from threads; on a busy two-core machine two threads ran 5-10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def target(reference_models: Path) -> TargetModel:
-    return load_target(reference_models / "target", device="cpu")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -73,11 +73,11 @@ def alphas(config: Config, engine: Engine, version: str) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_retrain_on_chinese_traffic_is_promoted_and_lifts_zh_above_the_threshold(
-    config: Config, engine: Engine, reference_models: Path, tiny_target: TargetModel
+    config: Config, engine: Engine, reference_models: Path, target: TargetModel
 ) -> None:
     config = retrain_config(config, reference_models)
-    ingest_served(config, engine, tiny_target, 240, MIX, seed=11)
-    seed_version = replay_live(config, engine, tiny_target)
+    ingest_served(config, engine, target, 240, MIX, seed=11)
+    seed_version = replay_live(config, engine, target)
     before = alphas(config, engine, seed_version)
     assert before["lang=zh"] < 0.65 < before["lang=en"], before
 
@@ -94,7 +94,7 @@ def test_retrain_on_chinese_traffic_is_promoted_and_lifts_zh_above_the_threshold
     live = registry.live()
     assert live is not None and live.version == outcome.candidate_version and live.parent == seed_version
     assert live.gate and live.corpus and live.corpus["counts"]
-    new_version = replay_live(config, engine, tiny_target)
+    new_version = replay_live(config, engine, target)
     after = alphas(config, engine, new_version)
     assert after["lang=zh"] > 0.65, (before, after)
     assert after["lang=en"] > before["lang=en"] - config.retrain.gate.segment_tolerance - 0.02, (before, after)
@@ -106,11 +106,11 @@ def test_retrain_on_chinese_traffic_is_promoted_and_lifts_zh_above_the_threshold
 
 @pytest.mark.slow
 def test_a_worse_candidate_is_refused_and_the_live_head_stays(
-    config: Config, engine: Engine, reference_models: Path, tiny_target: TargetModel
+    config: Config, engine: Engine, reference_models: Path, target: TargetModel
 ) -> None:
     config = retrain_config(config, reference_models, kind="medusa", steps=3, checkpoint_every=3)
-    ingest_served(config, engine, tiny_target, 80, MIX, seed=12)
-    seed_version = replay_live(config, engine, tiny_target)
+    ingest_served(config, engine, target, 80, MIX, seed=12)
+    seed_version = replay_live(config, engine, target)
     job = queue_job(config, engine, trigger="manual", reason="test: a barely trained medusa")
     assert job is not None
     outcome = execute_job(config, engine, job)
@@ -143,11 +143,11 @@ def retrain_process(path: Path, *args: str) -> subprocess.Popen[str]:
 
 @pytest.mark.slow
 def test_sigkill_during_training_keeps_the_live_head_and_the_next_run_resumes(
-    tmp_path: Path, config: Config, engine: Engine, database_url: str, reference_models: Path, tiny_target: TargetModel
+    tmp_path: Path, config: Config, engine: Engine, database_url: str, reference_models: Path, target: TargetModel
 ) -> None:
     config = retrain_config(config, reference_models, steps=120, checkpoint_every=10)
-    ingest_served(config, engine, tiny_target, 80, MIX, seed=13)
-    seed_version = replay_live(config, engine, tiny_target)
+    ingest_served(config, engine, target, 80, MIX, seed=13)
+    seed_version = replay_live(config, engine, target)
     path = write_config(tmp_path, config, database_url)
 
     process = retrain_process(path, "--now")

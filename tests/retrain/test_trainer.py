@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from decoder import TargetModel, load_target, read_manifest
+from decoder import TargetModel, read_manifest
 from decoder.drafts import MedusaConfig
 from decoder.training import FitCheckpoint
 from monitor.config import Config, CorpusConfig, IntakeConfig, SamplingConfig, Secret, StorageConfig, TrainingConfig
@@ -28,23 +28,13 @@ from retrain.trainer import (
     train_head,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 NOW = datetime(2026, 6, 30, 12, tzinfo=UTC)
 SETTINGS = TrainingConfig(steps=12, learning_rate=3e-3, batch_size=4, sequence_length=32, checkpoint_every=4)
 SMALL = {"draft_model": {"hidden_size": 32, "num_layers": 1}, "medusa": {"num_heads": 2}, "eagle": {}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread, and far faster than on two when the cores are shared."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def target(reference_models: Path) -> TargetModel:
-    return load_target(reference_models / "target", device="cpu")
 
 
 @pytest.fixture(scope="module")

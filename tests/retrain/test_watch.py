@@ -49,16 +49,16 @@ def deploy_head(config: Config, engine: Engine, registry: HeadRegistry, director
 
 
 def test_a_regression_rolls_back(
-    watched: Config, engine: Engine, tiny_target: TargetModel, reference_models: Path, tmp_path: Path
+    watched: Config, engine: Engine, target: TargetModel, reference_models: Path, tmp_path: Path
 ) -> None:
-    ingest_served(watched, engine, tiny_target, 40, {"en": 0.5, "code": 0.5}, seed=3)
+    ingest_served(watched, engine, target, 40, {"en": 0.5, "code": 0.5}, seed=3)
     registry = HeadRegistry(watched.heads_dir)
     seed = registry.ensure_seed(reference_models / "drafts" / "eagle")
-    replay(watched, engine, tiny_target, registry)
-    untrained = save_draft(create_draft("eagle", tiny_target), tmp_path / "untrained")
+    replay(watched, engine, target, registry)
+    untrained = save_draft(create_draft("eagle", target), tmp_path / "untrained")
     bad = deploy_head(watched, engine, registry, untrained)
     assert registry.live_version() == bad
-    replay(watched, engine, tiny_target, registry)
+    replay(watched, engine, target, registry)
 
     verdict = watch_latest_deploy(watched, engine)
     assert verdict is not None and verdict.state == "rolled_back", verdict
@@ -71,16 +71,16 @@ def test_a_regression_rolls_back(
 
 
 def test_a_head_that_holds_up_is_kept_after_the_window(
-    watched: Config, engine: Engine, tiny_target: TargetModel, reference_models: Path, tmp_path: Path
+    watched: Config, engine: Engine, target: TargetModel, reference_models: Path, tmp_path: Path
 ) -> None:
-    ingest_served(watched, engine, tiny_target, 30, {"en": 1.0}, seed=4)
+    ingest_served(watched, engine, target, 30, {"en": 1.0}, seed=4)
     registry = HeadRegistry(watched.heads_dir)
     registry.ensure_seed(reference_models / "drafts" / "eagle")
-    replay(watched, engine, tiny_target, registry)
-    same_weights = load_draft(reference_models / "drafts" / "eagle", tiny_target)
+    replay(watched, engine, target, registry)
+    same_weights = load_draft(reference_models / "drafts" / "eagle", target)
     relabelled = save_draft(same_weights, tmp_path / "relabelled", training={"note": "same weights, new version"})
     kept = deploy_head(watched, engine, registry, relabelled)
-    replay(watched, engine, tiny_target, registry)
+    replay(watched, engine, target, registry)
 
     waiting = watch_latest_deploy(watched, engine)
     assert waiting is not None and waiting.state == "waiting" and waiting.gain == pytest.approx(0.0, abs=1e-9)
