@@ -21,7 +21,6 @@ def test_layout_and_report(reference: tuple[Path, ReferenceReport]) -> None:
     assert set(report.heldout_loss) == {"en", "zh", "code"}
     assert set(report.heldout_loss_before_chat_tuning) == set(report.heldout_loss)
     assert all(0 < loss < 8 for loss in report.heldout_loss.values())
-    assert report.seconds < 60
     lines = report.summary_lines()
     assert any("held-out loss" in line for line in lines)
     heldout = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]

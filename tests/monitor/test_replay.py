@@ -156,7 +156,7 @@ def test_two_workers_share_the_store_without_doubling(
         assert process.returncode == 0, err
     rows = results(engine)
     assert len(rows) == 40 == len({row.sample_id for row in rows})
-    assert len({row.worker for row in rows}) == 2
+    # how the work splits depends on start-up timing (on a loaded machine one worker may take it all)
     two_workers = counts_by_sample(engine)
     with engine.begin() as connection:
         connection.execute(ReplayResult.__table__.delete())

@@ -56,6 +56,13 @@ def retrain_config(config: Config, reference_models: Path, **training: object) -
     )
 
 
+def one_backend(engine: Engine, name: str) -> None:
+    """These runs train models for minutes: each runs on one backend (the job lock and registry
+    logic they share is tested on both in test_jobs.py and test_registry.py)."""
+    if engine.dialect.name != name:
+        pytest.skip(f"runs on {name} only, to keep the suite short")
+
+
 def replay_live(config: Config, engine: Engine, target: TargetModel) -> str:
     registry = HeadRegistry(config.heads_dir)
     registry.ensure_seed(config.models.draft)
@@ -75,6 +82,7 @@ def alphas(config: Config, engine: Engine, version: str) -> dict[str, float]:
 def test_retrain_on_chinese_traffic_is_promoted_and_lifts_zh_above_the_threshold(
     config: Config, engine: Engine, reference_models: Path, target: TargetModel
 ) -> None:
+    one_backend(engine, "sqlite")
     config = retrain_config(config, reference_models)
     ingest_served(config, engine, target, 240, MIX, seed=11)
     seed_version = replay_live(config, engine, target)
@@ -108,6 +116,7 @@ def test_retrain_on_chinese_traffic_is_promoted_and_lifts_zh_above_the_threshold
 def test_a_worse_candidate_is_refused_and_the_live_head_stays(
     config: Config, engine: Engine, reference_models: Path, target: TargetModel
 ) -> None:
+    one_backend(engine, "sqlite")
     config = retrain_config(config, reference_models, kind="medusa", steps=3, checkpoint_every=3)
     ingest_served(config, engine, target, 80, MIX, seed=12)
     seed_version = replay_live(config, engine, target)
@@ -145,6 +154,7 @@ def retrain_process(path: Path, *args: str) -> subprocess.Popen[str]:
 def test_sigkill_during_training_keeps_the_live_head_and_the_next_run_resumes(
     tmp_path: Path, config: Config, engine: Engine, database_url: str, reference_models: Path, target: TargetModel
 ) -> None:
+    one_backend(engine, "postgresql")
     config = retrain_config(config, reference_models, steps=120, checkpoint_every=10)
     ingest_served(config, engine, target, 80, MIX, seed=13)
     seed_version = replay_live(config, engine, target)
