@@ -186,15 +186,22 @@ class SlackNotifier:
             raise network_error(exc, f"slack {self.name}: {method}") from None
 
 
-class SlackWebhookNotifier:
-    """Slack incoming webhook: one new message per notification (webhooks cannot thread or edit).
-    find_delivered cannot tell, so a send interrupted by a crash is repeated (at least once)."""
+class _Webhook:
+    """A POST to a secret URL; the receiver cannot be asked afterwards whether it got a message,
+    so a send interrupted by a crash is repeated (at least once)."""
 
     def __init__(self, name: str, *, url: Secret, timeout_s: float = 10.0) -> None:
         self.name = name
         self._target = f"webhook {name}"
         self._url = _http_url(url, self._target)
         self._timeout_s = timeout_s
+
+    def find_delivered(self, notification: Notification, parent: Receipt | None, since: datetime) -> Receipt | None:
+        return None
+
+
+class SlackWebhookNotifier(_Webhook):
+    """Slack incoming webhook: one new message per notification (webhooks cannot thread or edit)."""
 
     def send(self, notification: Notification, parent: Receipt | None) -> Receipt:
         client = WebhookClient(
@@ -211,19 +218,10 @@ class SlackWebhookNotifier:
             raise http_status_error(response.status_code, response.headers, self._target, _error_code(response.body))
         return Receipt(detail={"status": response.status_code})
 
-    def find_delivered(self, notification: Notification, parent: Receipt | None, since: datetime) -> Receipt | None:
-        return None
 
-
-class WebhookNotifier:
+class WebhookNotifier(_Webhook):
     """Generic JSON webhook (pager bridges): POSTs an Alertmanager-webhook-shaped body with an
     `Idempotency-Key: specwatch-<notification id>` header so the receiver can drop repeats."""
-
-    def __init__(self, name: str, *, url: Secret, timeout_s: float = 10.0) -> None:
-        self.name = name
-        self._target = f"webhook {name}"
-        self._url = _http_url(url, self._target)
-        self._timeout_s = timeout_s
 
     def send(self, notification: Notification, parent: Receipt | None) -> Receipt:
         body = json.dumps(alertmanager_payload(notification), default=str).encode("utf-8")
@@ -239,9 +237,6 @@ class WebhookNotifier:
                 raise http_status_error(exc.code, exc.headers, self._target) from None
         except (OSError, http.client.HTTPException) as exc:
             raise network_error(exc, self._target) from None
-
-    def find_delivered(self, notification: Notification, parent: Receipt | None, since: datetime) -> Receipt | None:
-        return None
 
     @staticmethod
     def _headers(notification: Notification) -> dict[str, str]:

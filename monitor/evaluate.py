@@ -35,12 +35,11 @@ from monitor.drift import (
 )
 from monitor.health import HEALTH_DETECTORS, health_findings
 from monitor.replay import EXACT, SCORED
-from monitor.stats import SampleResult, SegmentStats, alpha_series, segment_stats
+from monitor.stats import ALL_SEGMENTS, SampleResult, SegmentStats, alpha_series, segment_stats
 
 log = logging.getLogger(__name__)
 
 REPORTS_DIR = "reports"
-ALL_TRAFFIC = "*"
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def baselines(results: Sequence[SampleResult], recent_since: datetime, min_sampl
     by_segment: dict[str, list[SampleResult]] = defaultdict(list)
     for result in results:
         by_segment[result.segment].append(result)
-        by_segment[ALL_TRAFFIC].append(result)
+        by_segment[ALL_SEGMENTS].append(result)
     found = {}
     for segment, items in by_segment.items():
         earlier = [r for r in items if r.occurred_at <= recent_since]
@@ -187,7 +186,7 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
     )
     recent_since = now - change_span
     recent = [r for r in results if r.occurred_at > recent_since]
-    series = {segment: alpha_series(recent, segment) for segment in {r.segment for r in recent} | {ALL_TRAFFIC}}
+    series = {segment: alpha_series(recent, segment) for segment in {r.segment for r in recent} | {ALL_SEGMENTS}}
     findings += change_findings(
         series,
         baselines(results, recent_since, drift.min_samples),

@@ -15,10 +15,10 @@ from monitor.config import Config
 from monitor.db import HeadEvent, QuarantinedRecord, RetrainJob
 from monitor.drift import WARNING, Finding
 from monitor.metrics import replay_backlog
+from monitor.stats import ALL_SEGMENTS
 
 HEALTH_DETECTORS = ("replay_stalled", "intake_errors", "retrain_failed", "deploy_rolled_back")
 ROLLBACK_ALERT_HOURS = 24
-ALL_TRAFFIC = "*"
 
 
 def replay_stalled(engine: Engine, draft_version: str, stall_after_s: float, now: datetime) -> Finding | None:
@@ -27,7 +27,7 @@ def replay_stalled(engine: Engine, draft_version: str, stall_after_s: float, now
         return None
     return Finding(
         detector="replay_stalled",
-        segment=ALL_TRAFFIC,
+        segment=ALL_SEGMENTS,
         window=f"{int(stall_after_s)}s",
         severity=WARNING,
         summary=f"{pending} samples wait for replay; the oldest for {waited_s / 60:.0f} min "
@@ -48,7 +48,7 @@ def intake_errors(engine: Engine, per_hour_limit: int, now: datetime) -> Finding
         return None
     return Finding(
         detector="intake_errors",
-        segment=ALL_TRAFFIC,
+        segment=ALL_SEGMENTS,
         window="1h",
         severity=WARNING,
         summary=f"{quarantined} records quarantined in the last hour (limit {per_hour_limit}); "
@@ -66,7 +66,7 @@ def retrain_failed(engine: Engine) -> Finding | None:
             return None
         return Finding(
             detector="retrain_failed",
-            segment=ALL_TRAFFIC,
+            segment=ALL_SEGMENTS,
             window="latest",
             severity=WARNING,
             summary=f"retrain job {job.id} ({job.trigger}) {job.state}: {(job.error or '')[:300]}",
@@ -83,7 +83,7 @@ def deploy_rolled_back(engine: Engine, now: datetime) -> Finding | None:
             return None
         return Finding(
             detector="deploy_rolled_back",
-            segment=ALL_TRAFFIC,
+            segment=ALL_SEGMENTS,
             window=f"{ROLLBACK_ALERT_HOURS}h",
             severity="critical",
             summary=f"head {event.previous_version} was rolled back to {event.version}: {event.reason[:300]}",

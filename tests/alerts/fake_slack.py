@@ -12,7 +12,7 @@ Web API (POST /api/<method>, JSON or form body, Bearer token): chat.postMessage,
 conversations.history, conversations.replies, conversations.list, auth.test. Channel names map to ids
 ("#alerts" -> "C0001"); like Slack, only chat.postMessage takes a name, other methods need the id.
 Timestamps follow the clock (strictly increasing), so `oldest` filters work with real datetimes.
-Webhooks: POST /services/T000/B000/XXXX (Slack incoming webhook, answers "ok") and /hooks/json (any JSON).
+Webhooks: POST /services/T000/B000/hook-secret (Slack incoming webhook, answers "ok") and /hooks/json (any JSON).
 
 Faults apply, in the order scripted, to the next requests matching `path` (an API method name like
 "chat.postMessage", or a URL path prefix like "/hooks/json"; None matches any request):
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 API_PREFIX = "/api/"
-WEBHOOK_PATH = "/services/T000/B000/XXXX"
+WEBHOOK_PATH = "/services/T000/B000/hook-secret"
 JSON_WEBHOOK_PATH = "/hooks/json"
 HOLD_LIMIT_S = 60.0  # a held answer is released after this long at the latest
 
