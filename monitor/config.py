@@ -118,6 +118,9 @@ class StorageConfig(Section):
     database_password: SecretSource = Field(
         default_factory=SecretSource, description="password for database_url, from env or file"
     )
+    connect_timeout_s: float = Field(
+        default=10.0, ge=1, le=300, description="PostgreSQL: give up on a connection attempt after this long"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -447,7 +450,7 @@ class GateConfig(Section):
 class DeployConfig(Section):
     command: list[str] = Field(
         default_factory=list,
-        description="run after the live pointer switched, e.g. [\"systemctl\", \"reload\", \"vllm\"]; "
+        description='run after the live pointer switched, e.g. ["systemctl", "reload", "vllm"]; '
         "env SPECWATCH_HEAD_DIR, SPECWATCH_HEAD_VERSION",
     )
     url: str = Field(default="", description="or POST {version, path} as JSON to this URL (the serving engine)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -34,6 +34,9 @@ from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import migrations
+
+if TYPE_CHECKING:
+    from monitor.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -337,8 +340,10 @@ def with_password(url: str, password: str | None) -> URL:
     return parsed.set(password=password) if password else parsed
 
 
-def create_db_engine(url: str | URL, **kwargs: Any) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys."""
+def create_db_engine(url: str | URL, connect_timeout_s: float = 10.0, **kwargs: Any) -> Engine:
+    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys. A server database gets a
+    connect timeout (libpq's default is to wait forever on a host that does not answer), unless the
+    URL sets its own `connect_timeout`."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database:
@@ -346,7 +351,20 @@ def create_db_engine(url: str | URL, **kwargs: Any) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        kwargs["connect_args"] = {"connect_timeout": max(1, round(connect_timeout_s)), **kwargs.get("connect_args", {})}
     return create_engine(parsed, pool_pre_ping=True, **kwargs)
+
+
+def open_database(config: Config, migrate: bool = True) -> Engine:
+    """An engine on the configured database (password and connect timeout from the config), migrated
+    to the latest schema unless told not to."""
+    password = config.storage.database_password.read()
+    url = with_password(config.database_url, password.reveal() if password else None)
+    engine = create_db_engine(url, connect_timeout_s=config.storage.connect_timeout_s)
+    if migrate:
+        upgrade(engine)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from monitor.config import Config, load_config, window_length
-from monitor.db import AlertRecord, RetrainJob, create_db_engine, utcnow
+from monitor.db import AlertRecord, RetrainJob, open_database, utcnow
 from retrain.jobs import ACTIVE, JobView, create_job, mark_dead_jobs
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def ensure_quarterly_job(scheduler: BackgroundScheduler, config_path: Path, conf
 def run_quarterly_retrain(config_path: str, schedule: str) -> None:
     """The stored quarterly job: queue a retrain and start it in its own process."""
     config = load_config(config_path)
-    engine = create_db_engine(config.database_url)
+    engine = open_database(config, migrate=False)
     try:
         job = queue_job(config, engine, trigger="quarterly", reason=f"quarterly schedule {schedule}")
         if job is not None:

@@ -7,11 +7,9 @@ import json
 import sys
 from typing import Any
 
-from sqlalchemy import Engine
-
 from monitor.config import Config, ConfigError
 from monitor.config import load_config as load_config_file
-from monitor.db import create_db_engine, upgrade, with_password
+from monitor.db import open_database as open_database  # the commands' one way in
 
 
 class CommandError(Exception):
@@ -32,16 +30,6 @@ def load_config(args: argparse.Namespace) -> Config:
         return load_config_file(args.config)
     except ConfigError as exc:
         raise CommandError("\n".join([f"config {exc.path} has problems:", *(f"  {p}" for p in exc.problems)])) from None
-
-
-def open_database(config: Config, migrate: bool = True) -> Engine:
-    """An engine on the configured database, migrated to the latest schema unless told not to."""
-    password = config.storage.database_password.read()
-    url = with_password(config.database_url, password.reveal() if password else None)
-    engine = create_db_engine(url)
-    if migrate:
-        upgrade(engine)
-    return engine
 
 
 def print_json(value: Any) -> None:
