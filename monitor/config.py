@@ -231,12 +231,18 @@ class IntakeConfig(Section):
 class RetentionConfig(Section):
     samples_days: int = Field(default=30, ge=1, description="samples older than this many days are purged")
     quarantine_days: int = Field(default=14, ge=1, description="quarantined records older than this are purged")
+    interval_s: float = Field(default=3600.0, gt=0, description="daemon: seconds between retention purges")
 
 
 class ModelsConfig(Section):
     target: Path | None = Field(default=None, description="target model directory (Hugging Face layout)")
     draft: Path | None = Field(default=None, description="live draft head directory")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto picks cuda if present")
+    on_device_lost: Literal["cpu", "pause"] = Field(
+        default="cpu",
+        description="the GPU is gone (absent at start or failing mid-replay): cpu = replay on the CPU, slower; "
+        "pause = stop replaying until it is back. Either way the ReplayDeviceLost alert fires",
+    )
 
 
 class ReplayConfig(Section):
@@ -299,6 +305,13 @@ class DriftConfig(Section):
         default=0.5, gt=0.0, le=1.0, description="share of drifted features that makes an input-drift finding"
     )
     input_min_rows: int = Field(default=30, ge=5, description="rows each side needs for an input-drift report")
+    input_max_rows: int = Field(
+        default=5000, ge=10, description="newest rows of the input window compared (bounds the check's memory)"
+    )
+    input_interval: DurationName = Field(
+        default="1h", description="input drift (an evidently report, seconds of CPU) runs at most this often"
+    )
+    keep_input_reports: int = Field(default=48, ge=1, description="newest input-drift HTML reports kept on disk")
     reference_corpus: Path | None = Field(
         default=None, description="JSONL of the live head's training corpus; unset = samples before input_window"
     )
@@ -313,6 +326,8 @@ ALERT_RULES_DEFAULT: dict[str, tuple[str, str, str]] = {
     "IntakeErrorsHigh": ("intake_errors", "warning", "many incoming records were quarantined in the last hour"),
     "RetrainFailed": ("retrain_failed", "warning", "the latest retrain job failed"),
     "DeployRolledBack": ("deploy_rolled_back", "critical", "a deployed head regressed and was rolled back"),
+    "ReplayDeviceLost": ("device_lost", "critical", "the GPU is gone: replay runs on the CPU or is paused"),
+    "IntakePaused": ("intake_paused", "critical", "a full disk paused intake: new traffic is not being stored"),
 }
 
 

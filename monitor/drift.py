@@ -35,6 +35,7 @@ from monitor.stats import SegmentStats
 logger = logging.getLogger(__name__)
 
 CRITICAL = "critical"
+INPUT_DRIFT_REPORT = "input-drift"  # report files: <report_dir>/input-drift-<UTC stamp>.html
 WARNING = "warning"
 
 
@@ -447,7 +448,7 @@ def input_drift_finding(
     if uncompared:
         logger.info("input drift: features only one side carries, not compared: %s", ", ".join(uncompared))
     stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = report_dir / f"input-drift-{stamp}.html"
+    path = report_dir / f"{INPUT_DRIFT_REPORT}-{stamp}.html"
     columns = _run_evidently(reference[shared], current[shared], path)
     drifted = [name for name, column in columns.items() if column.status == "FAIL"]
     share = len(drifted) / len(columns) if columns else 0.0

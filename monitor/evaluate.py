@@ -15,7 +15,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from decoder import AcceptCounts
 from monitor.config import Config, window_length
 from monitor.db import ReplayResult, Sample, StoredFinding, utcnow
 from monitor.drift import (
+    INPUT_DRIFT_REPORT,
     Finding,
     change_findings,
     input_drift_finding,
@@ -109,17 +110,48 @@ def baselines(results: Sequence[SampleResult], recent_since: datetime, min_sampl
     return found
 
 
-def recent_rows(engine: Engine, since: datetime, until: datetime | None = None) -> list[dict[str, Any]]:
+def recent_rows(
+    engine: Engine, since: datetime, until: datetime | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Samples after `since` (and up to `until`) as input-drift rows, the newest `limit` of them."""
     query = select(Sample.messages, Sample.completion, Sample.language, Sample.segment).where(
         Sample.occurred_at > since
     )
     if until is not None:
         query = query.where(Sample.occurred_at <= until)
+    if limit is not None:
+        query = query.order_by(Sample.occurred_at.desc()).limit(limit)
     with Session(engine) as session:
         return [
             {"prompt": _prompt(messages), "completion": completion, "language": language, "segment": segment}
             for messages, completion, language, segment in session.execute(query)
         ]
+
+
+def input_drift_reports(data_dir: Path) -> list[Path]:
+    """evidently's input-drift reports under <data_dir>/reports, newest first."""
+    directory = data_dir / REPORTS_DIR
+    return sorted(directory.glob(f"{INPUT_DRIFT_REPORT}-*.html"), reverse=True) if directory.is_dir() else []
+
+
+def report_time(path: Path) -> datetime | None:
+    stamp = path.stem.removeprefix(f"{INPUT_DRIFT_REPORT}-")
+    try:
+        return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def input_drift_due(config: Config, now: datetime) -> bool:
+    """The last input-drift report is older than drift.input_interval (or from a clock that went back)."""
+    reports = input_drift_reports(config.storage.data_dir)
+    last = report_time(reports[0]) if reports else None
+    return last is None or not (now - window_length(config.drift.input_interval) < last <= now)
+
+
+def prune_input_drift_reports(config: Config) -> None:
+    for old in input_drift_reports(config.storage.data_dir)[config.drift.keep_input_reports :]:
+        old.unlink(missing_ok=True)
 
 
 def reference_rows(path: Path) -> list[dict[str, Any]]:
@@ -142,12 +174,14 @@ def _prompt(messages: list[dict[str, str]]) -> str:
 def detect_input_drift(config: Config, engine: Engine, now: datetime) -> tuple[list[Finding], bool]:
     """Input-drift findings, and whether the check ran (it needs enough rows on both sides)."""
     drift = config.drift
+    if not input_drift_due(config, now):
+        return [], False
     since = now - window_length(drift.input_window)
-    current = recent_rows(engine, since, now)
+    current = recent_rows(engine, since, now, limit=drift.input_max_rows)
     if drift.reference_corpus is not None:
-        reference = reference_rows(drift.reference_corpus)
+        reference = reference_rows(drift.reference_corpus)[: drift.input_max_rows]
     else:
-        reference = recent_rows(engine, since - window_length(drift.change_window), since)
+        reference = recent_rows(engine, since - window_length(drift.change_window), since, limit=drift.input_max_rows)
     finding, report = input_drift_finding(
         input_features(reference),
         input_features(current),
@@ -159,6 +193,8 @@ def detect_input_drift(config: Config, engine: Engine, now: datetime) -> tuple[l
     )
     if report.reason:
         log.info("input drift not checked: %s", report.reason)
+    else:
+        prune_input_drift_reports(config)
     return ([finding] if finding else []), not report.reason
 
 

@@ -28,7 +28,7 @@ from decoder import AcceptCounts
 from monitor.config import Config, window_length
 from monitor.db import ReplayResult, StoredFinding, utcnow
 from monitor.drift import threshold_for
-from monitor.evaluate import REPORTS_DIR, latest_findings, measured_cost_ratio
+from monitor.evaluate import REPORTS_DIR, input_drift_reports, latest_findings, measured_cost_ratio
 from monitor.replay import SCORED
 from monitor.stats import ALL_SEGMENTS, SampleResult, SegmentStats, segment_stats
 from monitor.status import BREACH, OK, UNKNOWN, WARNING, state_of
@@ -154,9 +154,7 @@ def busiest_segments(results: Iterable[SampleResult], top: int) -> list[tuple[st
 
 
 def drift_reports(data_dir: Path, limit: int = 12) -> list[Path]:
-    """evidently's input-drift reports under <data_dir>/reports, newest first."""
-    directory = data_dir / REPORTS_DIR
-    return sorted(directory.glob("input-drift-*.html"), reverse=True)[:limit] if directory.is_dir() else []
+    return input_drift_reports(data_dir)[:limit]
 
 
 def current_stats(

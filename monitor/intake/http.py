@@ -3,7 +3,8 @@
 Bound to 127.0.0.1 by default; a bearer token is required whenever one is configured, and
 configuration refuses a non-loopback bind without one. Every record in a request is either
 stored, recognised as a duplicate or sampled out, or quarantined with its reason; the reply
-says which. A database failure answers 503 and stores nothing, so the client can retry.
+says which. A database failure answers 503 and stores nothing, so the client can retry; a full
+disk answers 507 (Insufficient Storage) and tells the daemon, which pauses file intake and alerts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -20,12 +22,14 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.config import HttpIntakeConfig, Secret
+from monitor.failures import describe, is_disk_full
 from monitor.intake.pipeline import IngestReport, IntakePipeline, RawRecord
 
 log = logging.getLogger(__name__)
 
 SAMPLES_PATH = "/v1/samples"
 SOURCE = "http"
+DISK_FULL_RETRY_AFTER_S = 60
 
 
 def split_body(body: bytes, request_id: str) -> list[RawRecord]:
@@ -71,10 +75,21 @@ class IntakeHandler(BaseHTTPRequestHandler):
         try:
             report = self.server.pipeline.ingest(SOURCE, split_body(body, request_id))
         except SQLAlchemyError as exc:
+            if is_disk_full(exc):
+                self._disk_full(request_id, exc)
+                return
             log.error("intake request %s not stored: database error %s", request_id, type(exc).__name__)
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "database unavailable; retry"}, retry_after=5)
             return
+        self.server.on_stored()
         self._reply(HTTPStatus.OK, {"request": request_id, **report_body(report)})
+
+    def _disk_full(self, request_id: str, error: SQLAlchemyError) -> None:
+        problem = f"no space left on the database's disk ({describe(error)})"
+        log.error("intake request %s not stored: %s", request_id, problem)
+        self.server.on_disk_full(problem)
+        body = {"error": "no space left to store samples: intake is paused; retry later", "stored": 0}
+        self._reply(HTTPStatus.INSUFFICIENT_STORAGE, body, retry_after=DISK_FULL_RETRY_AFTER_S)
 
     def do_GET(self) -> None:
         if self.path == "/healthz":
@@ -122,12 +137,22 @@ class IntakeHandler(BaseHTTPRequestHandler):
 class IntakeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, config: HttpIntakeConfig, pipeline: IntakePipeline, token: Secret | None) -> None:
+    def __init__(
+        self,
+        config: HttpIntakeConfig,
+        pipeline: IntakePipeline,
+        token: Secret | None,
+        on_disk_full: Callable[[str], object] = lambda problem: None,
+        on_stored: Callable[[], object] = lambda: None,
+    ) -> None:
+        """`on_disk_full(problem)` is told when a request could not be stored for lack of space,
+        `on_stored()` after every request that was; the daemon pauses and resumes intake with them."""
         if not config.is_loopback and token is None:
             raise ValueError(f"refusing to serve intake on {config.host} without a bearer token")
         self.config = config
         self.pipeline = pipeline
         self.token = token
+        self.on_disk_full, self.on_stored = on_disk_full, on_stored
         super().__init__((config.host, config.port), IntakeHandler)
         self._thread: threading.Thread | None = None
 

@@ -8,166 +8,46 @@ daemon's small parts (failure classes, intake pause on a full disk, health, syst
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from monitor.daemon import Backoff, FollowJob, Health, JsonFormatter, Systemd, is_database_unreachable, is_disk_full
-from monitor.db import IntakeCounter, ReplayResult, Sample
+from monitor.daemon import Backoff, FollowJob, Health, JsonFormatter, Systemd
+from monitor.db import AlertRecord, IntakeCounter, ReplayResult, Sample
 from monitor.demo_traffic import traffic, write_jsonl
 from monitor.replay import SCORED
+from tests.monitor.daemon_process import (
+    ROOT,
+    STARTUP_S,
+    NotifyListener,
+    config_value,
+    count,
+    free_port,
+    http_get,
+    scored_results,
+    start_daemon,
+    wait_until,
+    write_config,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "monitor" / "systemd" / "specwatch.service"
 MIX = {"en": 0.4, "zh": 0.3, "code": 0.3}
-STARTUP_S = 120  # imports and model loading on two busy cores
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def write_config(
-    tmp_path: Path, database_url: str, reference: Path, *, target: Path | None = None, **extra: str
-) -> Path:
-    """A config with short intervals; returns its path. `extra` appends raw TOML per section."""
-    sections = {
-        "storage": f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"',
-        "intake.follow": f'paths = ["{tmp_path / "logs"}"]\npoll_interval_s = 0.2\nbatch_lines = 5',
-        "intake.http": f"port = {free_port()}",
-        "models": f'target = "{target or reference / "target"}"\ndraft = "{reference / "drafts" / "eagle"}"\n'
-        'device = "cpu"',
-        "replay": "samples_per_round = 2\nexact_fraction = 0.0\nclaim_ttl_s = 2.0\ninterval_s = 0.2\n"
-        "evaluate_interval_s = 2.0",
-        "stats": "resamples = 100",
-        "metrics": f"port = {free_port()}",
-    }
-    for section, text in extra.items():
-        sections[section] = sections.get(section, "") + "\n" + text
-    path = tmp_path / "config.toml"
-    path.write_text("".join(f"[{name}]\n{body}\n" for name, body in sections.items()))
-    (tmp_path / "logs").mkdir(exist_ok=True)
-    return path
-
-
-def config_value(config: Path, section: str, key: str) -> Any:
-    import tomllib
-
-    value: Any = tomllib.loads(config.read_text())
-    for part in [*section.split("."), key]:
-        value = value[part]
-    return value
-
-
-def start_daemon(config: Path, out: Path, **env: str) -> subprocess.Popen[bytes]:
-    with out.open("ab") as output:
-        return subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "--config", str(config)],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "SPECWATCH_HASH_SALT": "test-salt", **env},
-            cwd=ROOT,
-        )
-
-
-@pytest.fixture
-def daemons(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Daemon processes a test started; any still running at the end is killed."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-
-
-def wait_until(
-    what: str, check: Callable[[], bool], process: subprocess.Popen[bytes], out: Path, timeout: float
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if process.poll() is not None:
-            pytest.fail(f"daemon exited ({process.returncode}) waiting for {what}:\n{out.read_text()[-4000:]}")
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}:\n{out.read_text()[-4000:]}")
-
-
-def http_get(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            return reply.status, json.loads(reply.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-    except OSError:
-        return 0, {}
-
-
-class NotifyListener:
-    """A unix datagram socket in the abstract namespace, as systemd's NOTIFY_SOCKET, recording messages."""
-
-    def __init__(self) -> None:
-        self.name = f"specwatch-test-{uuid.uuid4().hex}"
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.socket.bind("\0" + self.name)
-        self.socket.settimeout(0.2)
-        self.messages: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._receive, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return "@" + self.name
-
-    def _receive(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.socket.recv(4096)
-            except TimeoutError:
-                continue
-            self.messages.extend(data.decode().splitlines())
-
-    def after(self, message: str) -> list[str]:
-        seen = list(self.messages)
-        return seen[seen.index(message) + 1 :] if message in seen else []
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.socket.close()
-
-
-def count(engine: Engine, query: Any) -> int:
-    with Session(engine) as session:
-        return int(session.scalar(query) or 0)
-
-
-def scored_results(engine: Engine) -> int:
-    return count(engine, select(func.count()).select_from(ReplayResult).where(ReplayResult.mode == SCORED))
 
 
 def deploy(heads: Path, draft: Path) -> str:
@@ -290,6 +170,54 @@ def test_unreachable_database_waits_not_ready_and_stops_cleanly(
     assert process.wait(timeout=20) == 0
 
 
+def firing_alerts(engine: Engine) -> set[str]:
+    with Session(engine) as session:
+        return {a.alertname for a in session.scalars(select(AlertRecord).where(AlertRecord.status == "firing"))}
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a usable GPU")
+
+
+@NO_GPU
+@pytest.mark.slow
+def test_gpu_gone_falls_back_to_the_cpu_with_an_alert(
+    tmp_path: Path, engine: Engine, database_url: str, reference_models: Path, daemons: list[Any]
+) -> None:
+    config = write_config(tmp_path, database_url, reference_models, device="cuda", models='on_device_lost = "cpu"')
+    lines = write_jsonl(tmp_path / "logs" / "traffic.jsonl", traffic(8, MIX, seed=5))
+    out = tmp_path / "daemon.log"
+    process = start_daemon(config, out)
+    daemons.append(process)
+    wait_until("every sample scored on the CPU", lambda: scored_results(engine) == lines, process, out, STARTUP_S)
+    wait_until("ReplayDeviceLost", lambda: "ReplayDeviceLost" in firing_alerts(engine), process, out, 60)
+    wait_until("the notification", lambda: "[firing] ReplayDeviceLost" in out.read_text(), process, out, 60)
+    health = f"http://127.0.0.1:{config_value(config, 'metrics', 'port')}"
+    wait_until("/readyz 200", lambda: http_get(f"{health}/readyz")[0] == 200, process, out, 60)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+    assert "replaying on the CPU" in out.read_text()
+
+
+@NO_GPU
+@pytest.mark.slow
+def test_gpu_gone_pauses_replay_with_an_alert_when_so_configured(
+    tmp_path: Path, engine: Engine, database_url: str, reference_models: Path, daemons: list[Any]
+) -> None:
+    config = write_config(tmp_path, database_url, reference_models, device="cuda", models='on_device_lost = "pause"')
+    lines = write_jsonl(tmp_path / "logs" / "traffic.jsonl", traffic(5, MIX, seed=6))
+    out = tmp_path / "daemon.log"
+    process = start_daemon(config, out)
+    daemons.append(process)
+    stored = select(func.count()).select_from(Sample)
+    wait_until("the log stored", lambda: count(engine, stored) == lines, process, out, STARTUP_S)
+    wait_until("ReplayDeviceLost", lambda: "ReplayDeviceLost" in firing_alerts(engine), process, out, 60)
+    status, body = http_get(f"http://127.0.0.1:{config_value(config, 'metrics', 'port')}/readyz")
+    assert status == 503 and any(problem.startswith("replay paused") for problem in body["problems"]), body
+    assert scored_results(engine) == 0
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0
+
+
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     """systemd-analyze verify on the shipped unit, its ExecStart pointed at this checkout's venv (the
     shipped path, /opt/specwatch/.venv/bin/specwatch, does not exist here)."""
@@ -315,21 +243,6 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 
 def sqlite_error(message: str) -> OperationalError:
     return OperationalError("INSERT ...", {}, sqlite3.OperationalError(message))
-
-
-def test_failures_are_told_apart() -> None:
-    assert is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
-    assert is_disk_full(sqlite_error("database or disk is full"))
-    assert not is_database_unreachable(sqlite_error("database or disk is full"))
-    assert is_database_unreachable(sqlite_error("unable to open database file"))
-    assert not is_database_unreachable(ValueError("a bug"))
-    try:
-        try:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError as error:
-            raise RuntimeError("while writing") from error
-    except RuntimeError as wrapped:
-        assert is_disk_full(wrapped)
 
 
 class FullDisk:
@@ -399,3 +312,37 @@ def test_json_log_lines() -> None:
     record = logging.LogRecord("monitor.daemon", logging.INFO, __file__, 1, "ready in %ds", (3,), None)
     entry = json.loads(JsonFormatter().format(record))
     assert (entry["level"], entry["logger"], entry["message"]) == ("INFO", "monitor.daemon", "ready in 3s")
+
+
+class GpuFailsMidRound:
+    """A replay loop whose device fails in the middle of a round, as a GPU that fell off the bus does:
+    torch raises a RuntimeError naming the CUDA error."""
+
+    def step(self) -> bool:
+        raise RuntimeError("CUDA error: unspecified launch failure")
+
+
+@pytest.mark.parametrize("policy", ["cpu", "pause"])
+def test_gpu_lost_mid_replay_moves_replay_to_the_cpu_or_pauses_it(
+    policy: str, engine: Engine, reference_models: Path
+) -> None:
+    from monitor.config import Config, ModelsConfig
+    from monitor.daemon import Daemon
+    from monitor.metrics import Metrics
+
+    models = ModelsConfig(
+        target=reference_models / "target", draft=reference_models / "drafts" / "eagle", on_device_lost=policy
+    )
+    daemon = Daemon(Config(models=models), Path("config.toml"))
+    daemon.engine, daemon.draft_dir = engine, models.draft
+    daemon.metrics = Metrics([])
+    daemon.loop = GpuFailsMidRound()  # type: ignore[assignment]
+    daemon.replay_job()
+    assert daemon.health.device is not None and "CUDA error" in daemon.health.device
+    if policy == "cpu":
+        assert daemon.loop is not None and str(daemon.loop.models.target.device) == "cpu"
+        assert daemon.health.models is None
+    else:
+        assert daemon.loop is None and daemon.health.models is not None
+        assert daemon.health.models.startswith("replay paused")
+    assert [finding.detector for finding in daemon.daemon_findings()] == ["device_lost"]

@@ -15,11 +15,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from monitor.config import Config, DriftConfig, ModelsConfig, ReplayConfig, Secret, StatsConfig
+from monitor.config import Config, DriftConfig, ModelsConfig, ReplayConfig, Secret, StatsConfig, StorageConfig
 from monitor.db import utcnow
 from monitor.demo import write_training_corpus
 from monitor.demo_traffic import served, traffic
-from monitor.evaluate import evaluate, latest_findings, reference_rows
+from monitor.evaluate import (
+    evaluate,
+    input_drift_due,
+    input_drift_reports,
+    latest_findings,
+    prune_input_drift_reports,
+    reference_rows,
+)
 from monitor.intake.pipeline import IntakePipeline, RawRecord
 from monitor.live_models import LiveModels, load_live_models
 from monitor.replay import Replayer
@@ -61,7 +68,7 @@ def drift_config(config: Config, corpus: Path) -> Config:
             "intake": intake,
             "replay": ReplayConfig(samples_per_round=128, exact_fraction=0.0),
             "stats": StatsConfig(windows=["1h", "24h", "7d"], resamples=400),
-            "drift": DriftConfig(min_samples=30, reference_corpus=corpus),
+            "drift": DriftConfig(min_samples=30, reference_corpus=corpus, input_interval="0s"),
         }
     )
 
@@ -140,3 +147,25 @@ def test_status_and_findings_commands(
     assert main(["findings", "--json", "--config", str(path)]) == 0
     findings = json.loads(capsys.readouterr().out)
     assert any(item["detector"] == "threshold" and item["segment"] == "lang=zh" for item in findings)
+
+
+def test_input_drift_runs_at_most_every_interval_and_keeps_the_newest_reports(config: Config, tmp_path: Path) -> None:
+    config = config.model_copy(
+        update={
+            "drift": DriftConfig(input_interval="1h", keep_input_reports=3),
+            "storage": StorageConfig(data_dir=tmp_path),
+        }
+    )
+    now = utcnow().replace(microsecond=0)
+    assert input_drift_due(config, now), "no report yet"
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for hours in (5, 4, 3, 2, 0.5):
+        stamp = (now - timedelta(hours=hours)).strftime("%Y%m%dT%H%M%SZ")
+        (reports / f"input-drift-{stamp}.html").write_text("<html></html>")
+    assert not input_drift_due(config, now), "the last report is 30 minutes old"
+    assert input_drift_due(config, now + timedelta(minutes=31))
+    assert input_drift_due(config, now - timedelta(hours=1)), "a clock that went back does not block the check"
+    prune_input_drift_reports(config)
+    kept = input_drift_reports(tmp_path)
+    assert len(kept) == 3 and kept[0].name.endswith((now - timedelta(minutes=30)).strftime("%Y%m%dT%H%M%SZ.html"))

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session
 
 from monitor.config import Config, HttpIntakeConfig, Secret
@@ -91,6 +91,52 @@ def test_database_down_answers_503_and_stores_nothing(config: Config, tmp_path: 
     finally:
         intake.stop()
     assert status == 503 and "retry" in body["error"]
+
+
+class PageLimit:
+    """SQLite's max_page_count on every new connection: a real 'database or disk is full' once the file
+    reaches `pages` (None: no limit), as on a data dir whose disk filled up."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.pages: int | None = None
+        event.listen(engine, "connect", self.apply)
+
+    def apply(self, dbapi_connection: Any, _record: Any) -> None:
+        if self.pages is not None:
+            dbapi_connection.execute(f"PRAGMA max_page_count = {self.pages}")
+
+
+def test_full_disk_answers_507_stores_nothing_then_resumes(config: Config, tmp_path: Any) -> None:
+    from monitor.db import create_db_engine, upgrade
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'small.db'}")
+    upgrade(engine)
+    limit = PageLimit(engine)
+    with engine.connect() as connection:
+        limit.pages = int(connection.exec_driver_sql("PRAGMA page_count").scalar_one()) + 1
+    engine.dispose()
+    told: list[str] = []
+    intake = IntakeHTTPServer(
+        HttpIntakeConfig(port=0, max_body_bytes=4 * 1024 * 1024),
+        IntakePipeline(config, engine, Secret("salt")),
+        None,
+        on_disk_full=told.append,
+        on_stored=lambda: told.append("stored"),
+    )
+    intake.start()
+    try:
+        big = [{**record(i), "completion": f"answer {i} " + "x" * 4000} for i in range(40)]
+        status, body = post(intake, json.dumps(big).encode(), token=None)
+        assert status == 507 and "intake is paused" in body["error"] and body["stored"] == 0
+        assert len(told) == 1 and "no space left" in told[0]
+        assert count(engine, Sample) == 0
+        limit.pages = None
+        engine.dispose()  # new connections, without the limit: space is back
+        status, body = post(intake, json.dumps(big).encode(), token=None)
+    finally:
+        intake.stop()
+    assert (status, body["stored"], told[-1]) == (200, 40, "stored")
+    assert count(engine, Sample) == 40
 
 
 def test_default_bind_is_loopback() -> None:
