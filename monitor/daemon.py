@@ -11,7 +11,8 @@ paused and the replay lag is within `daemon.max_replay_lag_s`; the JSON body lis
 
 Startup: the model directories are checked (missing: refused, exit 2, the path named); /metrics, /healthz
 and /readyz are served; the database is opened and migrated, retried with backoff while unreachable
-(readiness says so, systemd's start timeout is extended); the live target and draft are loaded; the jobs
+(readiness says so, systemd's start timeout is extended); the live target and draft are loaded (on the
+CPU, or not at all with replay paused, when the configured GPU is gone: models.on_device_lost); the jobs
 start; intake starts (the file follower as a job, the HTTP endpoint as `intake serve` runs it); READY=1.
 
 Jobs: the quarterly retrain stays in retrain.schedule's SQLAlchemy job store; the interval jobs live in a

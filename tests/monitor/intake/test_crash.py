@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from monitor.db import QuarantinedRecord, Sample, create_db_engine
+from monitor.db import QuarantinedRecord, Sample, create_db_engine, upgrade
 from tests.monitor.intake.traffic import line
 
 LINES = 20_000
@@ -57,10 +57,14 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(tmp_path: Path, dat
         "[intake.follow]\nbatch_lines = 40\n"
     )
     engine = create_db_engine(database_url)
+    upgrade(engine)  # the progress below is read from the samples table
     stored_after_kills = []
     for _ in range(8):
+        before = count(engine, Sample)
         process = ingest_process(config, log)
-        time.sleep(random.uniform(0.8, 2.5))
+        kill_after = before + random.randint(100, 1500)  # a random point of progress, not of time:
+        while process.poll() is None and count(engine, Sample) < kill_after:  # mid-file on any machine
+            time.sleep(random.uniform(0.0, 0.05))
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait()
