@@ -183,7 +183,14 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine w
 def test_gpu_gone_falls_back_to_the_cpu_with_an_alert(
     tmp_path: Path, engine: Engine, database_url: str, reference_models: Path, daemons: list[Any]
 ) -> None:
-    config = write_config(tmp_path, database_url, reference_models, device="cuda", models='on_device_lost = "cpu"')
+    config = write_config(
+        tmp_path,
+        database_url,
+        reference_models,
+        device="cuda",
+        models='on_device_lost = "cpu"',
+        alerts='group_wait = "0s"',
+    )
     lines = write_jsonl(tmp_path / "logs" / "traffic.jsonl", traffic(8, MIX, seed=5))
     out = tmp_path / "daemon.log"
     process = start_daemon(config, out)
