@@ -381,6 +381,7 @@ class Daemon:
         self.retrains: list[subprocess.Popen[bytes]] = []
         self.device_retry = Backoff(DEVICE_RETRY_FIRST_S, DEVICE_RETRY_MAX_S)
         self.unloadable_head: Path | None = None
+        self.paused_version: str | None = None  # the live head's version while replay is paused
         self._dispatch_lock = threading.Lock()
 
     # -- lifecycle
@@ -416,8 +417,7 @@ class Daemon:
         self.engine = self.connect_database()
         if self.engine is None:
             return
-        models = self.load_models()
-        self.loop = self.replay_loop_for(models) if models is not None else None
+        self.use_models(self.load_models())
         if self.stop.is_set():
             return
         self.scheduler = self.start_jobs()
@@ -535,7 +535,13 @@ class Daemon:
         self.health.device = f"{problem}; replay paused until it is back (models.on_device_lost = pause)"
         log.error("GPU unavailable (%s): replay paused until it is back", problem)
         self.health.models = f"replay paused: {problem}"
+        assert self.draft_dir is not None, "the live head is found at startup"
+        self.paused_version = draft_version(self.draft_dir)  # hashed once per loss, not at every evaluation
         return None
+
+    def use_models(self, models: LiveModels | None) -> None:
+        """Replay with these models from the next round on; None pauses replay."""
+        self.loop = self.replay_loop_for(models) if models is not None else None
 
     def retry_device(self) -> None:
         """After a device loss: back on the configured device once it answers again."""
@@ -554,7 +560,7 @@ class Daemon:
             return
         self.device_retry.succeeded()
         self.health.device = self.health.models = None
-        self.loop = self.replay_loop_for(models)
+        self.use_models(models)
         log.info("the GPU is back: replaying on %s again", self.config.models.device)
 
     def replay_loop_for(self, models: LiveModels) -> ReplayLoop:
@@ -645,8 +651,7 @@ class Daemon:
 
     def job_failed(self, name: str, error: Exception) -> bool:
         if is_device_lost(error):
-            models = self.device_lost(describe(error))
-            self.loop = self.replay_loop_for(models) if models is not None else None
+            self.use_models(self.device_lost(describe(error)))
             return True
         if is_disk_full(error):
             log.error(
@@ -681,6 +686,7 @@ class Daemon:
         self.measure_backlog()
 
     def measure_backlog(self) -> None:
+        """Readiness's pending count and replay lag; then the heap is trimmed, as replay just freed tensors."""
         versions = self.replay_loop.models.versions
         self.health.pending, self.health.replay_lag_s = replay_backlog(self.db, versions.draft, versions.target)
         trim_heap()
@@ -823,8 +829,8 @@ class Daemon:
         """The live head's version, also while replay is paused (no models loaded)."""
         if self.loop is not None:
             return self.loop.models.versions.draft
-        assert self.draft_dir is not None, "the live head is found at startup"
-        return draft_version(self.draft_dir)
+        assert self.paused_version is not None, "replay runs, or device_lost paused it"
+        return self.paused_version
 
     @property
     def replay_loop(self) -> ReplayLoop:

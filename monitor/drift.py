@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 CRITICAL = "critical"
 INPUT_DRIFT_REPORT = "input-drift"  # report files: <report_dir>/input-drift-<UTC stamp>.html
+REPORT_STAMP = "%Y%m%dT%H%M%SZ"  # the UTC moment in a report file name
 WARNING = "warning"
 
 
@@ -447,7 +448,7 @@ def input_drift_finding(
     uncompared = [column for column in (*reference.columns, *current.columns) if column not in shared]
     if uncompared:
         logger.info("input drift: features only one side carries, not compared: %s", ", ".join(uncompared))
-    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = now.astimezone(UTC).strftime(REPORT_STAMP)
     path = report_dir / f"{INPUT_DRIFT_REPORT}-{stamp}.html"
     columns = _run_evidently(reference[shared], current[shared], path)
     drifted = [name for name, column in columns.items() if column.status == "FAIL"]

@@ -28,6 +28,7 @@ from monitor.config import Config, window_length
 from monitor.db import ReplayResult, Sample, StoredFinding, utcnow
 from monitor.drift import (
     INPUT_DRIFT_REPORT,
+    REPORT_STAMP,
     Finding,
     change_findings,
     input_drift_finding,
@@ -137,7 +138,7 @@ def input_drift_reports(data_dir: Path) -> list[Path]:
 def report_time(path: Path) -> datetime | None:
     stamp = path.stem.removeprefix(f"{INPUT_DRIFT_REPORT}-")
     try:
-        return datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        return datetime.strptime(stamp, REPORT_STAMP).replace(tzinfo=UTC)
     except ValueError:
         return None
 

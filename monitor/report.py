@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from decoder import AcceptCounts
 from monitor.config import Config, window_length
 from monitor.db import ReplayResult, StoredFinding, utcnow
-from monitor.drift import threshold_for
+from monitor.drift import REPORT_STAMP, threshold_for
 from monitor.evaluate import REPORTS_DIR, input_drift_reports, latest_findings, measured_cost_ratio
 from monitor.replay import SCORED
 from monitor.stats import ALL_SEGMENTS, SampleResult, SegmentStats, segment_stats
@@ -36,6 +36,7 @@ from monitor.status import BREACH, OK, UNKNOWN, WARNING, state_of
 log = logging.getLogger(__name__)
 
 BUCKET = timedelta(hours=1)
+DRIFT_REPORTS_SHOWN = 12  # newest input-drift reports linked from the page
 LIVE_COLOUR = "#1d4ed8"
 EARLIER_COLOURS = ("#d97706", "#7c3aed", "#0f766e", "#be185d", "#6b7280")
 STATE_COLOURS = {OK: "#15803d", WARNING: "#b45309", BREACH: "#b91c1c", UNKNOWN: "#6b7280"}
@@ -153,10 +154,6 @@ def busiest_segments(results: Iterable[SampleResult], top: int) -> list[tuple[st
     return [(segment, len(samples[segment])) for segment in [ALL_SEGMENTS, *ranked] if segment in samples]
 
 
-def drift_reports(data_dir: Path, limit: int = 12) -> list[Path]:
-    return input_drift_reports(data_dir)[:limit]
-
-
 def current_stats(
     config: Config, engine: Engine, results: Sequence[SampleResult], live: str, window: str, now: datetime
 ) -> dict[str, SegmentStats]:
@@ -192,7 +189,7 @@ def build_report(
     versions = deploys(engine)
     live = live_draft or (versions[-1].draft_version if versions else None)
     findings = latest_findings(engine, limit=20)
-    reports = drift_reports(config.storage.data_dir)
+    reports = input_drift_reports(config.storage.data_dir)[:DRIFT_REPORTS_SHOWN]
     if not results or live is None:
         return ReportData(now, live, window, days, now, now, [], versions, findings, reports)
     current = current_stats(config, engine, results, live, window, now)
@@ -663,7 +660,7 @@ def render_html(data: ReportData, base: Path) -> str:
 
 
 def default_report_path(config: Config, now: datetime) -> Path:
-    stamp = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = now.astimezone(UTC).strftime(REPORT_STAMP)
     return config.storage.data_dir / REPORTS_DIR / f"specwatch-report-{stamp}.html"
 
 

@@ -21,16 +21,11 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from monitor.db import ReplayResult
+from monitor.demo import free_port
 from monitor.replay import SCORED
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 120  # imports and model loading on two busy cores
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def write_config(
