@@ -10,6 +10,9 @@
    `resolve_after`. Detectors that did not run leave their alerts as they are.
 3. Planning: alerts are routed to receivers, grouped, muted by silences and inhibition, and
    the notification log decides (alerts.policy.decide) what to queue in the outbox.
+
+Silences carry operators' regexes and alert labels come from traffic, so silence matching runs
+before the transaction opens (`silencing`), never while it holds the database's write lock.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -25,9 +28,20 @@ from typing import Any, Protocol
 from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
-from alerts.matchers import parse_all
+from alerts.matchers import MatcherError, parse_all
 from alerts.model import FIRING, RESOLVED, Alert, Status, fingerprint
-from alerts.policy import ActiveSilence, GroupState, InhibitRule, LogEntry, Timing, decide, group_key, muted, route
+from alerts.policy import (
+    ActiveSilence,
+    GroupState,
+    InhibitRule,
+    LogEntry,
+    Timing,
+    decide,
+    group_key,
+    inhibited,
+    route,
+    silenced,
+)
 from monitor.config import AlertRule, AlertsConfig, window_length
 from monitor.db import AlertRecord, NotificationLogEntry, OutboxMessage, Silence, utcnow
 
@@ -109,9 +123,11 @@ def raise_findings(
     """Records what the detectors in `evaluated` found and queues the notifications it calls for."""
     now = now or utcnow()
     report = LifecycleReport()
+    conditions = conditions_from(findings, config)
+    silences = silencing(engine, conditions, now)
     with Session(engine) as session, session.begin():
-        observe(session, conditions_from(findings, config), evaluated, window_length(config.resolve_after), now, report)
-        plan(session, config, now, report)
+        observe(session, conditions, evaluated, window_length(config.resolve_after), now, report)
+        plan(session, config, now, report, silences)
     for line in report.fired:
         log.warning("alert firing: %s", line)
     for line in report.resolved:
@@ -175,8 +191,44 @@ def timing_of(config: AlertsConfig) -> Timing:
 
 
 def active_silences(session: Session, now: datetime) -> list[ActiveSilence]:
+    """The silences in force at `now`; one whose matchers are refused today (stored before a rule
+    tightened) is left out, logged, so it can be re-created."""
     query = select(Silence).where(Silence.starts_at <= now, Silence.ends_at > now).order_by(Silence.id)
-    return [ActiveSilence(row.id, tuple(parse_all(row.matchers))) for row in session.scalars(query)]
+    active = []
+    for row in session.scalars(query):
+        try:
+            active.append(ActiveSilence(row.id, tuple(parse_all(row.matchers))))
+        except MatcherError as error:
+            log.error("silence %d is ignored: %s", row.id, error)
+    return active
+
+
+@dataclass(frozen=True)
+class Silencing:
+    """The active silences and what they mute, worked out before the planning transaction opens."""
+
+    silences: list[ActiveSilence]
+    verdicts: dict[str, str | None]  # fingerprint -> the silence muting it, None when none does
+
+    def reasons(self, alerts: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+        """Fingerprint -> silence, for `alerts`; one not judged beforehand (a concurrent evaluation
+        raised it) is matched now."""
+        unjudged = {fp: labels for fp, labels in alerts.items() if fp not in self.verdicts}
+        judged = {fp: reason for fp, reason in self.verdicts.items() if reason and fp in alerts}
+        return judged | silenced(unjudged, self.silences)
+
+
+def silencing(engine: Engine, conditions: Sequence[Condition], now: datetime) -> Silencing:
+    """Matches the active silences against every alert planning can see (those firing now, those whose
+    receivers were told about, and `conditions`) after a read that holds no transaction open."""
+    with Session(engine) as session:
+        silences = active_silences(session, now)
+        told = {fp for row in session.scalars(select(NotificationLogEntry)) if row.open for fp in row.firing}
+        query = select(AlertRecord).where(or_(AlertRecord.status == FIRING, AlertRecord.fingerprint.in_(list(told))))
+        labels = {row.fingerprint: dict(row.labels) for row in session.scalars(query)}
+    labels |= {condition.fingerprint: condition.labels for condition in conditions}
+    reasons = silenced(labels, silences)
+    return Silencing(silences, {fp: reasons.get(fp) for fp in labels})
 
 
 def inhibit_rules_of(config: AlertsConfig) -> list[InhibitRule]:
@@ -194,17 +246,18 @@ class Group:
     alerts: list[AlertRecord] = field(default_factory=list)
 
 
-def plan(session: Session, config: AlertsConfig, now: datetime, report: LifecycleReport) -> None:
+def plan(session: Session, config: AlertsConfig, now: datetime, report: LifecycleReport, silences: Silencing) -> None:
     """Decides, for every alert group, whether its receiver is notified now, and queues it."""
     entries = {(row.receiver, row.group_key): row for row in session.scalars(select(NotificationLogEntry))}
     told = {fp for row in entries.values() if row.open for fp in row.firing}
     query = select(AlertRecord).where(or_(AlertRecord.status == FIRING, AlertRecord.fingerprint.in_(list(told))))
     records = list(session.scalars(query))
-    mutes = muted(
-        {row.fingerprint: row.labels for row in records},
+    labels = {row.fingerprint: row.labels for row in records}
+    mutes = inhibited(
+        labels,
         [row.fingerprint for row in records if row.status == FIRING],
-        active_silences(session, now),
         inhibit_rules_of(config),
+        silences.reasons(labels),
     )
     groups = group_alerts([row for row in records if row.fingerprint not in mutes], config)
     for key, entry in entries.items():

@@ -3,10 +3,14 @@ where the receiver lets us check, at least once where it does not.
 
     report = deliver_pending(engine, {"oncall": slack_notifier}, max_backoff=timedelta(minutes=5))
 
-Per receiver, the oldest pending message goes first and nothing overtakes it. Before a send,
-the attempt is recorded (committed); after the receiver accepted it, the message is marked sent
-with the receipt. A crash in between leaves the attempt on record, so the next run first asks the
-notifier whether the receiver already has it (Slack: message metadata) and only sends if not.
+Per receiver, the oldest pending message goes first and nothing overtakes it: a dispatcher works a
+receiver's queue only while it holds that receiver's lease (alerts.lease), so concurrent dispatchers
+(the daemon, `specwatch alerts dispatch`, a second daemon during a restart) never send one message
+twice; a receiver leased by another dispatcher is skipped (`busy`). Before a send, the attempt is
+recorded (committed in one transaction with a renewal of the lease, so a dispatcher that lost its lease
+sends nothing); after the receiver accepted it, the message is marked sent with the receipt. A crash
+in between leaves the attempt on record, so the next run first asks the notifier whether the
+receiver already has it (Slack: message metadata) and only sends if not.
 HTTP 429 waits for Retry-After; other failures back off exponentially up to `max_backoff`.
 A message is never dropped: a receiver that stays down keeps its messages pending.
 """
@@ -21,6 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from alerts.lease import LEASE_TTL, ReceiverLease
 from alerts.model import Alert, DeliveryError, Notification, Notifier, Receipt
 from alerts.notifiers import build_notifier
 from monitor.config import AlertsConfig, SecretUnavailable
@@ -38,6 +43,7 @@ class DeliveryReport:
     recovered: int = 0  # found already delivered after an interrupted attempt
     failed: int = 0
     waiting: dict[str, datetime] = field(default_factory=dict)  # receiver -> next attempt
+    busy: list[str] = field(default_factory=list)  # receivers another dispatcher is working
     errors: list[str] = field(default_factory=list)
 
 
@@ -64,9 +70,11 @@ def deliver_pending(
     *,
     max_backoff: timedelta = timedelta(minutes=5),
     clock: Callable[[], datetime] = utcnow,
+    lease_ttl: timedelta = LEASE_TTL,
 ) -> DeliveryReport:
     """Sends what is pending for each receiver, oldest first, until its queue is empty or a
-    delivery fails. Messages for receivers without a notifier stay pending (logged)."""
+    delivery fails. Messages for receivers without a notifier stay pending (logged); receivers
+    another dispatcher holds are left to it."""
     report = DeliveryReport()
     for receiver in pending_receivers(engine):
         notifier = notifiers.get(receiver)
@@ -74,7 +82,12 @@ def deliver_pending(
             report.errors.append(f"no receiver named {receiver!r} is configured; its messages stay pending")
             log.error("%s", report.errors[-1])
             continue
-        _deliver_receiver(engine, receiver, notifier, max_backoff, clock, report)
+        with ReceiverLease(engine, receiver, lease_ttl) as lease:
+            if lease.held:
+                _deliver_receiver(engine, lease, notifier, max_backoff, clock, report)
+            else:
+                report.busy.append(receiver)
+                log.info("outbox %s: another dispatcher is sending its messages; left to it", receiver)
     return report
 
 
@@ -86,12 +99,13 @@ def pending_receivers(engine: Engine) -> list[str]:
 
 def _deliver_receiver(
     engine: Engine,
-    receiver: str,
+    lease: ReceiverLease,
     notifier: Notifier,
     max_backoff: timedelta,
     clock: Callable[[], datetime],
     report: DeliveryReport,
 ) -> None:
+    receiver = lease.receiver
     while True:
         with Session(engine, expire_on_commit=False) as session:
             row = session.scalars(
@@ -106,13 +120,17 @@ def _deliver_receiver(
             if row.next_attempt_at is not None and row.next_attempt_at > now:
                 report.waiting[receiver] = row.next_attempt_at
                 return
-            if not _deliver_one(session, row, notifier, now, max_backoff, clock, report):
-                report.waiting[receiver] = row.next_attempt_at or now
+            if not lease.held:
+                return
+            if not _deliver_one(session, lease, row, notifier, now, max_backoff, clock, report):
+                if lease.held:
+                    report.waiting[receiver] = row.next_attempt_at or now
                 return
 
 
 def _deliver_one(
     session: Session,
+    lease: ReceiverLease,
     row: OutboxMessage,
     notifier: Notifier,
     now: datetime,
@@ -133,6 +151,9 @@ def _deliver_one(
                 log.info("notification %d was already delivered to %s before an interruption", row.id, row.receiver)
                 return True
         row.attempted_at = now
+        if not lease.renew(session):
+            session.rollback()
+            return False
         session.commit()
         interrupted = False
         receipt = notifier.send(notification, parent)

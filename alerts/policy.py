@@ -131,12 +131,28 @@ def muted(
 ) -> dict[str, str]:
     """Fingerprint -> why it is muted, for alerts (fingerprint -> labels) that a silence matches or
     that a firing source alert inhibits (same values of the rule's `equal` labels)."""
+    return inhibited(alerts, firing, inhibit_rules, silenced(alerts, silences))
+
+
+def silenced(alerts: Mapping[str, Mapping[str, str]], silences: Sequence[ActiveSilence]) -> dict[str, str]:
+    """Fingerprint -> which silence mutes it, for the alerts (fingerprint -> labels) a silence matches."""
     reasons: dict[str, str] = {}
     for fp, labels in alerts.items():
         for silence in silences:
             if match_all(silence.matchers, labels):
                 reasons[fp] = f"silenced by silence {silence.id}"
                 break
+    return reasons
+
+
+def inhibited(
+    alerts: Mapping[str, Mapping[str, str]],
+    firing: Iterable[str],
+    inhibit_rules: Sequence[InhibitRule],
+    silenced_reasons: Mapping[str, str],
+) -> dict[str, str]:
+    """`silenced_reasons` plus, for the other alerts, the firing source alert that inhibits each."""
+    reasons = dict(silenced_reasons)
     sources = [(fp, alerts[fp]) for fp in firing if fp in alerts]
     for fp, labels in alerts.items():
         if fp in reasons:

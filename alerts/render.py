@@ -66,9 +66,10 @@ def log_line(alert: Alert) -> str:
 
 
 def fallback_text(notification: Notification) -> str:
-    """The plain `text` Slack shows in notifications and where blocks cannot render."""
-    lines = [title(notification)]
-    lines += [f"• {log_line(alert)}" for alert in _ordered(notification.alerts)[:MAX_ALERT_SECTIONS]]
+    """The `text` Slack shows in notifications and where blocks cannot render. Slack formats it as
+    mrkdwn, so labels and summaries are escaped as in the blocks: `<!channel>` in a segment stays text."""
+    lines = [escape(title(notification))]
+    lines += [f"• {escape(log_line(alert))}" for alert in _ordered(notification.alerts)[:MAX_ALERT_SECTIONS]]
     hidden = len(notification.alerts) - MAX_ALERT_SECTIONS
     if hidden > 0:
         lines.append(f"…and {hidden} more")

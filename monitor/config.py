@@ -15,8 +15,11 @@ import tomllib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULT_CONFIG_PATH = Path("config.toml")
 CONFIG_ENV = "SPECWATCH_CONFIG"
@@ -109,11 +112,13 @@ class Secret:
 class StorageConfig(Section):
     data_dir: Path = Field(
         default=Path("specwatch-data"),
-        description="directory for the SQLite database, models, reports and heads; relative to the config file",
+        description="directory for the SQLite database, models, reports and heads; relative to the config file. "
+        "Created mode 0700; files specwatch creates are 0600",
     )
     database_url: str = Field(
         default="",
-        description="SQLAlchemy URL; empty means sqlite:///<data_dir>/specwatch.db. Never put a password here",
+        description="SQLAlchemy URL; empty means sqlite:///<data_dir>/specwatch.db. Never put a password here "
+        "(neither user:password@ nor ?password=)",
     )
     database_password: SecretSource = Field(
         default_factory=SecretSource, description="password for database_url, from env or file"
@@ -121,13 +126,94 @@ class StorageConfig(Section):
     connect_timeout_s: float = Field(
         default=10.0, ge=1, le=300, description="PostgreSQL: give up on a connection attempt after this long"
     )
+    statement_timeout_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="PostgreSQL: the server cancels a statement running longer than this (statement_timeout); "
+        "migrations run without it; 0 = the server's setting",
+    )
+    idle_in_transaction_timeout_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="PostgreSQL: the server ends a session left idle inside a transaction this long (a client "
+        "that vanished mid-transaction), freeing its locks (idle_in_transaction_session_timeout); 0 = the server's",
+    )
+    answer_timeout_s: float = Field(
+        default=330.0,
+        ge=0,
+        le=86400,
+        description="PostgreSQL: a call the server has not answered for this long fails and its connection is "
+        "closed (a silent peer: a hung proxy or pooler, a stopped server); above statement_timeout_s; "
+        "migrations wait without it; 0 = wait forever",
+    )
+    ping_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="PostgreSQL: a pooled connection is checked before use and replaced when it does not answer "
+        "within this long",
+    )
+    tcp_keepalive_idle_s: int = Field(
+        default=30, ge=1, le=7200, description="PostgreSQL: TCP keepalive probes start after this long without traffic"
+    )
+    tcp_keepalive_interval_s: int = Field(
+        default=10, ge=1, le=600, description="PostgreSQL: seconds between unanswered TCP keepalive probes"
+    )
+    tcp_keepalive_count: int = Field(
+        default=3, ge=1, le=100, description="PostgreSQL: unanswered keepalive probes before the connection is dead"
+    )
+    tcp_user_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="PostgreSQL: sent data unacknowledged for this long closes the connection (tcp_user_timeout); "
+        "0 = the OS default (many minutes)",
+    )
 
     @field_validator("database_url")
     @classmethod
-    def _no_inline_password(cls, url: str) -> str:
-        if re.match(r"^[\w+]+://[^/@:]*:[^/@]+@", url):
-            raise ValueError("database_url must not contain a password; use storage.database_password.env/file")
+    def _no_password_in_url(cls, url: str) -> str:
+        problem = url_password_problem(url)
+        if problem:
+            raise ValueError(f"{problem}; use storage.database_password.env/file")
         return url
+
+    @model_validator(mode="after")
+    def _answer_after_statement_timeout(self) -> StorageConfig:
+        if self.answer_timeout_s and self.statement_timeout_s and self.answer_timeout_s <= self.statement_timeout_s:
+            raise ValueError(
+                "answer_timeout_s must exceed statement_timeout_s (the server answers a statement it cancels)"
+            )
+        return self
+
+
+PASSWORD_KEYS = ("password", "passwd", "pwd")
+MASK = "***"
+
+
+def url_password_problem(url: str) -> str | None:
+    """Why `url` cannot be used because it holds a password (in user:password@ or in a query parameter such as
+    ?password= in any case), or None. Never quotes the URL."""
+    if not url:
+        return None
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "database_url is not a valid SQLAlchemy URL (dialect+driver://user@host:port/database)"
+    if parsed.password:
+        return "database_url must not contain a password"
+    if any(any(word in key.lower() for word in PASSWORD_KEYS) for key in parsed.query):
+        return "database_url must not carry a password in its query"
+    return None
+
+
+def shown_url(url: str | URL) -> str:
+    """A database URL as it may be printed or logged: no password, every query value masked."""
+    parsed = make_url(url)
+    masked = parsed.set(query={key: MASK for key in parsed.query})
+    return masked.render_as_string(hide_password=True).replace(quote(MASK, safe=""), MASK)
 
 
 SegmentKey = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
@@ -199,6 +285,40 @@ class HttpIntakeConfig(Section):
         description="bearer token required from clients; mandatory when host is not loopback",
     )
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="largest request body accepted")
+    request_timeout_s: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=3600.0,
+        description="a client must send a whole request, headers and body, within this many seconds of "
+        "connecting (or of the previous reply); a slower one gets 408 and its connection is closed",
+    )
+    max_concurrent_requests: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="POST requests received or stored at once; more get 429 with Retry-After "
+        "(each body waits in a temporary file, not in memory)",
+    )
+    max_records_per_request: int = Field(
+        default=200_000,
+        ge=1,
+        le=10_000_000,
+        description="records (array items or lines) in one request; a request with more gets 413 with the "
+        "limit and stores nothing",
+    )
+    records_per_commit: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="a request's records are stored in transactions of this many; after a failure the "
+        "stored ones come back as duplicates when the client retries",
+    )
+    ingest_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="requests whose records are stored at the same time (worker threads); the others wait",
+    )
 
     @property
     def is_loopback(self) -> bool:
@@ -523,6 +643,12 @@ class DaemonConfig(Section):
         gt=0,
         description="no replay round completed for this long: systemd watchdog pings stop, so systemd restarts "
         "the daemon (a round that fails only because the database is down still counts as completed)",
+    )
+    job_stall_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="/readyz answers 503, naming the job, while a scheduled job has made no progress for this long "
+        "(progress: a replay round, an intake batch, or a whole run of any other job)",
     )
     stop_timeout_s: float = Field(
         default=45.0,

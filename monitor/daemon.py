@@ -32,34 +32,36 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from types import FrameType
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import sdnotify
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from alerts.outbox import dispatch
 from decoder import DecoderError, draft_version, load_draft
 from monitor.commands.common import open_database
 from monitor.config import Config, SecretUnavailable
+from monitor.db_timeouts import abort_database_calls_after
 from monitor.drift import CRITICAL, Finding
 from monitor.evaluate import deliver_findings, evaluate
 from monitor.failures import (
@@ -71,13 +73,21 @@ from monitor.failures import (
     retry_at_startup,
 )
 from monitor.intake.follow import FileFollower
-from monitor.intake.http import IntakeHTTPServer
+from monitor.intake.http import ExposedWithoutToken, IntakeHTTPServer
 from monitor.intake.pipeline import IngestReport, IntakePipeline
 from monitor.intake.retention import purge_expired
 from monitor.live_models import LiveModels, ModelsUnavailable, live_draft_dir, load_live_models, require_directory
-from monitor.metrics import Metrics, MetricsServer, MetricsUnavailable, prometheus_reader, replay_backlog
+from monitor.metrics import (
+    Metrics,
+    MetricsServer,
+    MetricsUnavailable,
+    metrics_route,
+    prometheus_reader,
+    replay_backlog,
+)
 from monitor.replay import Versions
 from monitor.replay_loop import ReplayLoop
+from monitor.serving import ThreadedServer
 from monitor.stats import ALL_SEGMENTS
 from retrain.jobs import mark_dead_jobs, resumable_job
 from retrain.schedule import active_job, queue_job, recapture_due, spawn_job, start_scheduler
@@ -243,9 +253,33 @@ class Health:
     pending: int | None = None
     replay_lag_s: float | None = None
     replay_progress_at: float = field(default_factory=time.monotonic)
+    jobs: dict[str, float] = field(default_factory=dict)  # running job -> when it last made progress (monotonic)
 
-    def readiness_problems(self, max_replay_lag_s: float) -> list[str]:
+    def job_started(self, name: str) -> None:
+        self.jobs[name] = time.monotonic()
+
+    def job_progressed(self, name: str) -> None:
+        """A running job did a unit of work (a replay round, an intake batch)."""
+        if name in self.jobs:
+            self.jobs[name] = time.monotonic()
+
+    def job_ended(self, name: str) -> None:
+        self.jobs.pop(name, None)
+
+    def stalled_jobs(self, stall_after_s: float, now: float) -> list[str]:
+        """Running jobs without progress for longer than `stall_after_s`, each with how long."""
+        idle = {name: now - progress_at for name, progress_at in list(self.jobs.items())}
+        return [
+            f"job {name} stalled: no progress for {seconds:.0f}s (daemon.job_stall_after_s = {stall_after_s:g})"
+            for name, seconds in sorted(idle.items())
+            if seconds > stall_after_s
+        ]
+
+    def readiness_problems(
+        self, max_replay_lag_s: float, job_stall_after_s: float = float("inf"), now: float | None = None
+    ) -> list[str]:
         problems = [] if self.phase == "running" else [self.phase]
+        problems += self.stalled_jobs(job_stall_after_s, time.monotonic() if now is None else now)
         if self.database.problem:
             problems.append(f"database unreachable: {self.database.problem}")
         if self.models:
@@ -273,54 +307,40 @@ class Health:
 # -- HTTP: /metrics, /healthz, /readyz on one port ---------------------------------------------------
 
 
-class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-
-
-class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-StartResponse = Callable[..., Any]
-
-
-def json_reply(start_response: StartResponse, status: int, body: dict[str, Any]) -> list[bytes]:
-    payload = json.dumps(body, ensure_ascii=False).encode("utf-8")
-    reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
-    start_response(f"{status} {reason}", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
-    return [payload]
-
-
 class Endpoints:
-    """The WSGI app: /metrics (prometheus_client's app, as start_metrics serves it), /healthz, /readyz."""
+    """The ASGI app: /metrics (the daemon's registry; None: metrics.enabled is false, 404), /healthz,
+    /readyz. The health handlers are plain functions, which starlette runs on its worker threads."""
 
-    def __init__(self, daemon: Daemon, metrics_app: Callable[..., Iterable[bytes]] | None) -> None:
+    def __init__(self, daemon: Daemon, registry: CollectorRegistry | None) -> None:
         self.daemon = daemon
-        self.metrics_app = metrics_app
+        routes = [Route("/healthz", self.healthz, methods=["GET"]), Route("/readyz", self.readyz, methods=["GET"])]
+        if registry is not None:
+            routes.append(metrics_route(registry))
+        self.app = Starlette(routes=routes, exception_handlers={404: self.not_found, 405: self.not_found})
 
-    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
-        if path == "/metrics" and self.metrics_app is not None:
-            return self.metrics_app(environ, start_response)
-        if path == "/healthz":
-            problem = self.daemon.liveness_problem()
-            return json_reply(start_response, 503 if problem else 200, {"alive": not problem, "problem": problem})
-        if path == "/readyz":
-            problems = self.daemon.readiness_problems()
-            return json_reply(start_response, 503 if problems else 200, self.daemon.readiness_body(problems))
-        return json_reply(start_response, 404, {"error": "GET /healthz, /readyz or /metrics"})
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+    def healthz(self, request: Request) -> Response:
+        problem = self.daemon.liveness_problem()
+        return JSONResponse({"alive": not problem, "problem": problem}, status_code=503 if problem else 200)
+
+    def readyz(self, request: Request) -> Response:
+        problems = self.daemon.readiness_problems()
+        return JSONResponse(self.daemon.readiness_body(problems), status_code=503 if problems else 200)
+
+    async def not_found(self, request: Request, error: Exception) -> Response:
+        return JSONResponse({"error": "GET /healthz, /readyz or /metrics"}, status_code=404)
 
 
 def serve_http(host: str, port: int, app: Endpoints) -> MetricsServer:
-    """Serves `app` from a daemon thread; port 0 picks a free port."""
+    """Serves `app` on uvicorn from a daemon thread; port 0 picks a free port."""
     try:
-        server = make_server(host, port, app, ThreadingWSGIServer, handler_class=QuietHandler)
+        server = ThreadedServer(app, host, port, name="http-health-metrics")
     except OSError as error:
         raise StartupRefused(f"cannot serve /metrics, /healthz, /readyz on {host}:{port}: {error.strerror}") from None
-    thread = threading.Thread(target=server.serve_forever, name="http-health-metrics", daemon=True)
-    thread.start()
-    served = MetricsServer(host, server.server_port, server, thread)
+    server.start()
+    served = MetricsServer(server)
     log.info("metrics, health and readiness on http://%s:%d (/metrics /healthz /readyz)", host, served.port)
     return served
 
@@ -408,6 +428,10 @@ class Daemon:
         return 0
 
     def _request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        """A database call still unanswered halfway to daemon.stop_timeout_s then fails, so its job (or startup's
+        migration) ends, rolled back, and the daemon exits cleanly instead of waiting on a silent database."""
+        if not self.stop.is_set():
+            abort_database_calls_after(self.config.daemon.stop_timeout_s / 2)
         self.stop.set()
 
     def start(self) -> None:
@@ -473,8 +497,8 @@ class Daemon:
             metrics = Metrics(readers, service_name=settings.service_name, otlp_endpoint=settings.otlp_endpoint)
         except MetricsUnavailable as error:
             raise StartupRefused(str(error)) from None
-        metrics_app = make_wsgi_app(registry) if settings.enabled else None
-        return metrics, serve_http(settings.host, settings.port, Endpoints(self, metrics_app))
+        served = registry if settings.enabled else None
+        return metrics, serve_http(settings.host, settings.port, Endpoints(self, served))
 
     def start_watchdog(self) -> None:
         interval = self.systemd.watchdog_interval_s
@@ -564,9 +588,8 @@ class Daemon:
         log.info("the GPU is back: replaying on %s again", self.config.models.device)
 
     def replay_loop_for(self, models: LiveModels) -> ReplayLoop:
-        """A ReplayLoop whose step only replays: the daemon evaluates on a job of its own."""
-        replay_only = self.config.replay.model_copy(update={"evaluate_interval_s": math.inf})
-        loop = ReplayLoop(self.config.model_copy(update={"replay": replay_only}), self.db, models, self.meters)
+        """A ReplayLoop whose step only replays: the daemon evaluates and dispatches on jobs of its own."""
+        loop = ReplayLoop(self.config, self.db, models, self.meters, replay_only=True)
         self.meters.observe_live_draft(models.versions)
         return loop
 
@@ -621,6 +644,8 @@ class Daemon:
                     on_disk_full=lambda problem: pause_intake(self.health.intake, problem),
                     on_stored=lambda: resume_intake(self.health.intake),
                 )
+            except ExposedWithoutToken as error:
+                raise StartupRefused(str(error)) from None
             except OSError as error:
                 raise StartupRefused(
                     f"cannot serve intake on {intake.http.host}:{intake.http.port}: {error.strerror}"
@@ -632,6 +657,7 @@ class Daemon:
             self.run_job("intake-follow", self.follower.poll)
 
     def count_intake(self, path: Path, report: IngestReport) -> None:
+        self.health.job_progressed("intake-follow")
         self.meters.record_intake(f"file:{path}", report)
 
     # -- jobs
@@ -641,10 +667,13 @@ class Daemon:
         the next run retries. False only when it failed for a reason other than an unreachable database."""
         if self.stop.is_set() or self.health.database.waiting():
             return True
+        self.health.job_started(name)
         try:
             work()
         except Exception as error:
             return self.job_failed(name, error)
+        finally:
+            self.health.job_ended(name)
         if self.health.database.succeeded():
             log.info("database reachable again")
         return True
@@ -680,6 +709,7 @@ class Daemon:
             if not self.replay_loop.step():
                 break
             self.health.replay_progress_at = time.monotonic()
+            self.health.job_progressed("replay")
             if self.health.replay_progress_at - measured_at > BACKLOG_EVERY_S:
                 self.measure_backlog()
                 measured_at = self.health.replay_progress_at
@@ -800,7 +830,8 @@ class Daemon:
         return self.health.liveness_problem(running, self.config.daemon.stall_after_s, time.monotonic())
 
     def readiness_problems(self) -> list[str]:
-        return self.health.readiness_problems(self.config.daemon.max_replay_lag_s)
+        daemon = self.config.daemon
+        return self.health.readiness_problems(daemon.max_replay_lag_s, daemon.job_stall_after_s)
 
     def readiness_body(self, problems: list[str]) -> dict[str, Any]:
         loop = self.loop

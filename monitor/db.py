@@ -7,6 +7,8 @@ to head. SQLite by default, PostgreSQL by URL.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -34,6 +36,8 @@ from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import migrations
+from monitor.config import StorageConfig, shown_url
+from monitor.db_timeouts import connect_with_deadlines, libpq_parameters, ping_within, without_time_limits
 
 if TYPE_CHECKING:
     from monitor.config import Config
@@ -267,6 +271,20 @@ class OutboxMessage(Base):
     receipt: Mapped[dict[str, Any] | None]
 
 
+class OutboxLease(Base):
+    """Which dispatcher works a receiver's outbox queue, until when: one at a time, so nothing is sent
+    twice and nothing overtakes. Free when `owner` is empty, `expires_at` has passed, or the owner is a
+    process of this machine (`host`, `pid`) that no longer runs."""
+
+    __tablename__ = "alert_outbox_leases"
+
+    receiver: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None]
+
+
 class Silence(Base):
     """Mutes the alerts its matchers select from starts_at to ends_at, without deleting them."""
 
@@ -340,28 +358,74 @@ def with_password(url: str, password: str | None) -> URL:
     return parsed.set(password=password) if password else parsed
 
 
-def create_db_engine(url: str | URL, connect_timeout_s: float = 10.0, **kwargs: Any) -> Engine:
-    """An engine for `url`; SQLite gets WAL, a busy timeout and foreign keys. A server database gets a
-    connect timeout (libpq's default is to wait forever on a host that does not answer), unless the
-    URL sets its own `connect_timeout`."""
+def create_db_engine(
+    url: str | URL, connect_timeout_s: float | None = None, storage: StorageConfig | None = None, **kwargs: Any
+) -> Engine:
+    """An engine for `url`. SQLite gets WAL, a busy timeout and foreign keys, its directory mode 0700 and its
+    files 0600. PostgreSQL gets the time limits of `storage` (defaults when None; monitor.db_timeouts):
+    a connect timeout, TCP keepalives and tcp_user_timeout, the server's statement and idle-in-transaction
+    timeouts, a deadline on every call and a timed ping before a pooled connection is used. A parameter
+    the URL sets itself (e.g. `connect_timeout`) is left to the URL."""
+    storage = storage or StorageConfig()
+    if connect_timeout_s is not None:
+        storage = storage.model_copy(update={"connect_timeout_s": connect_timeout_s})
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(parsed, connect_args={"timeout": 30}, **kwargs)
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
-        kwargs["connect_args"] = {"connect_timeout": max(1, round(connect_timeout_s)), **kwargs.get("connect_args", {})}
-    return create_engine(parsed, pool_pre_ping=True, **kwargs)
+        return _sqlite_engine(parsed, **kwargs)
+    if parsed.get_backend_name() != "postgresql":
+        return create_engine(parsed, pool_pre_ping=True, **kwargs)
+    connect_args = {**libpq_parameters(storage, dict(parsed.query)), **kwargs.pop("connect_args", {})}
+    engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+    event.listen(engine, "do_connect", connect_with_deadlines(storage.answer_timeout_s))
+    event.listen(engine, "checkout", ping_within(storage.ping_timeout_s))
+    return engine
+
+
+def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
+    if url.database and url.database != ":memory:":
+        database = Path(url.database)
+        open_data_dir(database.parent)
+        _restrict_files(database)
+    engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def open_data_dir(directory: Path) -> None:
+    """Creates the data directory mode 0700 (and tightens it to that), and sets this process's umask to
+    077: the database, the salt, reports and checkpoints specwatch writes there are its user's alone."""
+    os.umask(0o077)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(directory, 0o700)
+
+
+def _restrict_files(database: Path) -> None:
+    """The SQLite database and its -wal/-shm files 0600 (SQLite gives -wal/-shm the database's mode)."""
+    if not database.exists():
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT, 0o600))
+    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        _tighten(path, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+        if current & ~mode:
+            path.chmod(current & mode)
+            log.info("%s was mode %o; now %o", path, current, current & mode)
+    except FileNotFoundError:
+        return
+    except PermissionError as error:
+        log.warning("cannot restrict the mode of %s: %s", path, error)
 
 
 def open_database(config: Config, migrate: bool = True) -> Engine:
-    """An engine on the configured database (password and connect timeout from the config), migrated
-    to the latest schema unless told not to."""
+    """An engine on the configured database (password and time limits from the config), migrated
+    to the latest schema unless told not to. Opens the data directory (mode 0700, umask 077)."""
+    open_data_dir(config.storage.data_dir)
     password = config.storage.database_password.read()
     url = with_password(config.database_url, password.reveal() if password else None)
-    engine = create_db_engine(url, connect_timeout_s=config.storage.connect_timeout_s)
+    engine = create_db_engine(url, storage=config.storage)
     if migrate:
         upgrade(engine)
     return engine
@@ -385,10 +449,10 @@ def alembic_config(engine: Engine) -> AlembicConfig:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the database behind `engine` to `revision` (default: the latest)."""
     cfg = alembic_config(engine)
-    with engine.begin() as connection:
+    with engine.begin() as connection, without_time_limits(connection):
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
-    log.info("database at %s is at revision %s", engine.url.render_as_string(hide_password=True), revision)
+    log.info("database at %s is at revision %s", shown_url(engine.url), revision)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -3,6 +3,7 @@ something else (a bug to report). The daemon's reaction to each is different: wa
 intake, fall back to the CPU or pause replay, or log the traceback.
 
     is_disk_full(error) / is_database_unreachable(error) / is_device_lost(error) / gpu_unavailable("cuda")
+    is_permanent_database_error(error) -> the data itself was refused: permanent_reason(error) says why
 """
 
 from __future__ import annotations
@@ -11,9 +12,23 @@ import errno
 import sys
 from collections.abc import Iterator
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 
 POSTGRES_DISK_FULL = "53100"
+# SQLSTATE classes of errors in the data or the statement, which no retry fixes: data exception,
+# integrity constraint violation, program limit exceeded
+POSTGRES_PERMANENT_CLASSES = ("22", "23", "54")
+TOO_MANY_PARAMETERS_SIGNS = (  # a statement with more bind parameters than the driver or database takes
+    "number of parameters must be between",  # psycopg: 65,535 at most
+    "too many sql variables",  # SQLite
+)
 DEVICE_LOST_SIGNS = (  # lower case: matched against the lower-cased message
     "cuda error",
     "cuda driver",
@@ -51,7 +66,43 @@ def is_database_unreachable(error: BaseException) -> bool:
     """The database did not answer (refused, timed out, lost the connection), as opposed to a bug."""
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    return isinstance(error, OperationalError | InterfaceError) and not is_disk_full(error)
+    if not isinstance(error, OperationalError | InterfaceError):
+        return False
+    return not is_disk_full(error) and not is_permanent_database_error(error)
+
+
+def is_permanent_database_error(error: BaseException) -> bool:
+    """The database refused the data or the statement, so sending it again fails again: a value too long
+    or out of range, a character it cannot store (DataError), a broken constraint (IntegrityError), a
+    statement with too many bind parameters. Not a full disk, not an outage."""
+    if is_disk_full(error):
+        return False
+    for cause in causes(error):
+        if isinstance(cause, DataError | IntegrityError):
+            return True
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in POSTGRES_PERMANENT_CLASSES:
+            return True
+        if too_many_parameters(cause):
+            return True
+    return False
+
+
+def too_many_parameters(cause: BaseException) -> bool:
+    """The driver's own error (not SQLAlchemy's wrapper, whose text holds the statement's parameters)."""
+    if isinstance(cause, SQLAlchemyError):
+        return False
+    return any(sign in str(cause).lower() for sign in TOO_MANY_PARAMETERS_SIGNS)
+
+
+def permanent_reason(error: BaseException) -> str:
+    """Why the database refused the data, naming the error class and SQLSTATE, never the values (a
+    database's message quotes them)."""
+    sqlstate = next(filter(None, (getattr(cause, "sqlstate", None) for cause in causes(error))), None)
+    kind = type(error).__name__ + (f", SQLSTATE {sqlstate}" if sqlstate else "")
+    if any(too_many_parameters(cause) for cause in causes(error)):
+        return f"too many values for one database statement ({kind})"
+    return f"the database refused the records as they are ({kind}): a value too long, out of range or not storable"
 
 
 def retry_at_startup(error: BaseException) -> bool:

@@ -19,10 +19,8 @@ import math
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-from wsgiref.simple_server import WSGIServer
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -31,13 +29,16 @@ from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetr
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_asgi_app
 from sqlalchemy import Engine, exists, func, select
 from sqlalchemy.orm import Session
+from starlette.applications import Starlette
+from starlette.routing import Route
 
 from monitor.config import MetricsConfig
 from monitor.db import ReplayResult, Sample, as_utc, utcnow
 from monitor.replay import SCORED, ReplayReport, Versions
+from monitor.serving import ThreadedServer
 
 if TYPE_CHECKING:
     from monitor.evaluate import Evaluation
@@ -73,23 +74,34 @@ class _Readings:
             return [Observation(value, dict(attributes)) for attributes, value in self._values.items()]
 
 
-@dataclass
 class MetricsServer:
-    """A running /metrics endpoint."""
+    """A running /metrics endpoint (the daemon's also serves /healthz and /readyz)."""
 
-    host: str
-    port: int
-    _server: WSGIServer
-    _thread: threading.Thread
+    def __init__(self, server: ThreadedServer) -> None:
+        self.server = server
+        self.host, self.port = server.host, server.port
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/metrics"
+        return f"{self.server.url}/metrics"
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self.server.stop()
+
+
+class PrometheusEndpoint:
+    """prometheus_client's ASGI app on a registry, as a route's endpoint (starlette would take a plain
+    function for a request handler)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.app = make_asgi_app(registry)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def metrics_route(registry: CollectorRegistry) -> Route:
+    return Route("/metrics", PrometheusEndpoint(registry), methods=["GET"])
 
 
 def prometheus_reader(registry: CollectorRegistry) -> PrometheusMetricReader:
@@ -99,8 +111,9 @@ def prometheus_reader(registry: CollectorRegistry) -> PrometheusMetricReader:
 
 def serve_prometheus(host: str = "127.0.0.1", port: int = 9464, *, registry: CollectorRegistry) -> MetricsServer:
     """Serve `registry` at http://host:port/metrics from a daemon thread; port 0 picks a free port."""
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    served = MetricsServer(host, server.server_port, server, thread)
+    server = ThreadedServer(Starlette(routes=[metrics_route(registry)]), host, port, name="metrics-http")
+    server.start()
+    served = MetricsServer(server)
     log.info("metrics at %s", served.url)
     return served
 
@@ -167,7 +180,7 @@ class Metrics:
         meter = self.provider.get_meter(METER_NAME)
         gauges = {
             "alpha": ("specwatch_alpha", "acceptance rate A / (A + R) of the live draft per segment and window"),
-            "tau": ("specwatch_tau", "mean accepted length 1 + A / S (tokens per target forward)"),
+            "tau": ("specwatch_tau", "emitted tokens per verify step (A + S - E) / S"),
             "low": ("specwatch_alpha_interval_low", "lower end of alpha's bootstrap confidence interval"),
             "high": ("specwatch_alpha_interval_high", "upper end of alpha's bootstrap confidence interval"),
             "live": ("specwatch_live_draft_info", "1 for the live (draft_version, target_version) pair"),

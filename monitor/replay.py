@@ -5,6 +5,10 @@ and store per-sample results — once, even with several workers and crashes.
       -> tokenize (chat template) -> scored mode, batched; exact mode on a hash-chosen fraction
       -> one transaction: results in, leases out
 
+A sample the target's tokenizer cannot read gets a scored result marked skipped with the reason
+(the error's type only: its message may quote the text), so it is never claimed again and the rest
+of its batch is replayed.
+
 A worker that dies leaves leases that expire after `replay.claim_ttl_s`; its samples are then
 claimed again. Results are unique per (sample, draft version, target version, mode), so a
 late duplicate is dropped, and a new draft version starts its own set of results.
@@ -28,7 +32,16 @@ from sqlalchemy import Engine, and_, delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from decoder import Draft, ExactResult, SampleScore, TargetModel, TokenizedSample, exact_generate, score_batch
+from decoder import (
+    AcceptCounts,
+    Draft,
+    ExactResult,
+    SampleScore,
+    TargetModel,
+    TokenizedSample,
+    exact_generate,
+    score_batch,
+)
 from monitor.config import ReplayConfig
 from monitor.db import ReplayClaim, ReplayResult, Sample, utcnow
 from monitor.intake.sampling import key_fraction
@@ -37,6 +50,7 @@ log = logging.getLogger(__name__)
 default_tracer = trace.get_tracer(__name__)  # no-op until a TracerProvider is installed globally
 
 SCORED, EXACT = "scored", "exact"
+IDS_PER_STATEMENT = 10_000  # PostgreSQL takes at most 65,535 bind parameters in one statement
 
 
 @dataclass(frozen=True)
@@ -144,8 +158,10 @@ class Replayer:
             if not ids:
                 return []
             taken = self._lease(session, ids, now)
-            rows = session.scalars(select(Sample).where(Sample.id.in_(taken)).order_by(Sample.occurred_at))
-            return [ClaimedSample.from_row(row) for row in rows]
+            rows = [
+                row for chunk in _chunks(taken) for row in session.scalars(select(Sample).where(Sample.id.in_(chunk)))
+            ]
+            return [ClaimedSample.from_row(row) for row in sorted(rows, key=lambda row: (row.occurred_at, row.id))]
 
     def _lease(self, session: Session, ids: list[int], now: datetime) -> list[int]:
         """Insert or take over expired leases; only the rows this statement wrote are ours."""
@@ -179,7 +195,9 @@ class Replayer:
         report = ReplayReport(claimed=len(claimed))
         if not claimed:
             return report
-        rows = self._scored_rows(claimed) + self._exact_rows(claimed)
+        readable, unreadable = self._tokenize_all(claimed)
+        rows = self._scored_rows(readable) + self._unreadable_rows(unreadable)
+        rows += self._exact_rows([sample for sample, _ in readable])
         self._store(claimed, rows)
         report.rows = rows
         report.stored = sum(1 for row in rows if row["mode"] == SCORED)
@@ -215,13 +233,36 @@ class Replayer:
             str(sample.id), self.target.encode_chat(sample.messages), self.target.encode_completion(sample.completion)
         )
 
-    def _scored_rows(self, claimed: Sequence[ClaimedSample]) -> list[dict[str, Any]]:
-        by_temperature: dict[float, list[ClaimedSample]] = defaultdict(list)
+    def _tokenize_all(
+        self, claimed: Sequence[ClaimedSample]
+    ) -> tuple[list[tuple[ClaimedSample, TokenizedSample]], list[tuple[ClaimedSample, str]]]:
+        """(sample, tokens) for each sample the tokenizer reads; (sample, reason) for the others."""
+        readable, unreadable = [], []
         for sample in claimed:
-            by_temperature[sample.temperature].append(sample)
+            try:
+                readable.append((sample, self.tokenize(sample)))
+            except Exception as error:  # the tokenizer's errors have no common type (TypeError on a lone surrogate)
+                reason = f"cannot tokenize: {type(error).__name__}"
+                log.warning("sample %d skipped: %s", sample.id, reason)
+                unreadable.append((sample, reason))
+        return readable, unreadable
+
+    def _unreadable_rows(self, unreadable: Sequence[tuple[ClaimedSample, str]]) -> list[dict[str, Any]]:
+        return [
+            self._scored_row(
+                sample, SampleScore(sample_id=str(sample.id), counts=AcceptCounts(), skipped=reason), sample.temperature
+            )
+            for sample, reason in unreadable
+        ]
+
+    def _scored_rows(self, readable: Sequence[tuple[ClaimedSample, TokenizedSample]]) -> list[dict[str, Any]]:
+        by_temperature: dict[float, list[tuple[ClaimedSample, TokenizedSample]]] = defaultdict(list)
+        for sample, tokens in readable:
+            by_temperature[sample.temperature].append((sample, tokens))
         rows: list[dict[str, Any]] = []
-        for temperature, group in by_temperature.items():
-            tokenized = [self.tokenize(sample) for sample in group]
+        for temperature, pairs in by_temperature.items():
+            group = [sample for sample, _ in pairs]
+            tokenized = [tokens for _, tokens in pairs]
             with self._span("replay.scored_batch", len(group), SCORED) as span:
                 span.set_attribute("tokens", sum(sample.num_tokens for sample in tokenized))
                 scores = score_batch(
@@ -320,12 +361,17 @@ class Replayer:
                 index_elements=["sample_id", "draft_version", "target_version", "mode"]
             )
             session.execute(statement, rows)
-            session.execute(
-                delete(ReplayClaim).where(
-                    and_(
-                        ReplayClaim.sample_id.in_([sample.id for sample in claimed]),
-                        ReplayClaim.draft_version == self.versions.draft,
-                        ReplayClaim.worker == self.worker,
+            for chunk in _chunks([sample.id for sample in claimed]):
+                session.execute(
+                    delete(ReplayClaim).where(
+                        and_(
+                            ReplayClaim.sample_id.in_(chunk),
+                            ReplayClaim.draft_version == self.versions.draft,
+                            ReplayClaim.worker == self.worker,
+                        )
                     )
                 )
-            )
+
+
+def _chunks(ids: list[int]) -> list[list[int]]:
+    return [ids[start : start + IDS_PER_STATEMENT] for start in range(0, len(ids), IDS_PER_STATEMENT)]

@@ -201,16 +201,25 @@ def test_command(args: argparse.Namespace) -> int:
     row = outbox_row(engine, message_id)
     engine.dispose()
     delivered = row is not None and row.sent_at is not None
-    result = {"receiver": receiver, "notification": message_id, "delivered": delivered, "errors": report.errors}
+    busy = receiver in report.busy
+    result = {
+        "receiver": receiver,
+        "notification": message_id,
+        "delivered": delivered,
+        "sent_by_another_dispatcher": busy,
+        "errors": report.errors,
+    }
     if args.json:
         print_json(result)
     elif delivered:
         print(f"test notification {message_id} delivered to {receiver}")
+    elif busy:
+        print(f"test notification {message_id} queued: another dispatcher is sending to {receiver} and will send it")
     else:
         print(f"test notification {message_id} NOT delivered to {receiver}; it stays queued", file=sys.stderr)
         for error in report.errors:
             print(f"  {error}", file=sys.stderr)
-    return 0 if delivered else 1
+    return 0 if delivered or busy else 1
 
 
 def dispatch_command(args: argparse.Namespace) -> int:
@@ -223,9 +232,11 @@ def dispatch_command(args: argparse.Namespace) -> int:
     engine.dispose()
     summary = {"sent": report.sent, "recovered": report.recovered, "failed": report.failed, "pending": pending}
     if args.json:
-        print_json({**summary, "errors": report.errors})
+        print_json({**summary, "busy": report.busy, "errors": report.errors})
     else:
         print(", ".join(f"{key} {value}" for key, value in summary.items()))
+        for receiver in report.busy:
+            print(f"  {receiver}: another dispatcher is sending its queue")
         for error in report.errors:
             print(f"  {error}", file=sys.stderr)
     return 0 if not report.failed else 1

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from monitor.commands.common import add_config_argument, load_config
-from monitor.config import Config, SecretSource, SecretUnavailable
+from monitor.config import Config, SecretSource, SecretUnavailable, shown_url
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,5 +62,5 @@ def check_command(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return 1
-    print(f"config ok: database {config.database_url.split('@')[-1]}, data dir {config.storage.data_dir}")
+    print(f"config ok: database {shown_url(config.database_url)}, data dir {config.storage.data_dir}")
     return 0

@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 from monitor.commands.common import CommandError, add_config_argument, load_config, open_database
-from monitor.config import Config, StorageConfig, default_config_path
+from monitor.config import Config, StorageConfig, default_config_path, shown_url
 from monitor.config_template import render_config
-from monitor.db import current_revision
+from monitor.db import current_revision, open_data_dir
 from monitor.intake.pipeline import resolve_salt
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,14 @@ def init_command(args: argparse.Namespace) -> int:
     if config_path.exists() and not args.force:
         raise CommandError(f"{config_path} exists; use --force to overwrite it")
     data_dir = args.data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    open_data_dir(data_dir)
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(render_config(Config(storage=StorageConfig(data_dir=data_dir))), encoding="utf-8")
     args.config = str(config_path)
     config = load_config(args)
     resolve_salt(config)
     open_database(config).dispose()
-    print(f"wrote {config_path}; data dir {data_dir}; database {config.database_url} migrated")
+    print(f"wrote {config_path}; data dir {data_dir}; database {shown_url(config.database_url)} migrated")
     return 0
 
 

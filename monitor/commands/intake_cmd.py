@@ -13,11 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor.commands.common import CommandError, add_config_argument, load_config, open_database, print_json
-from monitor.config import Config
+from monitor.config import Config, SecretUnavailable
 from monitor.db import IntakeCounter, QuarantinedRecord
+from monitor.db_timeouts import abort_database_calls_after
 from monitor.intake.follow import FileFollower, import_logs
-from monitor.intake.http import IntakeHTTPServer
-from monitor.intake.pipeline import IntakePipeline
+from monitor.intake.http import ExposedWithoutToken, IntakeHTTPServer
+from monitor.intake.pipeline import IntakePipeline, IntakeRefused
 from monitor.intake.retention import purge_expired
 
 
@@ -61,10 +62,14 @@ def ingest_command(args: argparse.Namespace) -> int:
         raise CommandError(f"no such file or directory: {', '.join(missing)}")
     config = with_format(load_config(args), args.format)
     engine = open_database(config)
-    total = import_logs(config, engine, args.paths)
+    try:
+        total = import_logs(config, engine, args.paths)
+    except IntakeRefused as refused:  # the database refuses even the quarantine: a retry cannot help
+        raise CommandError(f"{refused}; nothing more was read") from None
+    finally:
+        engine.dispose()
     if total.quarantined:
         print("see them with: specwatch intake errors", file=sys.stderr)
-    engine.dispose()
     return 0
 
 
@@ -120,12 +125,13 @@ def serve_command(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
+        if not stop.is_set():  # a database call still unanswered halfway to the stop timeout then fails
+            abort_database_calls_after(config.daemon.stop_timeout_s / 2)
         stop.set()
 
+    server = http_intake(config, pipeline) if config.intake.http.enabled else None
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    server = None
-    if config.intake.http.enabled:
-        server = IntakeHTTPServer(config.intake.http, pipeline, config.intake.http.token.read())
+    if server is not None:
         server.start()
         print(f"intake listening on {server.url}/v1/samples", flush=True)
     follower = FileFollower(pipeline, engine, config.intake.follow)
@@ -138,6 +144,17 @@ def serve_command(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         engine.dispose()
     return 0
+
+
+def http_intake(config: Config, pipeline: IntakePipeline) -> IntakeHTTPServer:
+    """The HTTP endpoint, or CommandError (exit 2, no traceback) when it cannot be served as configured."""
+    http = config.intake.http
+    try:
+        return IntakeHTTPServer(http, pipeline, http.token.read())
+    except (ExposedWithoutToken, SecretUnavailable) as error:
+        raise CommandError(str(error)) from None
+    except OSError as error:
+        raise CommandError(f"cannot serve intake on {http.host}:{http.port}: {error.strerror}") from None
 
 
 def purge_command(args: argparse.Namespace) -> int:

@@ -66,7 +66,11 @@ def follow(config: Config, engine: Engine, models: LiveModels) -> int:
     from monitor.metrics import start_metrics
     from monitor.replay_loop import ReplayLoop
 
-    metrics, server = start_metrics(config.metrics)
+    try:
+        metrics, server = start_metrics(config.metrics)
+    except OSError as error:
+        where = f"{config.metrics.host}:{config.metrics.port}"
+        raise CommandError(f"cannot serve /metrics on {where}: {error.strerror}") from None
     if server is not None:
         print(f"metrics on {server.url}", flush=True)
     stop = threading.Event()

@@ -4,6 +4,8 @@ A file is known by the fingerprint of its first line (hash of the decompressed b
 by its name or inode, so `app.log` renamed to `app.log.1` and later compressed to
 `app.log.1.gz` is one file read once: its cursor (byte offset in the uncompressed stream)
 moves with it. Cursors commit in the same transaction as the samples read up to them.
+A line longer than `intake.max_record_bytes` is never held whole: its first bytes go to
+quarantine and the rest is skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from monitor.progress import Progress
 log = logging.getLogger(__name__)
 
 FINGERPRINT_MAX_BYTES = 64 * 1024
+SKIP_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -76,8 +79,28 @@ def _age_order(path: Path) -> tuple[float, str]:
         return 0.0, str(path)
 
 
+def read_line(handle: BinaryIO, max_bytes: int) -> tuple[bytes, int]:
+    """The next line's first `max_bytes + 1` bytes at most (enough to tell it is too long) and its
+    whole length; (b"", 0) at end of file. Ends with a newline when the line was complete."""
+    data = handle.readline(max_bytes + 1)
+    length = len(data)
+    if data.endswith(b"\n") or length <= max_bytes:
+        return data, length
+    while True:  # over the limit: skip the rest without holding it
+        rest = handle.readline(SKIP_CHUNK_BYTES)
+        length += len(rest)
+        if not rest or rest.endswith(b"\n"):
+            return data + (b"\n" if rest else b""), length
+
+
 def read_batches(
-    path: Path, fingerprint: str, offset: int, line: int, batch_lines: int, final: bool
+    path: Path,
+    fingerprint: str,
+    offset: int,
+    line: int,
+    batch_lines: int,
+    final: bool,
+    max_line_bytes: int = 1 << 62,
 ) -> Iterator[Batch]:
     """Complete lines from `offset` on, in batches; a last line without newline counts only if `final`."""
     final = final or is_compressed(path)
@@ -85,13 +108,14 @@ def read_batches(
         handle.seek(offset)
         records: list[RawRecord] = []
         committed = offset
-        for data in iter(handle.readline, b""):
-            if not data.endswith(b"\n") and not final:
+        while True:
+            data, length = read_line(handle, max_line_bytes)
+            if not length or (not data.endswith(b"\n") and not final):
                 break
             line += 1
             if data.strip():
                 records.append(RawRecord(position=f"line {line} (byte {offset})", data=data.rstrip(b"\r\n")))
-            offset += len(data)
+            offset += length
             if len(records) >= batch_lines:
                 yield Batch(records, CursorAdvance(fingerprint, str(path), offset, line))
                 records, committed = [], offset
@@ -132,7 +156,8 @@ class FileFollower:
     def _read_file(self, path: Path, fingerprint: str, offset: int, line: int, final: bool) -> IngestReport:
         report = IngestReport()
         try:
-            for batch in read_batches(path, fingerprint, offset, line, self.config.batch_lines, final):
+            max_bytes = self.pipeline.intake.max_record_bytes
+            for batch in read_batches(path, fingerprint, offset, line, self.config.batch_lines, final, max_bytes):
                 batch_report = self.pipeline.ingest(f"file:{path}", batch.records, batch.cursor)
                 report.add(batch_report)
                 offset = batch.cursor.offset

@@ -5,6 +5,13 @@
 
 Everything a batch changes, the file cursor included, commits in one transaction, so a
 crash at any moment neither loses nor doubles a record.
+
+One record can never stop intake: whatever goes wrong while reading it quarantines that record
+with a reason, and everything a column cannot hold (NUL, unpaired surrogates, over-long values)
+is refused before the database sees it. Should the database still refuse a batch for good
+(`monitor.failures.is_permanent_database_error`), its records are stored one at a time and the
+ones it refuses are quarantined; `IntakeRefused` (caused by the refusal, so the same check holds
+for it) is raised only when even that fails. `is_database_unreachable` tells the errors worth a retry.
 """
 
 from __future__ import annotations
@@ -13,18 +20,23 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+import re
+import traceback
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, String, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from monitor.config import Config, Secret
 from monitor.db import IntakeCounter, IntakeCursor, QuarantinedRecord, Sample, SamplingBucket, utcnow
-from monitor.intake.language import detect_language
+from monitor.failures import is_permanent_database_error
+from monitor.intake.language import LANGUAGES, detect_language
 from monitor.intake.records import RecordError, TrafficRecord, decode_line, parse_record
 from monitor.intake.redact import Redactor
 from monitor.intake.sampling import Bucket, HourlyCap, hour_of, passes_rate
@@ -35,6 +47,32 @@ log = logging.getLogger(__name__)
 EXCERPT_CHARS = 2000
 LANGUAGE_PROBE_CHARS = 800
 SALT_FILE = "hash_salt"
+PARAMETERS_PER_STATEMENT = 10_000  # PostgreSQL takes at most 65,535 bind parameters in one statement
+ROWS_PER_INSERT = 1000
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+T = TypeVar("T")
+
+
+def column_limits(table: Table) -> dict[str, int]:
+    """Column name -> the most characters its String type holds."""
+    return {
+        column.name: column.type.length
+        for column in table.columns
+        if isinstance(column.type, String) and column.type.length
+    }
+
+
+SAMPLE_LIMITS = column_limits(Sample.__table__)  # type: ignore[arg-type]
+SOURCE_CHARS = column_limits(IntakeCounter.__table__)["source"]  # type: ignore[arg-type]
+PATH_CHARS = column_limits(IntakeCursor.__table__)["path"]  # type: ignore[arg-type]
+
+
+class IntakeRefused(Exception):
+    """The database refused a batch for a reason retrying cannot fix (a value or a statement it
+    cannot take), and storing its records one at a time did not get around it either (it refuses
+    the quarantine or the counters too). Raised from the database's error, so
+    `monitor.failures.is_permanent_database_error` is true of it: HTTP answers 422, not 503."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +124,7 @@ class Candidate:
 
     row: dict[str, Any]
     hourly_cap: int
+    record: RawRecord
 
     @property
     def bucket(self) -> Bucket:
@@ -97,6 +136,15 @@ class Rejected:
     position: str
     reason: str
     raw: bytes
+
+
+@dataclass
+class Prepared:
+    """A batch after reading, checking and sampling: what to store and what to quarantine."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    sampled_out: int = 0
 
 
 def resolve_salt(config: Config) -> Secret:
@@ -120,7 +168,7 @@ def sample_key(record: TrafficRecord, value: Any) -> str:
         material = f"id:{record.id}"
     else:
         material = "content:" + json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(material.encode("utf-8")).hexdigest()
+    return hashlib.sha256(material.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class IntakePipeline:
@@ -134,42 +182,86 @@ class IntakePipeline:
 
     def ingest(self, source: str, records: Sequence[RawRecord], cursor: CursorAdvance | None = None) -> IngestReport:
         """Process and store one batch in one transaction; returns what became of each record."""
-        report = IngestReport(records=len(records))
+        source = storable(source, SOURCE_CHARS)
         received_at = utcnow()
-        candidates: list[Candidate] = []
-        rejected: list[Rejected] = []
+        prepared = self._prepare_batch(records, source, received_at)
+        try:
+            return self._commit(source, prepared, len(records), received_at, cursor)
+        except DBAPIError as error:
+            if not is_permanent_database_error(error):
+                raise
+            log.warning(
+                "%s: the database refused a batch of %d records (%s); storing them one at a time",
+                source,
+                len(records),
+                _error_name(error),
+            )
+            return self._commit_one_at_a_time(source, prepared, len(records), received_at, cursor)
+
+    def _prepare_batch(self, records: Sequence[RawRecord], source: str, received_at: datetime) -> Prepared:
+        prepared = Prepared()
         for raw in records:
             outcome = self._prepare(raw, source, received_at)
             if isinstance(outcome, Rejected):
-                rejected.append(outcome)
+                prepared.rejected.append(outcome)
             elif outcome is None:
-                report.sampled_out += 1
+                prepared.sampled_out += 1
             else:
-                candidates.append(outcome)
-        with Session(self.engine) as session, session.begin():
-            self._store(session, candidates, report)
-            self._quarantine(session, source, rejected, received_at, report)
-            self._count(session, source, report, received_at)
-            if cursor is not None:
-                self._advance(session, cursor, received_at)
-        return report
+                prepared.candidates.append(outcome)
+        return prepared
 
     def _prepare(self, raw: RawRecord, source: str, received_at: datetime) -> Candidate | Rejected | None:
-        data = raw.data if raw.data is not None else _encode(raw.value)
+        """One record; whatever goes wrong with it quarantines this record, never the batch."""
         try:
-            value = decode_line(data, self.intake.max_record_bytes) if raw.value is None else raw.value
-            if raw.value is not None and len(data) > self.intake.max_record_bytes:
-                raise RecordError(f"record is {len(data)} bytes, over the {self.intake.max_record_bytes}-byte limit")
-            record = parse_record(value, self.intake.format)
-        except RecordError as exc:
-            return Rejected(raw.position, str(exc), data)
+            return self._prepare_record(raw, source, received_at)
+        except RecordError as error:
+            return Rejected(raw.position, str(error), raw_bytes(raw))
+        except Exception as error:  # no check foresaw it: a bug to fix, but only this record pays
+            reason = unexpected_reason(error)
+            log.error("%s %s: %s; record quarantined", source, raw.position, reason)
+            return Rejected(raw.position, reason, raw_bytes(raw))
+
+    def _prepare_record(self, raw: RawRecord, source: str, received_at: datetime) -> Candidate | None:
+        limit = self.intake.max_record_bytes
+        if raw.data is not None:
+            value = decode_line(raw.data, limit)
+        else:
+            size = len(_encode(raw.value))
+            if size > limit:
+                raise RecordError(f"record is over the {limit}-byte limit ({size} bytes)")
+            value = raw.value
+        record = parse_record(value, self.intake.format)
         key = sample_key(record, value)
-        language = record.metadata.get("language") or detect_language(_language_text(record))
-        segment = segment_for(self.hasher.protect(record.metadata), language, self.intake.segment_keys)
+        language = self._language(record)
+        segment = segment_for(self._segment_values(record.metadata), language, self.intake.segment_keys)
+        check_fits({"segment": segment})
         rate, hourly_cap = self.intake.sampling.rule_for(segment)
         if not passes_rate(key, rate):
             return None
-        return Candidate(self._row(record, key, segment, language, source, received_at), hourly_cap)
+        row = self._row(record, key, segment, language, source, received_at)
+        check_fits(row)
+        return Candidate(row, hourly_cap, raw)
+
+    def _language(self, record: TrafficRecord) -> str:
+        """The record's `language` when it is one of our labels (any case), else the detected one."""
+        label = record.metadata.get("language", "").strip().lower()
+        return label if label in LANGUAGES else detect_language(_language_text(record))
+
+    def _segment_values(self, metadata: Mapping[str, str]) -> dict[str, str]:
+        """The values that form the segment: hashed keys' hashes, every other value redacted."""
+        present = {key: metadata[key] for key in self.intake.segment_keys if key in metadata}
+        return {
+            key: value if key in self.hasher.hashed_keys else self.redactor.redact(value).text
+            for key, value in self.hasher.protect(present).items()
+        }
+
+    def _attributes(self, metadata: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, int]]:
+        """Metadata as stored: hashed keys' values hashed, every other value and every key redacted."""
+        hashed = {key: value for key, value in self.hasher.protect(metadata).items() if key in self.hasher.hashed_keys}
+        plain = {key: value for key, value in metadata.items() if key not in self.hasher.hashed_keys}
+        redacted, counts = self.redactor.redact_value(plain)
+        assert isinstance(redacted, dict)
+        return {**hashed, **redacted}, counts
 
     def _row(
         self, record: TrafficRecord, key: str, segment: str, language: str, source: str, received_at: datetime
@@ -182,8 +274,11 @@ class IntakePipeline:
             messages.append({"role": message["role"], "content": redacted.text})
         completion = self.redactor.redact(record.completion)
         _merge(redactions, completion.counts)
-        attributes, attribute_counts = self.redactor.redact_value(self.hasher.protect(record.metadata))
+        attributes, attribute_counts = self._attributes(record.metadata)
         _merge(redactions, attribute_counts)
+        model = self.redactor.redact(record.model) if record.model is not None else None
+        if model is not None:
+            _merge(redactions, model.counts)
         return {
             "sample_key": key,
             "received_at": received_at,
@@ -191,7 +286,7 @@ class IntakePipeline:
             "segment": segment,
             "language": language,
             "source": source,
-            "model": record.model,
+            "model": model.text if model is not None else None,
             "temperature": record.temperature,
             "messages": messages,
             "completion": completion.text,
@@ -201,11 +296,53 @@ class IntakePipeline:
             "completion_chars": len(completion.text),
         }
 
+    def _commit(
+        self, source: str, prepared: Prepared, records: int, received_at: datetime, cursor: CursorAdvance | None
+    ) -> IngestReport:
+        """One transaction: samples, quarantine, counters and the file cursor, all or nothing."""
+        report = IngestReport(records=records, sampled_out=prepared.sampled_out)
+        with Session(self.engine) as session, session.begin():
+            self._store(session, prepared.candidates, report)
+            self._quarantine(session, source, prepared.rejected, received_at, report)
+            self._count(session, source, report, received_at)
+            if cursor is not None:
+                self._advance(session, cursor, received_at)
+        return report
+
+    def _commit_one_at_a_time(
+        self, source: str, prepared: Prepared, records: int, received_at: datetime, cursor: CursorAdvance | None
+    ) -> IngestReport:
+        """After the database refused a whole batch: each sample in its own transaction, a refused one
+        quarantined, the cursor last. A crash in between can quarantine or count a record twice on
+        the re-read (a stored sample is still stored once)."""
+        head = Prepared(rejected=prepared.rejected, sampled_out=prepared.sampled_out)
+        report = self._commit_or_refuse(source, head, records, received_at, None)
+        for candidate in prepared.candidates:
+            try:
+                report.add(self._commit(source, Prepared(candidates=[candidate]), 0, received_at, None))
+            except DBAPIError as error:
+                if not is_permanent_database_error(error):
+                    raise
+                reason = f"refused by the database ({_error_name(error)})"
+                refused = Prepared(rejected=[Rejected(candidate.record.position, reason, raw_bytes(candidate.record))])
+                report.add(self._commit_or_refuse(source, refused, 0, received_at, None))
+        report.add(self._commit_or_refuse(source, Prepared(), 0, received_at, cursor))
+        return report
+
+    def _commit_or_refuse(
+        self, source: str, prepared: Prepared, records: int, received_at: datetime, cursor: CursorAdvance | None
+    ) -> IngestReport:
+        try:
+            return self._commit(source, prepared, records, received_at, cursor)
+        except DBAPIError as error:
+            if is_permanent_database_error(error):
+                raise IntakeRefused(f"the database refused the batch ({_error_name(error)})") from error
+            raise
+
     def _store(self, session: Session, candidates: list[Candidate], report: IngestReport) -> None:
         if not candidates:
             return
-        keys = [candidate.row["sample_key"] for candidate in candidates]
-        existing = set(session.scalars(select(Sample.sample_key).where(Sample.sample_key.in_(keys))))
+        existing = self._existing_keys(session, [candidate.row["sample_key"] for candidate in candidates])
         cap = HourlyCap(self._kept_so_far(session, {candidate.bucket for candidate in candidates}))
         rows = []
         for candidate in candidates:
@@ -218,35 +355,40 @@ class IntakePipeline:
                 report.sampled_out += 1
                 continue
             rows.append(candidate.row)
-        if rows:
-            statement = self._insert(Sample).on_conflict_do_nothing(index_elements=["sample_key"])
-            stored = len(session.execute(statement.returning(Sample.sample_key), rows).all())
+        statement = self._insert(Sample).on_conflict_do_nothing(index_elements=["sample_key"])
+        for chunk in chunks(rows, ROWS_PER_INSERT):
+            stored = len(session.execute(statement.returning(Sample.sample_key), chunk).all())
             report.stored += stored
-            report.duplicates += len(rows) - stored
+            report.duplicates += len(chunk) - stored
         self._count_buckets(session, cap)
+
+    def _existing_keys(self, session: Session, keys: list[str]) -> set[str]:
+        existing: set[str] = set()
+        for chunk in chunks(keys, PARAMETERS_PER_STATEMENT):
+            existing.update(session.scalars(select(Sample.sample_key).where(Sample.sample_key.in_(chunk))))
+        return existing
 
     def _kept_so_far(self, session: Session, buckets: Iterable[Bucket]) -> dict[Bucket, int]:
         wanted = list(buckets)
         if not any(self.intake.sampling.rule_for(segment)[1] for segment, _ in wanted):
             return {}
-        query = select(SamplingBucket.segment, SamplingBucket.hour, SamplingBucket.kept).where(
-            SamplingBucket.segment.in_({segment for segment, _ in wanted}),
-            SamplingBucket.hour.in_({hour for _, hour in wanted}),
-        )
-        return {(segment, hour): kept for segment, hour, kept in session.execute(query)}
+        kept: dict[Bucket, int] = {}
+        for chunk in chunks(wanted, PARAMETERS_PER_STATEMENT // 2):
+            query = select(SamplingBucket.segment, SamplingBucket.hour, SamplingBucket.kept).where(
+                SamplingBucket.segment.in_({segment for segment, _ in chunk}),
+                SamplingBucket.hour.in_({hour for _, hour in chunk}),
+            )
+            kept.update({(segment, hour): count for segment, hour, count in session.execute(query)})
+        return kept
 
     def _count_buckets(self, session: Session, cap: HourlyCap) -> None:
         rows = [{"segment": seg, "hour": hour, "kept": n} for (seg, hour), n in cap.admitted.items() if n]
-        if not rows:
-            return
         statement = self._insert(SamplingBucket)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["segment", "hour"],
-                set_={"kept": SamplingBucket.kept + statement.excluded.kept},
-            ),
-            rows,
+        upsert = statement.on_conflict_do_update(
+            index_elements=["segment", "hour"], set_={"kept": SamplingBucket.kept + statement.excluded.kept}
         )
+        for chunk in chunks(rows, ROWS_PER_INSERT):
+            session.execute(upsert, chunk)
 
     def _quarantine(
         self,
@@ -261,19 +403,24 @@ class IntakePipeline:
                 QuarantinedRecord(
                     received_at=received_at,
                     source=source,
-                    position=item.position[:255],
-                    reason=item.reason[:500],
+                    position=storable(item.position, 255),
+                    reason=storable(item.reason, 500),
                     record_bytes=len(item.raw),
                     record_sha256=hashlib.sha256(item.raw).hexdigest(),
-                    excerpt=self.redactor.redact(
-                        item.raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS]
-                    ).text,
+                    excerpt=self._excerpt(item.raw),
                 )
             )
             report.quarantined += 1
             report.problems.append((item.position, item.reason))
         if rejected:
             log.warning("%s: quarantined %d record(s), first: %s", source, len(rejected), rejected[0].reason)
+
+    def _excerpt(self, raw: bytes) -> str:
+        """The record's start, redacted; JSON escapes (\\u0040) are read first, so PII spelt with
+        them is found too, and what no column holds becomes U+FFFD."""
+        text = raw[: EXCERPT_CHARS * 4].decode("utf-8", "replace")[:EXCERPT_CHARS]
+        unescaped = _JSON_ESCAPE.sub(lambda escape: chr(int(escape.group(1), 16)), text)
+        return self.redactor.redact(storable(unescaped)).text
 
     def _count(self, session: Session, source: str, report: IngestReport, now: datetime) -> None:
         totals = {
@@ -283,16 +430,17 @@ class IntakePipeline:
             "sampled_out": report.sampled_out,
             "quarantined": report.quarantined,
         }
-        statement = self._insert(IntakeCounter).values(source=source[:1024], updated_at=now, **totals)
+        statement = self._insert(IntakeCounter).values(source=source, updated_at=now, **totals)
         increments: dict[str, Any] = {name: getattr(IntakeCounter, name) + value for name, value in totals.items()}
         session.execute(
             statement.on_conflict_do_update(index_elements=["source"], set_={**increments, "updated_at": now})
         )
 
     def _advance(self, session: Session, cursor: CursorAdvance, now: datetime) -> None:
+        path = storable(cursor.path, PATH_CHARS)
         statement = self._insert(IntakeCursor).values(
             fingerprint=cursor.fingerprint,
-            path=cursor.path,
+            path=path,
             offset=cursor.offset,
             line=cursor.line,
             updated_at=now,
@@ -300,13 +448,63 @@ class IntakePipeline:
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=["fingerprint"],
-                set_={"path": cursor.path, "offset": cursor.offset, "line": cursor.line, "updated_at": now},
+                set_={"path": path, "offset": cursor.offset, "line": cursor.line, "updated_at": now},
             )
         )
 
 
 def _encode(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    """An already-decoded record as JSON bytes; lone surrogates pass (the record check refuses them)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str).encode("utf-8", "surrogatepass")
+    except (ValueError, RecursionError):
+        raise RecordError("record cannot be written as JSON: nested too deeply or an over-long number") from None
+
+
+def raw_bytes(raw: RawRecord) -> bytes:
+    """The record's bytes as received (for its hash and excerpt in quarantine), b"" if it has none."""
+    if raw.data is not None:
+        return raw.data
+    try:
+        return _encode(raw.value)
+    except RecordError:
+        return b""
+
+
+def storable(text: str, limit: int | None = None) -> str:
+    """Text any column holds: NUL and lone surrogates as U+FFFD; over `limit` characters, cut and
+    ended with a hash of the whole, so that two long texts stay apart."""
+    text = _UNSTORABLE.sub("\ufffd", text)
+    if limit is None or len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return f"{text[: limit - len(digest) - 1]}~{digest}"
+
+
+def check_fits(row: Mapping[str, Any]) -> None:
+    """RecordError unless every string fits its column in samples (PostgreSQL refuses longer ones)."""
+    for column, value in row.items():
+        limit = SAMPLE_LIMITS.get(column)
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            raise RecordError(f"{column}: {len(value)} characters, over the {limit} the database holds")
+
+
+def unexpected_reason(error: Exception) -> str:
+    """A reason for an error no check foresaw: its type and the line that raised it, never its
+    message, which may quote the record."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"unexpected {type(error).__name__}{where} while reading the record"
+
+
+def _error_name(error: DBAPIError) -> str:
+    """The driver's error class (psycopg names the condition: StringDataRightTruncation), no message."""
+    return type(error.orig or error).__name__
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _language_text(record: TrafficRecord) -> str:

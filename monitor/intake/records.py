@@ -1,6 +1,8 @@
 """Traffic records: decode one raw line or object and normalise it, or say exactly why not.
 
-Reasons name fields and types, never the values: a reason is logged and stored, a value may be PII.
+Reasons name fields and types, never the values nor the keys of free-form objects: a reason is
+logged and stored, and a value or a metadata key may be PII. Every string is checked for what no
+database column can hold (NUL, unpaired surrogates) before anything else reads it.
 
 Two formats, auto-detected per record:
 
@@ -13,12 +15,15 @@ Two formats, auto-detected per record:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 RecordFormat = Literal["auto", "specwatch", "openai"]
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
+# NUL (PostgreSQL text cannot hold it) and UTF-16 surrogates (a lone one cannot be encoded as UTF-8).
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 
 
 class RecordError(ValueError):
@@ -42,7 +47,7 @@ class TrafficRecord:
 def decode_line(raw: bytes, max_bytes: int) -> Any:
     """Bytes of one JSONL line -> JSON value, or RecordError naming what is wrong."""
     if len(raw) > max_bytes:
-        raise RecordError(f"record is {len(raw)} bytes, over the {max_bytes}-byte limit")
+        raise RecordError(f"record is over the {max_bytes}-byte limit ({len(raw)} bytes read)")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -53,6 +58,8 @@ def decode_line(raw: bytes, max_bytes: int) -> Any:
         raise RecordError(f"malformed JSON: {exc.msg} at column {exc.colno}") from None
     except RecursionError:
         raise RecordError("malformed JSON: nested too deeply") from None
+    except ValueError:  # an integer with more digits than int() converts (sys.get_int_max_str_digits)
+        raise RecordError("malformed JSON: a number with too many digits") from None
 
 
 def detect_format(value: Any) -> Literal["specwatch", "openai"]:
@@ -110,7 +117,7 @@ def _parse_openai(value: dict[str, Any]) -> TrafficRecord:
         raise RecordError("missing field: request.messages")
     metadata = _metadata(value.get("metadata"), "metadata")
     if isinstance(request.get("user"), str) and "user" not in metadata:
-        metadata["user"] = request["user"]
+        metadata["user"] = _text(request["user"], "request.user")
     return TrafficRecord(
         messages=messages,
         completion=_openai_completion(response),
@@ -146,7 +153,7 @@ def _messages(value: Any, where: str) -> list[dict[str, str]]:
         if not isinstance(item, dict):
             raise RecordError(f"{where}[{index}]: not an object")
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise RecordError(f"{where}[{index}].role: not one of {sorted(ROLES)}")
         content = _content(item.get("content"), f"{where}[{index}].content")
         messages.append({"role": role, "content": content})
@@ -161,14 +168,30 @@ def _content(value: Any, where: str) -> str:
         texts = [part.get("text") for part in value if isinstance(part, dict) and part.get("type") == "text"]
         if not all(isinstance(text, str) for text in texts):
             raise RecordError(f"{where}: text part without a string")
-        return "\n".join(texts)  # type: ignore[arg-type]
+        return _storable("\n".join(texts), where)  # type: ignore[arg-type]
     return _text(value, where)
 
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise RecordError(f"{where}: expected a string, got {type(value).__name__}")
-    return value
+    return _storable(value, where)
+
+
+def _storable(text: str, where: str) -> str:
+    """The text, unless it holds a NUL or an unpaired surrogate (JSON's \\ud800 without its pair)."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return text
+    what = "a NUL character" if found.group() == "\x00" else "an unpaired surrogate"
+    raise RecordError(f"{where}: contains {what} at character {found.start()}")
+
+
+def _digits(value: int, where: str) -> str:
+    try:
+        return str(value)
+    except ValueError:  # over sys.get_int_max_str_digits
+        raise RecordError(f"{where}: integer with too many digits") from None
 
 
 def _completion(value: Any, where: str) -> str:
@@ -189,7 +212,7 @@ def _optional_id(value: Any, where: str) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise RecordError(f"{where}: expected a string or integer, got {type(value).__name__}")
-    text = str(value)
+    text = _text(value, where) if isinstance(value, str) else _digits(value, where)
     if not text or len(text) > 256:
         raise RecordError(f"{where}: must be 1 to 256 characters")
     return text
@@ -201,7 +224,7 @@ def _temperature(value: Any, where: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise RecordError(f"{where}: expected a number, got {type(value).__name__}")
     if not 0 <= value <= 10:
-        raise RecordError(f"{where}: {value} is outside [0, 10]")
+        raise RecordError(f"{where}: outside [0, 10]")
     return float(value)
 
 
@@ -211,17 +234,16 @@ def _timestamp(value: Any, where: str) -> datetime | None:
     if isinstance(value, bool):
         raise RecordError(f"{where}: expected ISO 8601 text or epoch seconds, got bool")
     if isinstance(value, int | float):
-        seconds = value / 1000 if value > 1e11 else value
         try:
-            return datetime.fromtimestamp(seconds, UTC)
+            return datetime.fromtimestamp(value / 1000 if value > 1e11 else value, UTC)
         except (OverflowError, OSError, ValueError):
-            raise RecordError(f"{where}: {value} is not a valid epoch time") from None
+            raise RecordError(f"{where}: not a valid epoch time") from None
     if isinstance(value, str):
         try:
-            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            raise RecordError(f"{where}: text is not ISO 8601") from None
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+            moment = datetime.fromisoformat(_text(value, where).replace("Z", "+00:00"))
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        except (ValueError, OverflowError):  # OverflowError: 0001-01-01T00:00+01:00 is before year 1 in UTC
+            raise RecordError(f"{where}: text is not ISO 8601 (or not in years 1-9999 UTC)") from None
     raise RecordError(f"{where}: expected ISO 8601 text or epoch seconds, got {type(value).__name__}")
 
 
@@ -231,8 +253,18 @@ def _metadata(value: Any, where: str) -> dict[str, str]:
     if not isinstance(value, dict):
         raise RecordError(f"{where}: expected an object, got {type(value).__name__}")
     metadata = {}
-    for key, item in value.items():
-        if isinstance(item, bool) or not isinstance(item, str | int | float):
-            raise RecordError(f"{where}.{key}: expected a string or number, got {type(item).__name__}")
-        metadata[str(key)] = str(item)
+    for index, (key, item) in enumerate(value.items()):
+        # the key is the sender's text and may be PII: a reason names the entry by its place only
+        entry = f"{where} entry #{index + 1}"
+        metadata[_text(key, f"{entry} key")] = _metadata_value(item, entry)
     return metadata
+
+
+def _metadata_value(value: Any, where: str) -> str:
+    if isinstance(value, str):
+        return _text(value, where)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _digits(value, where)
+    if isinstance(value, float):
+        return str(value)
+    raise RecordError(f"{where}: expected a string or number, got {type(value).__name__}")

@@ -12,16 +12,21 @@ characters as word characters); ASCII look-arounds only, so digits next to Chine
 Overlaps are resolved in one place, `resolve_overlaps`: CN_ID, CARD and EMAIL beat what they overlap,
 then the longest match wins. For speed the text is scanned once for long numbers, dotted quads, '@'
 and colon pairs (`TextScan`); built-in detectors look only inside those windows, never at plain prose.
-Full-width digits (１３８...) are read as ASCII digits.
+Full-width digits (１３８...) are read as ASCII digits, and format characters (Unicode category Cf:
+zero-width spaces and joiners, bidi marks, soft hyphens) are skipped while matching, so
+`ana\u200b@corp.example` is found; a replaced span takes in the format characters inside it.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 import itertools
 import logging
 import re
+import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -493,6 +498,38 @@ def resolve_overlaps(candidates: list[PiiMatch]) -> list[PiiMatch]:
     return kept
 
 
+# ---- format characters ----------------------------------------------------------------------------
+
+
+@functools.cache
+def format_characters() -> re.Pattern[str]:
+    """One character of Unicode category Cf; built on first use (a scan of all code points, ~0.2 s)."""
+    ranges: list[list[int]] = []
+    for code_point in range(0x80, sys.maxunicode + 1):  # ASCII has no format characters
+        if unicodedata.category(chr(code_point)) != "Cf":
+            continue
+        if ranges and ranges[-1][1] == code_point - 1:
+            ranges[-1][1] = code_point
+        else:
+            ranges.append([code_point, code_point])
+    return re.compile("[" + "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in ranges) + "]")
+
+
+def has_format_characters(text: str) -> bool:
+    return not text.isascii() and format_characters().search(text) is not None
+
+
+def without_format_characters(text: str) -> str:
+    return text if text.isascii() else format_characters().sub("", text)
+
+
+def _visible_positions(text: str) -> tuple[str, list[int]]:
+    """The text without format characters, and each kept character's position in the original."""
+    pattern = format_characters()
+    positions = [index for index, char in enumerate(text) if not pattern.match(char)]
+    return "".join(text[index] for index in positions), positions
+
+
 # ---- the redactor ---------------------------------------------------------------------------------
 
 _EXTRA_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -528,6 +565,15 @@ class Redactor:
         log.debug("redactor: %d built-in detectors, %d extra patterns", len(BUILTIN_DETECTORS), len(extras))
 
     def find(self, text: str) -> list[PiiMatch]:
+        """PII spans of `text`; format characters (U+200B and the like) cannot split a match."""
+        if not has_format_characters(text):
+            return self._find(text)
+        visible, positions = _visible_positions(text)
+        return [
+            PiiMatch(positions[match.start], positions[match.end - 1] + 1, match.kind) for match in self._find(visible)
+        ]
+
+    def _find(self, text: str) -> list[PiiMatch]:
         scan = TextScan(text)
         return resolve_overlaps([match for detect in self._detectors for match in detect(scan)])
 
@@ -543,7 +589,7 @@ class Redactor:
         return Redaction("".join(pieces), dict(Counter(match.kind for match in matches)))
 
     def redact_value(self, value: object) -> tuple[object, dict[str, int]]:
-        """Redact every string leaf of a JSON-like value (dicts, lists, tuples); keys stay as they are."""
+        """Redact every string leaf of a JSON-like value (dicts, lists, tuples) and every dict key."""
         counts: Counter[str] = Counter()
         redacted = self._redact_leaves(value, counts)
         return redacted, dict(counts)
@@ -554,9 +600,19 @@ class Redactor:
             counts.update(redaction.counts)
             return redaction.text
         if isinstance(value, dict):
-            return {key: self._redact_leaves(item, counts) for key, item in value.items()}
+            return self._redact_dict(value, counts)
         if isinstance(value, list):
             return [self._redact_leaves(item, counts) for item in value]
         if isinstance(value, tuple):
             return tuple(self._redact_leaves(item, counts) for item in value)
         return value
+
+    def _redact_dict(self, value: dict[object, object], counts: Counter[str]) -> dict[object, object]:
+        """Keys are redacted as text is; two keys that redact alike ('<EMAIL>') become '<EMAIL>', '<EMAIL>#2'."""
+        redacted: dict[object, object] = {}
+        for key, item in value.items():
+            new_key = self._redact_leaves(key, counts) if isinstance(key, str) else key
+            if new_key in redacted:
+                new_key = next(f"{new_key}#{n}" for n in itertools.count(2) if f"{new_key}#{n}" not in redacted)
+            redacted[new_key] = self._redact_leaves(item, counts)
+        return redacted

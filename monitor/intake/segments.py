@@ -2,18 +2,22 @@
 
 A segment is the configured metadata keys that the record has, in configured order, then
 the language. Values of hashed keys (tenant and user ids by default) appear only as salted
-hashes, so no raw identifier reaches the database.
+hashes, so no raw identifier reaches the database; the caller redacts the other values (a segment
+lands in alert labels and Slack). Control and format characters never reach a segment.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
 
 from monitor.config import Secret
+from monitor.intake.redact import without_format_characters
 
 HASH_PREFIX = "h:"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class ValueHasher:
@@ -33,11 +37,13 @@ class ValueHasher:
 
 
 def escape_part(value: str) -> str:
-    """Keep '/' and '=' as separators only."""
-    return value.replace("%", "%25").replace("/", "%2F").replace("=", "%3D").strip()
+    """Keep '/' and '=' as separators only; drop control and format characters."""
+    visible = _CONTROL.sub("", without_format_characters(value))
+    return visible.replace("%", "%25").replace("/", "%2F").replace("=", "%3D").strip()
 
 
 def segment_for(metadata: Mapping[str, str], language: str, keys: Iterable[str]) -> str:
-    parts = [f"{key}={escape_part(metadata[key])}" for key in keys if metadata.get(key, "").strip()]
+    values = {key: escape_part(metadata.get(key, "")) for key in keys}
+    parts = [f"{key}={value}" for key, value in values.items() if value]
     parts.append(f"lang={escape_part(language)}")
     return "/".join(parts)

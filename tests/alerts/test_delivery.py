@@ -3,6 +3,7 @@ silence and inhibition, and an outbox that survives 500s, 429s, timeouts and an 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -188,3 +189,21 @@ def test_an_hour_of_outage_loses_nothing_and_keeps_order(engine: Engine, slack: 
     clock.advance(minutes=5)
     assert dispatch(config, engine, clock=clock).sent == 3
     assert [p["text"].split("lang=")[-1].split()[0].strip("}:") for p in slack.posts()] == ["zh", "ja", "en"]
+
+
+HOSTILE = "tenant=<!channel>&co/lang=zh <@U0ADMIN> <https://evil.example|click>"
+
+
+def test_hostile_labels_reach_slack_as_text_never_as_mentions_or_links(engine: Engine, slack: FakeSlack) -> None:
+    config = slack_config(slack)
+    clock = Clock(datetime.now(UTC))
+    queue_one(config, engine, clock, segment=HOSTILE)
+    raise_findings(config, engine, [breach(HOSTILE)], EVALUATED, now=clock.advance(hours=4, minutes=1))
+    dispatch(config, engine, clock=clock)
+    messages = slack.posts() + slack.updates()
+    assert len(messages) == 3, "first message, the repeat in its thread, and the edit of the first"
+    for message in messages:
+        assert "<" not in message["text"], "the fallback text is mrkdwn too: no mention, no link"
+        assert "&lt;!channel&gt;&amp;co" in message["text"]
+        blocks = json.dumps(message["blocks"])
+        assert "<!" not in blocks and "<@" not in blocks and "<https://evil" not in blocks

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session
 
 from alerts.lifecycle import raise_findings
+from alerts.matchers import Matcher, MatcherError
 from alerts.queries import add_silence, alert_views, expire_silence
 from monitor.config import AlertsConfig
-from monitor.db import AlertRecord, NotificationLogEntry, OutboxMessage
+from monitor.db import AlertRecord, NotificationLogEntry, OutboxMessage, Silence
 from monitor.drift import Finding
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
@@ -143,3 +145,42 @@ def test_routes_send_by_severity_and_segment(engine: Engine) -> None:
 def test_unknown_receiver_in_a_route_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="unknown receiver"):
         AlertsConfig.model_validate({"routes": [{"matchers": ["severity=critical"], "receiver": "nobody"}]})
+
+
+def test_a_silence_with_a_backtracking_regex_is_refused_and_not_stored(engine: Engine) -> None:
+    ends = datetime.now(UTC) + timedelta(hours=1)
+    with pytest.raises(MatcherError, match=r"segment=~\(\.\*a\)\+.*refused: a quantifier applies to a group"):
+        add_silence(engine, ["segment=~(.*a)+"], ends, "hostile", "test")
+    with Session(engine) as session:
+        assert session.scalars(select(Silence)).all() == []
+
+
+def open_transactions(engine: Engine) -> Callable[[], int]:
+    """How many of the engine's connections are inside a transaction right now."""
+    inside: set[int] = set()
+    event.listen(engine, "begin", lambda connection: inside.add(id(connection)))
+    event.listen(engine, "commit", lambda connection: inside.discard(id(connection)))
+    event.listen(engine, "rollback", lambda connection: inside.discard(id(connection)))
+    return lambda: len(inside)
+
+
+def test_silences_are_matched_outside_the_planning_transaction(
+    engine: Engine, config: AlertsConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pattern = ".*lang=en.*"
+    in_transaction: list[bool] = []
+    transactions = open_transactions(engine)
+    matches = Matcher.matches
+
+    def observed(matcher: Matcher, labels: Mapping[str, str]) -> bool:
+        if matcher.value == pattern:
+            in_transaction.append(transactions() > 0)
+        return matches(matcher, labels)
+
+    monkeypatch.setattr(Matcher, "matches", observed)  # observes, then matches as always
+    now = datetime.now(UTC)
+    add_silence(engine, [f"segment=~{pattern}"], now + timedelta(hours=1), "known", "test")
+    raise_findings(config, engine, [breach("lang=en"), breach("lang=zh")], EVALUATED, now=now + timedelta(seconds=1))
+    raise_findings(config, engine, [breach("lang=en"), breach("lang=zh")], EVALUATED, now=now + timedelta(minutes=1))
+    assert [m.payload["group_labels"]["segment"] for m in outbox(engine)] == ["lang=zh"], "lang=en is silenced"
+    assert in_transaction and not any(in_transaction), "no regex runs while planning holds the database"

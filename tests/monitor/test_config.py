@@ -120,3 +120,37 @@ def test_config_env_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.
     path.write_text("[retention]\nsamples_days = 3\n")
     monkeypatch.setenv("SPECWATCH_CONFIG", str(path))
     assert load_config().retention.samples_days == 3
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://app@db/specwatch?password=s3cret",
+        "postgresql+psycopg://app@db/specwatch?sslmode=require&PassWord=s3cret",
+        "postgresql+psycopg://app@db/specwatch?sslpassword=s3cret",
+        "postgresql+psycopg://app@db/specwatch?pass%77ord=s3cret",
+        "postgresql+psycopg://app:s3cret@db/specwatch",
+    ],
+)
+def test_a_password_anywhere_in_the_database_url_is_refused(url: str) -> None:
+    problems = problems_of(f'[storage]\ndatabase_url = "{url}"\n')
+    assert len(problems) == 1 and problems[0].startswith("storage.database_url:") and "password" in problems[0]
+    assert "s3cret" not in problems[0]
+
+
+def test_config_check_masks_the_database_url_query(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[storage]\ndatabase_url = "postgresql+psycopg://app@db:5432/specwatch?sslmode=require&application_name=sw-4f2a"\n'
+    )
+    assert main(["config", "check", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "postgresql+psycopg://app@db:5432/specwatch?application_name=***&sslmode=***" in out
+    assert "require" not in out and "sw-4f2a" not in out
+
+
+def test_answer_timeout_must_exceed_the_statement_timeout() -> None:
+    problems = problems_of("[storage]\nstatement_timeout_s = 60\nanswer_timeout_s = 30\n")
+    assert problems == [
+        "storage: answer_timeout_s must exceed statement_timeout_s (the server answers a statement it cancels)"
+    ]

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from monitor.config import Config
 from monitor.daemon import Backoff, FollowJob, Health, JsonFormatter, Systemd
 from monitor.db import AlertRecord, IntakeCounter, ReplayResult, Sample
 from monitor.demo_traffic import traffic, write_jsonl
@@ -353,3 +354,49 @@ def test_gpu_lost_mid_replay_moves_replay_to_the_cpu_or_pauses_it(
         assert daemon.loop is None and daemon.health.models is not None
         assert daemon.health.models.startswith("replay paused")
     assert [finding.detector for finding in daemon.daemon_findings()] == ["device_lost"]
+
+
+def test_health_and_metrics_endpoints_over_http(config: Config, tmp_path: Path) -> None:
+    """/healthz, /readyz and /metrics as the daemon serves them (uvicorn + starlette), in-process."""
+    from prometheus_client import CollectorRegistry
+
+    from monitor.daemon import Daemon, Endpoints, serve_http
+    from monitor.metrics import Metrics, prometheus_reader
+
+    registry = CollectorRegistry()
+    metrics = Metrics([prometheus_reader(registry)])
+    daemon = Daemon(config, tmp_path / "config.toml", Systemd({}))
+    served = serve_http("127.0.0.1", 0, Endpoints(daemon, registry))
+    base = f"http://127.0.0.1:{served.port}"
+    try:
+        metrics.observe_backlog(7, 2.0)
+        assert http_get(f"{base}/healthz") == (200, {"alive": True, "problem": None})
+        status, ready = http_get(f"{base}/readyz")
+        assert status == 503 and not ready["ready"] and "starting" in ready["problems"]
+        with urllib.request.urlopen(served.url, timeout=10) as reply:
+            assert "specwatch_replay_pending_samples 7.0" in reply.read().decode()
+        assert http_get(f"{base}/nowhere")[0] == 404
+    finally:
+        served.stop()
+        metrics.shutdown()
+    without_metrics = serve_http("127.0.0.1", 0, Endpoints(daemon, None))
+    try:
+        assert http_get(f"http://127.0.0.1:{without_metrics.port}/metrics")[0] == 404
+    finally:
+        without_metrics.stop()
+
+
+def test_exposed_intake_without_a_token_refuses_to_start(
+    config: Config, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from monitor.config import HttpIntakeConfig
+    from monitor.daemon import Daemon, StartupRefused
+
+    monkeypatch.delenv("SPECWATCH_INGEST_TOKEN", raising=False)
+    monkeypatch.setenv("SPECWATCH_HASH_SALT", "daemon-test")
+    exposed = config.intake.model_copy(update={"http": HttpIntakeConfig(host="0.0.0.0", port=0)})
+    daemon = Daemon(config.model_copy(update={"intake": exposed}), tmp_path / "config.toml", Systemd({}))
+    daemon.engine = engine
+    with pytest.raises(StartupRefused, match="without a bearer token") as refused:
+        daemon.start_intake()
+    assert "SPECWATCH_INGEST_TOKEN" in str(refused.value)

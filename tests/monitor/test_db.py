@@ -1,14 +1,22 @@
 import contextlib
+import logging
+import os
 import socket
+import stat
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import OperationalError
 
-from monitor.db import Base, create_db_engine, current_revision, upgrade
+from monitor.config import Config, StorageConfig
+from monitor.db import Base, create_db_engine, current_revision, open_database, upgrade
 from monitor.failures import is_database_unreachable
+from monitor.intake.pipeline import resolve_salt
 
 
 def test_migrations_build_exactly_the_models(engine: Engine) -> None:
@@ -78,3 +86,60 @@ def test_a_silent_postgresql_host_times_out_instead_of_hanging() -> None:
     engine.dispose()
     assert not attempt.is_alive(), "the connection attempt hung: no connect timeout"
     assert len(failures) == 1 and isinstance(failures[0], OperationalError) and is_database_unreachable(failures[0])
+
+
+@pytest.fixture
+def restored_umask() -> Iterator[None]:
+    """open_database sets this process's umask to 077; other tests get theirs back."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield
+    os.umask(previous)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.usefixtures("restored_umask")
+def test_the_data_dir_is_0700_and_the_files_specwatch_creates_0600(tmp_path: Path) -> None:
+    os.umask(0o022)
+    data_dir = tmp_path / "data"
+    config = Config(storage=StorageConfig(data_dir=data_dir))
+    engine = open_database(config)
+    with engine.connect() as connection:  # WAL mode: -wal and -shm exist while a connection is open
+        connection.execute(text("SELECT count(*) FROM samples"))
+        files = ["specwatch.db", "specwatch.db-wal", "specwatch.db-shm"]
+        assert {name: oct(mode(data_dir / name)) for name in files} == dict.fromkeys(files, "0o600")
+    engine.dispose()
+    assert oct(mode(data_dir)) == "0o700"
+    resolve_salt(config)
+    (data_dir / "reports").mkdir()
+    (data_dir / "reports" / "report.html").write_text("<html></html>")
+    assert [
+        oct(mode(path)) for path in (data_dir / "hash_salt", data_dir / "reports", data_dir / "reports" / "report.html")
+    ] == [
+        "0o600",
+        "0o700",
+        "0o600",
+    ]
+
+
+@pytest.mark.usefixtures("restored_umask")
+def test_an_existing_world_readable_database_is_restricted(tmp_path: Path) -> None:
+    os.umask(0o022)
+    database = tmp_path / "data" / "specwatch.db"
+    database.parent.mkdir(mode=0o755)
+    database.touch(mode=0o644)
+    os.chmod(database, 0o644)
+    open_database(Config(storage=StorageConfig(data_dir=database.parent))).dispose()
+    assert (oct(mode(database.parent)), oct(mode(database))) == ("0o700", "0o600")
+
+
+def test_the_migration_log_line_masks_the_url_query(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'specwatch.db'}?timeout=7")
+    with caplog.at_level(logging.INFO, logger="monitor.db"):
+        upgrade(engine)
+    engine.dispose()
+    assert f"database at sqlite:///{tmp_path / 'specwatch.db'}?timeout=*** is at revision head" in caplog.text
+    assert "timeout=7" not in caplog.text

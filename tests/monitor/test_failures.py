@@ -52,3 +52,38 @@ def test_device_errors_are_not_confused_with_bugs() -> None:
     assert not is_device_lost(RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 16x8)"))
     assert not is_device_lost(ValueError("CUDA error in a user's prompt is just text"))
     assert gpu_unavailable("cpu") is None and gpu_unavailable("auto") is None
+
+
+def test_data_the_database_refuses_is_permanent_not_an_outage() -> None:
+    """Real SQLite errors: a broken constraint and too many bind parameters are the data's fault (a
+    retry fails the same way), an unopenable database is an outage; the reason never quotes values."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import DBAPIError
+
+    from monitor.failures import is_permanent_database_error, permanent_reason
+
+    engine = create_engine("sqlite://")
+    refused: list[DBAPIError] = []
+    with engine.connect() as connection:
+        sqlite = connection.connection.driver_connection
+        assert sqlite is not None
+        sqlite.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)  # as a driver's bound, lower
+        connection.execute(text("CREATE TABLE t (key TEXT PRIMARY KEY)"))
+        connection.execute(text("INSERT INTO t VALUES ('secret-value')"))
+        for statement, parameters in [
+            ("INSERT INTO t VALUES (:key)", {"key": "secret-value"}),
+            (
+                "SELECT 1 WHERE 'x' IN (" + ", ".join(f":p{i}" for i in range(200)) + ")",
+                {f"p{i}": "secret-value" for i in range(200)},
+            ),
+        ]:
+            with pytest.raises(DBAPIError) as raised:
+                connection.execute(text(statement), parameters)
+            refused.append(raised.value)
+    for error in refused:
+        assert is_permanent_database_error(error) and not is_database_unreachable(error)
+        assert "secret-value" not in permanent_reason(error)
+    assert "too many values" in permanent_reason(refused[1])
+    outage = sqlite_error("unable to open database file")
+    assert is_database_unreachable(outage) and not is_permanent_database_error(outage)
+    assert not is_permanent_database_error(sqlite_error("database or disk is full"))

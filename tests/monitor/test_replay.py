@@ -224,3 +224,45 @@ def test_follow_replays_evaluates_and_serves_metrics_until_sigterm(
             process.kill()
             process.wait()
     assert len(results(engine)) == 12
+
+
+def store_unreadable_sample(engine: Engine) -> int:
+    """A sample as intake stored them before it refused lone surrogates: the JSON column holds the
+    escaped surrogate, and the tokenizer raises TypeError on it."""
+    moment = utcnow() - timedelta(days=400)
+    sample = Sample(
+        sample_key="f" * 64,
+        received_at=moment,
+        occurred_at=moment,
+        segment="lang=en",
+        language="en",
+        source="test",
+        messages=[{"role": "user", "content": "broken \ud800 text"}],
+        completion="an answer",
+        attributes={},
+        redactions={},
+        prompt_chars=13,
+        completion_chars=9,
+    )
+    with Session(engine) as session, session.begin():
+        session.add(sample)
+        session.flush()
+        return sample.id
+
+
+def test_a_sample_the_tokenizer_cannot_read_is_skipped_and_its_batch_replayed(
+    config: Config, engine: Engine, live: LiveModels
+) -> None:
+    ingest(config, engine, 5)
+    unreadable = store_unreadable_sample(engine)
+    worker = replayer(engine, live, exact_fraction=1.0, exact_max_new_tokens=4)
+    report = worker.replay_all()
+    assert (report.claimed, report.stored, report.skipped) == (6, 6, 1)
+    assert worker.pending() == 0
+    skipped = {row.sample_id: row.skipped for row in results(engine)}
+    assert skipped.pop(unreadable) == "cannot tokenize: TypeError"
+    assert list(skipped.values()) == [None] * 5
+    assert unreadable not in {row.sample_id for row in results(engine, EXACT)}
+    assert len(results(engine, EXACT)) == 5
+    with Session(engine) as session:
+        assert session.scalar(select(func.count()).select_from(ReplayClaim)) == 0

@@ -1,12 +1,15 @@
 import json
+import logging
 from typing import Any
 
+import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from monitor.config import Config, SamplingConfig, SamplingRule, Secret
 from monitor.db import IntakeCounter, IntakeCursor, QuarantinedRecord, Sample
-from monitor.intake.pipeline import CursorAdvance, IntakePipeline, RawRecord
+from monitor.failures import is_database_unreachable, is_permanent_database_error
+from monitor.intake.pipeline import CursorAdvance, IntakePipeline, IntakeRefused, RawRecord
 from tests.monitor.intake.traffic import line, record
 
 SALT = Secret("test-salt")
@@ -166,3 +169,148 @@ def test_metadata_language_label_wins_over_detection(config: Config, engine: Eng
     value["metadata"]["language"] = "ja"
     pipeline_for(config, engine).ingest("test", raws([value]))
     assert samples(engine)[0].segment.endswith("/lang=ja")
+
+
+def good(index: int) -> RawRecord:
+    return RawRecord(position=f"line {index}", data=line(index).rstrip())
+
+
+def poison_lines() -> list[tuple[bytes, str]]:
+    """(line, expected reason) for lines that once crashed intake or reached the database."""
+    with_id = record(900)
+    return [
+        (b'{"id": ' + b"7" * 5000 + b', "prompt": "p", "completion": "c"}', "too many digits"),
+        (b'{"prompt": "p", "completion": "c", "note": "\\ud800"}', ""),  # an unread field: stored by content key
+        (json.dumps(with_id | {"completion": "ok \ud800"}).encode(), "unpaired surrogate"),
+        (json.dumps(record(901) | {"completion": "nul \x00 here"}).encode(), "NUL"),
+        (json.dumps(record(902) | {"model": "m" * 300}).encode(), "model: 300 characters, over the 255"),
+        (json.dumps(record(903, route="r" * 300)).encode(), "segment: "),
+        (json.dumps(record(904) | {"timestamp": "0001-01-01T00:00:00+01:00"}).encode(), "timestamp"),
+        (json.dumps(record(905) | {"messages": [{"role": [], "content": "x"}]}).encode(), "role"),
+    ]
+
+
+def test_poison_lines_are_quarantined_and_the_records_after_them_stored(config: Config, engine: Engine) -> None:
+    batch = [good(1)]
+    for index, (data, _) in enumerate(poison_lines()):
+        batch += [RawRecord(position=f"poison {index}", data=data), good(10 + index)]
+    report = pipeline_for(config, engine).ingest("test", batch)
+    expected = {f"poison {i}": reason for i, (_, reason) in enumerate(poison_lines()) if reason}
+    assert (report.quarantined, report.stored) == (len(expected), len(batch) - len(expected))
+    with Session(engine) as session:
+        rows = list(session.scalars(select(QuarantinedRecord).order_by(QuarantinedRecord.id)))
+    assert [row.position for row in rows] == list(expected)
+    for row in rows:
+        assert expected[row.position] in row.reason
+    goods = [1, *range(10, 10 + len(poison_lines()))]
+    assert {record(i)["completion"] for i in goods} <= {sample.completion for sample in samples(engine)}
+
+
+def test_poison_values_from_http_are_quarantined(config: Config, engine: Engine) -> None:
+    deep: Any = "x"
+    for _ in range(5000):
+        deep = [deep]
+    values = [
+        record(1),
+        {"prompt": "p", "completion": "c", "extra": "\ud800"},  # unread field, no id: keyed by content
+        record(2) | {"completion": "\udc00"},
+        {"prompt": "p", "completion": "c", "extra": deep},
+        {"prompt": "p", "completion": "c", "n": int("9" * 4000) * 10**400},
+        record(3),
+    ]
+    batch = [RawRecord(position=f"item {i}", value=value) for i, value in enumerate(values)]
+    report = pipeline_for(config, engine).ingest("http", batch)
+    assert (report.stored, report.quarantined) == (3, 3)
+    assert [position for position, _ in report.problems] == ["item 2", "item 3", "item 4"]
+    assert "unpaired surrogate" in report.problems[0][1]
+    assert {s.completion for s in samples(engine)} >= {record(1)["completion"], record(3)["completion"]}
+
+
+def test_language_override_only_from_known_labels(config: Config, engine: Engine) -> None:
+    overrides = {"ZH": "zh", "code": "code", "ana@corp.example": "en", "x" * 40: "en", "français": "en"}
+    values = [record(i, "en") | {"metadata": {"language": label}} for i, label in enumerate(overrides)]
+    report = pipeline_for(config, engine).ingest("test", raws(values))
+    assert report.stored == len(values)
+    assert [s.language for s in samples(engine)] == list(overrides.values())
+
+
+def test_no_pii_outside_message_text_reaches_storage_or_logs(
+    config: Config, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    intake = config.intake.model_copy(update={"segment_keys": ["tenant", "region", "route"]})
+    config = config.model_copy(update={"intake": intake})
+    value = record(1, route="call +65 9123 4567", region="ana.lee@corp.example")
+    value["metadata"] |= {"bob.ray@corp.example": "value", "note": "mail carol\u200b@corp.example"}
+    value["messages"][0]["content"] = "write to dan\u200b.kim@corp\u2060.example or 138\u200b1234\u200b5678"
+    value["model"] = "ft:base:eve@corp.example"
+    bad_key = record(2)
+    bad_key["metadata"] = {"fay@corp.example": {"nested": True}}
+    escaped = b'{"prompt": "gil\\u0040corp.example", "completion": ' + b"7" * 5000 + b"}"
+    batch = [*raws([value, bad_key]), RawRecord(position="line 3", data=escaped)]
+    with caplog.at_level(logging.DEBUG):
+        report = pipeline_for(config, engine).ingest("test", batch)
+    assert (report.stored, report.quarantined) == (1, 2)
+    [sample] = samples(engine)
+    assert sample.segment.startswith(f"tenant={sample.attributes['tenant']}/region=<EMAIL>/route=call <PHONE>/lang=")
+    stored = all_stored_text(engine)
+    pii = ["ana.lee", "9123 4567", "bob.ray", "carol", "dan", "5678", "eve@", "fay@", "gil", "corp.example"]
+    leaked = [text for text in pii if text in stored or text in caplog.text or text in str(report.problems)]
+    assert leaked == []
+
+
+@pytest.mark.slow
+def test_more_than_65535_records_in_one_call(config: Config, engine: Engine) -> None:
+    """PostgreSQL takes at most 65,535 bind parameters per statement: the duplicate lookup, the hourly
+    cap's bucket lookup (one hour per record here) and the inserts go in chunks."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite here takes 250,000 parameters per statement")
+    count = 66_000
+    template = b'{"id": %d, "timestamp": %d, "prompt": "p", "completion": "c", "metadata": {"language": "en"}}'
+    batch = [RawRecord(position=f"item {i}", data=template % (i, 1_700_000_000 + 3600 * i)) for i in range(count)]
+    pipeline = pipeline_for(config, engine, rate=1.0, hourly_cap=10)
+    report = pipeline.ingest("test", batch + batch[:10])
+    assert (report.stored, report.duplicates, report.quarantined) == (count, 10, 0)
+
+
+def refuse_model(engine: Engine, model: str) -> None:
+    """A real database rule that refuses one value: a CHECK constraint, or a trigger on SQLite."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text(f"ALTER TABLE samples ADD CONSTRAINT no_model CHECK (model <> '{model}')"))
+        else:
+            connection.execute(
+                text(
+                    "CREATE TRIGGER no_model BEFORE INSERT ON samples WHEN NEW.model = "
+                    f"'{model}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+
+
+def test_a_record_the_database_refuses_is_quarantined_and_the_rest_stored(config: Config, engine: Engine) -> None:
+    refuse_model(engine, "refused-model")
+    values = [record(1), record(2) | {"model": "refused-model"}, record(3)]
+    cursor = CursorAdvance(fingerprint="f" * 64, path="/logs/a.jsonl", offset=300, line=3)
+    report = pipeline_for(config, engine).ingest("test", raws(values), cursor)
+    assert (report.records, report.stored, report.quarantined) == (3, 2, 1)
+    assert report.problems == [("line 2", report.problems[0][1])]
+    assert report.problems[0][1].startswith("refused by the database (")
+    with Session(engine) as session:
+        stored_cursor = session.get(IntakeCursor, "f" * 64)
+        counters = session.get(IntakeCounter, "test")
+    assert stored_cursor is not None and stored_cursor.offset == 300
+    assert counters is not None and (counters.records, counters.stored, counters.quarantined) == (3, 2, 1)
+
+
+def test_a_database_that_refuses_even_the_quarantine_raises_intake_refused(config: Config, engine: Engine) -> None:
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("ALTER TABLE quarantine ADD CONSTRAINT no_rows CHECK (record_bytes < 0)"))
+        else:
+            connection.execute(
+                text("CREATE TRIGGER no_rows BEFORE INSERT ON quarantine BEGIN SELECT RAISE(ABORT, 'refused'); END")
+            )
+    batch = [*raws([record(1)]), RawRecord(position="line 2", data=b"{broken")]
+    with pytest.raises(IntakeRefused) as refused:
+        pipeline_for(config, engine).ingest("test", batch)
+    assert is_permanent_database_error(refused.value) and not is_database_unreachable(refused.value)
+    assert samples(engine) == []

@@ -86,7 +86,7 @@ def test_format_is_detected_per_record() -> None:
         (specwatch_record(messages=[{"role": "robot", "content": "x"}]), "messages[0].role"),
         (specwatch_record(temperature="hot"), "temperature: expected a number"),
         (specwatch_record(timestamp="yesterday"), "not ISO 8601"),
-        (specwatch_record(metadata={"tenant": {"a": 1}}), "metadata.tenant"),
+        (specwatch_record(metadata={"tenant": {"a": 1}}), "metadata entry #1: expected a string or number"),
         (specwatch_record(id=""), "id: must be 1 to 256"),
     ],
 )
@@ -124,6 +124,59 @@ def test_decode_line_errors() -> None:
 def test_reasons_never_echo_field_values() -> None:
     pii = "ana@corp.example +65 9123 4567"
     for value in (specwatch_record(messages=[{"role": pii, "content": "x"}]), specwatch_record(timestamp=pii)):
+        with pytest.raises(RecordError) as caught:
+            parse_record(value)
+        assert "ana@corp" not in str(caught.value) and "9123" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b'{"completion": "x", "prompt": "y", "id": ' + b"7" * 5000 + b"}", "a number with too many digits"),
+        (b'{"completion": "x", "prompt": "y", "temperature": ' + b"1" * 4400 + b"}", "too many digits"),
+    ],
+)
+def test_numbers_too_long_for_int_are_a_record_error(line: bytes, reason: str) -> None:
+    with pytest.raises(RecordError, match=reason):
+        decode_line(line, 1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (specwatch_record(completion="ok \ud800"), "completion: contains an unpaired surrogate at character 3"),
+        (specwatch_record(messages=[{"role": "user", "content": "\udfff"}]), "messages[0].content: contains an"),
+        (specwatch_record(model="m\x00"), "model: contains a NUL character"),
+        (specwatch_record(id="r\ud83d"), "id: contains an unpaired surrogate"),
+        (specwatch_record(metadata={"region": "sg\x00"}), "metadata entry #1: contains a NUL"),
+        (specwatch_record(metadata={"k\ud800": "v"}), "metadata entry #1 key: contains an unpaired surrogate"),
+        (specwatch_record(messages=[{"role": "user", "content": [{"type": "text", "text": "\ud800"}]}]), "surrogate"),
+        (specwatch_record(messages=[{"role": {"a": 1}, "content": "x"}]), "messages[0].role: not one of"),
+        (specwatch_record(id=int("9" * 4000) * 10**400), "id: integer with too many digits"),
+        (specwatch_record(metadata={"n": int("9" * 4000) * 10**400}), "metadata entry #1: integer with too many"),
+        (specwatch_record(timestamp=int("9" * 400)), "timestamp: not a valid epoch time"),
+        (specwatch_record(timestamp="0001-01-01T00:00:00+01:00"), "timestamp: text is not ISO 8601"),
+    ],
+)
+def test_values_no_column_can_hold_are_refused_with_a_reason(value: object, reason: str) -> None:
+    with pytest.raises(RecordError) as caught:
+        parse_record(value)
+    assert reason in str(caught.value)
+
+
+def test_a_surrogate_pair_is_one_character_not_an_error() -> None:
+    record = parse_record(json.loads(json.dumps(specwatch_record(completion="ok \U0001f600"))))
+    assert record.completion == "ok \U0001f600"
+
+
+def test_reasons_never_echo_metadata_keys_or_numbers() -> None:
+    cases = [
+        specwatch_record(metadata={"ana@corp.example": {"nested": 1}}),
+        specwatch_record(metadata={"ok": "1", "+65 9123 4567": [1]}),
+        specwatch_record(temperature=91234567),
+        specwatch_record(timestamp=-91234567891234567),
+    ]
+    for value in cases:
         with pytest.raises(RecordError) as caught:
             parse_record(value)
         assert "ana@corp" not in str(caught.value) and "9123" not in str(caught.value)

@@ -220,20 +220,30 @@ def test_redact_replaces_with_typed_placeholders(redactor: Redactor) -> None:
     assert redaction.counts == {EMAIL: 1, PHONE: 2, CARD: 1}
 
 
-def test_redact_value_walks_nested_values_and_keeps_keys(redactor: Redactor) -> None:
+def test_redact_value_walks_nested_values_and_redacts_keys(redactor: Redactor) -> None:
     value = {
         "user": {"email": "bob@example.com", "phones": ["13812345678", "+65 9123 4567"]},
-        "alice@example.com": ("keys stay", 42, None),
+        "alice@example.com": ("a key is redacted too", 42, None),
+        "carol@example.com": "a second key that redacts alike",
         "meta": {"ip": "10.0.0.1", "retries": 3, "ok": True},
     }
     redacted, counts = redactor.redact_value(value)
     assert redacted == {
         "user": {"email": "<EMAIL>", "phones": ["<PHONE>", "<PHONE>"]},
-        "alice@example.com": ("keys stay", 42, None),
+        "<EMAIL>": ("a key is redacted too", 42, None),
+        "<EMAIL>#2": "a second key that redacts alike",
         "meta": {"ip": "<IP>", "retries": 3, "ok": True},
     }
-    assert counts == {EMAIL: 1, PHONE: 2, IP: 1}
+    assert counts == {EMAIL: 3, PHONE: 2, IP: 1}
     assert value["user"] == {"email": "bob@example.com", "phones": ["13812345678", "+65 9123 4567"]}
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad", "\u202e"])
+def test_format_characters_cannot_split_pii(redactor: Redactor, invisible: str) -> None:
+    text = f"mail ana{invisible}.lee@corp.example, call 138{invisible}1234{invisible}5678 \U0001f469\u200d\U0001f4bb"
+    redaction = redactor.redact(text)
+    assert redaction.text == "mail <EMAIL>, call <PHONE> \U0001f469\u200d\U0001f4bb"
+    assert redaction.counts == {EMAIL: 1, PHONE: 1}
 
 
 @pytest.mark.parametrize(

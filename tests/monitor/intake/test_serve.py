@@ -57,7 +57,8 @@ def test_serve_takes_http_and_followed_files_then_stops_on_sigterm(tmp_path: Pat
         url = banner.strip().split()[-1]
         assert url.startswith("http://127.0.0.1:") and url.endswith("/v1/samples")
         body = json.dumps([record(100), record(101, "zh")]).encode()
-        with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=10) as reply:
+        request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as reply:
             assert json.loads(reply.read())["stored"] == 2
         wait_for(lambda: stored(database_url) == 5)
         write_log(logs / "gw.jsonl", range(3, 6))
