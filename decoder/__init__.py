@@ -5,10 +5,13 @@ Load a target and a draft, then replay traffic in one of two modes:
     from decoder import load_target, load_draft, score_batch, exact_generate, TokenizedSample
     target = load_target("models/reference-demo/target")
     draft = load_draft("models/reference-demo/drafts/eagle", target)
-    sample = TokenizedSample("s1", target.encode_chat(messages), target.encode_completion(reply))
+    sample = TokenizedSample("s1", target.encode_chat(messages), target.encode_completion(reply), max_new_tokens=64)
     scores = score_batch(target, draft, [sample], window=4)          # scored (teacher-forced)
     result = exact_generate(target, draft, sample.prompt_ids, window=4, max_new_tokens=64)  # exact
 
+A completion that ends with the target's EOS stopped naturally; one without EOS was cut by a length
+cap (`encode_completion(text, end_with_eos=False)`). Both modes fit the prompt into the context with
+`fit_prompt` and stop by the same rule, so on the target's greedy output their counts are equal.
 Metrics (alpha, tau, draft acceptance rate, per-position rates) are defined in decoder.metrics.
 This package imports only torch, transformers, tokenizers, safetensors, pydantic, numpy and the
 standard library.
@@ -38,7 +41,7 @@ from decoder.errors import (
 )
 from decoder.exact import ExactResult, Generation, exact_generate, generate
 from decoder.metrics import AcceptCounts, simulate_verify_loop
-from decoder.samples import TokenizedSample
+from decoder.samples import FittedPrompt, TokenizedSample, fit_prompt
 from decoder.scored import SampleScore, score_batch, target_agreement
 from decoder.target import TargetModel, load_target, target_fingerprint, tokenizer_fingerprint
 from decoder.training import FitConfig, FitResult, TokenBatch, fit_draft, pack_token_batches
@@ -57,6 +60,7 @@ __all__ = [
     "ExactResult",
     "FitConfig",
     "FitResult",
+    "FittedPrompt",
     "Generation",
     "MedusaHeads",
     "SampleScore",
@@ -68,6 +72,7 @@ __all__ = [
     "draft_version",
     "exact_generate",
     "fit_draft",
+    "fit_prompt",
     "generate",
     "load_draft",
     "load_target",

@@ -7,11 +7,17 @@ Each step follows the stage names of Medusa/EAGLE:
     evaluate_acceptance -> greedy: longest prefix equal to the target's argmax, then the
                 target's token; sampling: accept x with probability min(1, p(x)/q(x)), on the first
                 rejection resample from norm(max(0, p - q)), after d acceptances a bonus token from p
+    end_at_eos -> accepted drafts that reach the EOS end the step there: a = d = tokens up to the
+                EOS, no rejection, no target token (E counts these steps)
     update   -> crop the target's cache by the d - a rejected tokens, append the accepted tokens
                 and the target's token, tell the draft what was verified
 
+The natural stopping rule: generation stops at an emitted EOS or at max_new_tokens = M tokens;
+each step drafts d = draft_budget(k, max_draft, M - emitted), so near an EOS the draft proposes
+past it. The prompt is fitted into the target's context and M capped at the room left
+(`samples.fit_prompt`, the rule scored mode uses), so a generation never passes the context.
 The target's prefill emits the first token (no drafting: medusa and eagle need target states),
-so a generation of n tokens has n - 1 tokens from verify steps and A + S = n - 1.
+so a generation of n tokens has n - 1 tokens from verify steps: A + S - E = n - 1.
 
     result = exact_generate(target, draft, prompt_ids, window=4, max_new_tokens=64)
     result.counts.alpha, result.speedup
@@ -29,6 +35,7 @@ from transformers import DynamicCache
 
 from decoder.drafts import Draft, DraftSession, Proposal
 from decoder.metrics import AcceptCounts, draft_budget
+from decoder.samples import fit_prompt
 from decoder.sampling import choose_tokens, is_greedy, probabilities
 from decoder.target import TargetModel, TargetOutput, crop_cache
 
@@ -37,19 +44,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Generation:
-    """One run of the loop: the emitted tokens and, with a draft, its per-step counts."""
+    """One run of the loop: the emitted tokens and, with a draft, its per-step counts.
+    `prompt_tokens` were kept of the prompt (`truncated_prompt_tokens` dropped to fit the context)."""
 
     tokens: list[int]
     seconds: float
     step_drafted: list[int] = field(default_factory=list)
     step_accepted: list[int] = field(default_factory=list)
+    step_eos_ended: list[bool] = field(default_factory=list)
     target_forwards: int = 0
+    prompt_tokens: int = 0
+    truncated_prompt_tokens: int = 0
 
     @property
     def counts(self) -> AcceptCounts:
         counts = AcceptCounts()
-        for drafted, accepted in zip(self.step_drafted, self.step_accepted, strict=True):
-            counts.add_step(drafted, accepted)
+        for drafted, accepted, eos_ended in zip(
+            self.step_drafted, self.step_accepted, self.step_eos_ended, strict=True
+        ):
+            counts.add_step(drafted, accepted, eos_ended)
         return counts
 
     @property
@@ -141,6 +154,14 @@ def evaluate_acceptance(
     return count, int(torch.multinomial(target_probs[count], 1, generator=generator))
 
 
+def end_at_eos(emitted: list[int], eos: int | None) -> tuple[list[int], bool]:
+    """A step's emitted tokens cut after an accepted EOS (the target's own token is not emitted),
+    and whether that happened."""
+    if eos is None or eos not in emitted[:-1]:
+        return emitted, False
+    return emitted[: emitted.index(eos) + 1], True
+
+
 def update(
     cache: DynamicCache,
     session: DraftSession | None,
@@ -166,14 +187,18 @@ def generate(
     prompt_ids: Sequence[int],
     *,
     window: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     temperature: float = 0.0,
     seed: int = 0,
     stop_at_eos: bool = True,
 ) -> Generation:
-    """One generation; `draft=None` (or window 0) is the target alone, one token per forward."""
-    if max_new_tokens < 1:
+    """One generation; `draft=None` (or window 0) is the target alone, one token per forward.
+    The prompt is fitted into the context and `max_new_tokens` (None: no cap of its own) capped
+    at the room left, as scored mode does (`fit_prompt`)."""
+    if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError("max_new_tokens must be at least 1")
+    fitted = fit_prompt(prompt_ids, target.context_length, max_new_tokens)
+    prompt_ids, max_new_tokens = fitted.prompt_ids, fitted.max_new_tokens
     device = target.device
     generator = torch.Generator(device=device).manual_seed(seed)
     feature_layers = draft.feature_layers if draft is not None else ()
@@ -187,7 +212,13 @@ def generate(
     session = draft.start_session(target) if draft is not None and window > 0 else None
     if session is not None:
         session.update(tokens, prefill.positions(0, len(prompt_ids)))
-    result = Generation(tokens=[int(first)], seconds=0.0, target_forwards=1)
+    result = Generation(
+        tokens=[int(first)],
+        seconds=0.0,
+        target_forwards=1,
+        prompt_tokens=len(prompt_ids),
+        truncated_prompt_tokens=fitted.dropped_tokens,
+    )
     while len(result.tokens) < max_new_tokens and not (eos is not None and result.tokens[-1] == eos):
         budget = 0
         if session is not None and draft is not None:
@@ -195,17 +226,16 @@ def generate(
         proposal = propose(session, tokens, budget, temperature, generator)
         verification = verify(target, cache, tokens[-1], proposal, feature_layers)
         accepted, next_token = evaluate_acceptance(proposal, verification.logits, temperature, generator)
-        emitted = [*proposal.tokens[:accepted].tolist(), next_token]
-        if eos is not None and eos in emitted[:-1]:
-            accepted = emitted.index(eos) + 1
-            emitted = emitted[:accepted]
-            budget = accepted
+        emitted, eos_ended = end_at_eos([*proposal.tokens[:accepted].tolist(), next_token], eos)
+        if eos_ended:
+            accepted = budget = len(emitted)
         tokens = update(cache, session, tokens, proposal, verification, accepted, emitted)
         result.tokens.extend(emitted)
         result.target_forwards += 1
         if session is not None:
             result.step_drafted.append(budget)
             result.step_accepted.append(accepted)
+            result.step_eos_ended.append(eos_ended)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -216,7 +246,7 @@ def exact_generate(
     prompt_ids: Sequence[int],
     *,
     window: int,
-    max_new_tokens: int,
+    max_new_tokens: int | None,
     temperature: float = 0.0,
     seed: int = 0,
     stop_at_eos: bool = True,

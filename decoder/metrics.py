@@ -1,13 +1,20 @@
 """Acceptance metrics, defined once: counts per verify step and the rates derived from them.
 
 Per verify step with window k the draft proposes d <= k tokens and the target accepts a <= d.
-Over steps with A accepted, D drafted, R rejections (steps with a < d) and S steps:
+A step emits a + 1 tokens (the accepted drafts, then the target's own token), except a step whose
+accepted drafts reach the target's EOS: it ends at that EOS, emits a tokens and counts d = a
+(drafts after the EOS are discarded, no rejection, no target token). Over steps with A accepted,
+D drafted, R rejections (steps with a < d), S steps and E steps ended by an accepted EOS:
 
 - alpha = A / (A + R): probability a drafted token is accepted given all earlier ones in its
   step were (the number the 0.65 threshold applies to);
-- tau = 1 + A / S: tokens emitted per target forward;
+- tau = (A + S - E) / S: tokens emitted per verify step, i.e. per target forward after the
+  prefill;
 - draft acceptance rate = A / D (vLLM's num_accepted_tokens / num_draft_tokens);
 - per-position rate p_i = steps whose i-th drafted token was accepted / S.
+
+Invariants: a generation of n tokens has A + S - E = n - 1 (the prefill emits the first token)
+and R <= S; E <= 1 per generation, since the EOS ends it.
 
 Exact mode adds whole steps; scored mode with temperature > 0 adds expected (fractional)
 counts, so the fields are floats that hold integers in greedy and exact modes.
@@ -26,7 +33,9 @@ import torch
 
 def draft_budget(window: int, max_draft_tokens: int | None, remaining: int) -> int:
     """Tokens the draft proposes in a step: at most the window, what the draft can propose,
-    and one less than the tokens still to emit (the target always emits one more)."""
+    and one less than the tokens the cap still allows (the target always emits one more).
+    `remaining` counts down to the length cap (max_new_tokens), never to an EOS: near an EOS
+    the draft proposes past it, as a serving engine does."""
     budget = min(window, remaining - 1)
     if max_draft_tokens is not None:
         budget = min(budget, max_draft_tokens)
@@ -46,17 +55,23 @@ class AcceptCounts:
     rejected: float = 0.0
     drafted: float = 0.0
     steps: float = 0.0
+    eos_ended: float = 0.0
+    """steps ended by an accepted EOS (they emit a tokens, not a + 1)"""
     accept_histogram: list[float] = field(default_factory=list)
     """index a: steps that accepted exactly a drafted tokens"""
     accepted_per_position: list[float] = field(default_factory=list)
     """index i: steps whose (i+1)-th drafted token was accepted"""
 
-    def add_step(self, drafted: int, accepted: int) -> None:
+    def add_step(self, drafted: int, accepted: int, eos_ended: bool = False) -> None:
+        """One verify step; `eos_ended`: its accepted drafts reached the EOS (then d = a)."""
         if not 0 <= accepted <= drafted:
             raise ValueError(f"accepted {accepted} must lie in [0, drafted={drafted}]")
+        if eos_ended and not 0 < accepted == drafted:
+            raise ValueError(f"a step ended by an accepted EOS drafts what it accepts (d={drafted}, a={accepted})")
         self.accepted += accepted
         self.drafted += drafted
         self.steps += 1
+        self.eos_ended += float(eos_ended)
         if accepted < drafted:
             self.rejected += 1
         histogram = [0.0] * (accepted + 1)
@@ -70,6 +85,7 @@ class AcceptCounts:
             rejected=self.rejected + other.rejected,
             drafted=self.drafted + other.drafted,
             steps=self.steps + other.steps,
+            eos_ended=self.eos_ended + other.eos_ended,
             accept_histogram=_padded_sum(self.accept_histogram, other.accept_histogram),
             accepted_per_position=_padded_sum(self.accepted_per_position, other.accepted_per_position),
         )
@@ -88,9 +104,14 @@ class AcceptCounts:
         return self.accepted / denominator if denominator > 0 else None
 
     @property
+    def emitted(self) -> float:
+        """A + S - E: tokens the verify steps emitted (all but the prefill's first token)."""
+        return self.accepted + self.steps - self.eos_ended
+
+    @property
     def tau(self) -> float | None:
-        """1 + A / S, tokens emitted per target forward; None without steps."""
-        return 1.0 + self.accepted / self.steps if self.steps > 0 else None
+        """(A + S - E) / S, tokens emitted per verify step; None without steps."""
+        return self.emitted / self.steps if self.steps > 0 else None
 
     @property
     def draft_acceptance_rate(self) -> float | None:
@@ -110,6 +131,7 @@ class AcceptCounts:
             "rejected": self.rejected,
             "drafted": self.drafted,
             "steps": self.steps,
+            "eos_ended": self.eos_ended,
             "accept_histogram": list(self.accept_histogram),
             "accepted_per_position": list(self.accepted_per_position),
         }
@@ -121,9 +143,32 @@ class AcceptCounts:
             rejected=float(data["rejected"]),
             drafted=float(data["drafted"]),
             steps=float(data["steps"]),
+            eos_ended=float(data.get("eos_ended", 0.0)),
             accept_histogram=[float(x) for x in data.get("accept_histogram", [])],
             accepted_per_position=[float(x) for x in data.get("accepted_per_position", [])],
         )
+
+
+@dataclass
+class _StepPlan:
+    """What each sample's step starting with `emitted` tokens drafts, and where its chain stops."""
+
+    budget: torch.Tensor
+    """d: tokens drafted (as `draft_budget` decides, from the cap)"""
+    chain_length: torch.Tensor
+    """proposals that can count: d, or up to and including the EOS when it lies within d"""
+    eos_in_reach: torch.Tensor
+    """the step drafts the completion's EOS: accepting it ends the step and the generation"""
+
+
+def _plan_step(
+    emitted: int, lengths: torch.Tensor, caps: torch.Tensor, ends_with_eos: torch.Tensor, draft_cap: int
+) -> _StepPlan:
+    budget = (caps - emitted - 1).clamp(min=0, max=draft_cap)
+    eos_offset = lengths - 1 - emitted  # chain index of the proposal for the EOS token
+    eos_in_reach = ends_with_eos & (eos_offset < budget)
+    chain_length = torch.where(eos_in_reach, eos_offset + 1, budget).clamp(min=0)
+    return _StepPlan(budget, chain_length, eos_in_reach)
 
 
 def simulate_verify_loop(
@@ -131,17 +176,27 @@ def simulate_verify_loop(
     lengths: torch.Tensor,
     window: int,
     max_draft_tokens: int | None = None,
+    *,
+    ends_with_eos: torch.Tensor | None = None,
+    max_new_tokens: torch.Tensor | None = None,
 ) -> list[AcceptCounts]:
     """Replays the verify loop over known continuations and returns each sample's counts.
 
     acceptance[b, c, i]: probability (0/1 in greedy mode) that the draft's (i+1)-th proposal in a
     step is accepted, given the earlier ones in that step were, when that proposal is for
     completion token c of sample b. lengths[b]: completion tokens of sample b.
+    ends_with_eos[b] (default: none): the completion's last token is the target's EOS, a natural
+    stop. max_new_tokens[b]: the cap M the generation ran under (default and for completions
+    without EOS: the completion's length, which is where it was cut).
 
-    The first completion token comes from the target's prefill, so the loop starts with one
-    token emitted; each step drafts `draft_budget(...)` tokens. With 0/1 acceptance this walks
-    the single path exact mode takes; with probabilities it returns expected counts, computed by
-    carrying the probability of reaching each start forward (no sampling noise).
+    This is exact mode's loop (`exact.generate`) with its natural stopping rule. The first
+    completion token comes from the target's prefill; each step drafts
+    d = draft_budget(k, max_draft_tokens, M - emitted) tokens, so near an EOS the draft
+    proposes past it. A chain that breaks at or before the EOS is a rejection after d drafted
+    tokens; a chain that accepts the EOS ends the step there: a = d = tokens up to the EOS,
+    no rejection, counted in E. With 0/1 acceptance this walks the single path exact mode takes;
+    with probabilities it returns expected counts, computed by carrying the probability of
+    reaching each start forward (no sampling noise).
     """
     batch, max_length, depth = acceptance.shape
     window = min(window, depth)
@@ -149,6 +204,11 @@ def simulate_verify_loop(
         return [AcceptCounts() for _ in range(batch)]
     acceptance = acceptance.detach().to(torch.float64).cpu()
     lengths = lengths.detach().cpu().to(torch.long)
+    eos_rows = torch.zeros(batch, dtype=torch.bool) if ends_with_eos is None else ends_with_eos.detach().cpu().bool()
+    caps = lengths if max_new_tokens is None else max_new_tokens.detach().cpu().to(torch.long)
+    if bool((caps < lengths).any()):
+        raise ValueError("max_new_tokens must be at least the completion's length")
+    caps = torch.where(eos_rows, caps, lengths)
     rows = torch.arange(batch)
     depth_index = torch.arange(window)
     reach = torch.zeros(batch, max_length + window + 2, dtype=torch.float64)
@@ -157,30 +217,34 @@ def simulate_verify_loop(
     rejected = torch.zeros_like(accepted)
     drafted = torch.zeros_like(accepted)
     steps = torch.zeros_like(accepted)
+    eos_ended = torch.zeros_like(accepted)
     histogram = torch.zeros(batch, window + 1, dtype=torch.float64)
     per_position = torch.zeros(batch, window, dtype=torch.float64)
-    cap = window if max_draft_tokens is None else min(window, max_draft_tokens)
+    draft_cap = window if max_draft_tokens is None else min(window, max_draft_tokens)
     for emitted in range(1, max_length):
         active = emitted < lengths
         if not bool(active.any()):
             break
         probability = torch.where(active, reach[:, emitted], torch.zeros_like(accepted))
-        budget = (lengths - emitted - 1).clamp(min=0, max=cap)
-        # proposal i of a step that starts with `emitted` tokens is for completion token emitted-1+i
+        plan = _plan_step(emitted, lengths, caps, eos_rows, draft_cap)
+        # proposal i of a step that starts with `emitted` tokens is for completion token emitted+i
         token_index = (emitted + depth_index).clamp(max=max_length - 1)
         chain = acceptance[rows[:, None], token_index[None, :], depth_index[None, :]]
-        chain = torch.where(depth_index[None, :] < budget[:, None], chain, torch.zeros_like(chain))
+        chain = torch.where(depth_index[None, :] < plan.chain_length[:, None], chain, torch.zeros_like(chain))
         at_least = torch.cumprod(chain, dim=1)  # P(a >= i+1)
         at_least_padded = torch.cat([torch.ones(batch, 1, dtype=torch.float64), at_least], dim=1)
         exactly = at_least_padded[:, :-1] - at_least_padded[:, 1:]  # P(a == j), j < window
         exactly = torch.cat([exactly, at_least[:, -1:]], dim=1)  # P(a == window)
-        all_accepted = at_least_padded[rows, budget]
+        chain_accepted = at_least_padded[rows, plan.chain_length]
+        eos_accepted = torch.where(plan.eos_in_reach, chain_accepted, torch.zeros_like(accepted))
         steps += probability
-        drafted += probability * budget
+        drafted += probability * (plan.budget - eos_accepted * (plan.budget - plan.chain_length))
         accepted += probability * at_least.sum(dim=1)
-        rejected += probability * torch.where(budget > 0, 1.0 - all_accepted, torch.zeros_like(accepted))
+        rejected += probability * torch.where(plan.budget > 0, 1.0 - chain_accepted, torch.zeros_like(accepted))
+        eos_ended += probability * eos_accepted
         histogram += probability[:, None] * exactly
         per_position += probability[:, None] * at_least
+        # a step accepting a tokens emits a + 1; one ending at the EOS ends the generation
         reach[:, emitted + 1 : emitted + window + 2] += probability[:, None] * exactly
     return [
         AcceptCounts(
@@ -188,6 +252,7 @@ def simulate_verify_loop(
             rejected=_clean(rejected[b]),
             drafted=_clean(drafted[b]),
             steps=_clean(steps[b]),
+            eos_ended=_clean(eos_ended[b]),
             accept_histogram=_trimmed(histogram[b]),
             accepted_per_position=_trimmed(per_position[b]),
         )

@@ -322,7 +322,7 @@ def evaluation_samples(
     prompts = [target.encode_chat([document.chat[0]]) for document in documents[: spec.eval_prompts]]
     continuations = target.greedy_continuations(prompts, max_new_tokens=spec.eval_new_tokens)
     return [
-        TokenizedSample(f"{document.language}-{index}", prompt, continuation)
+        TokenizedSample(f"{document.language}-{index}", prompt, continuation, max_new_tokens=spec.eval_new_tokens)
         for index, (document, prompt, continuation) in enumerate(zip(documents, prompts, continuations, strict=False))
     ]
 

@@ -3,7 +3,9 @@
 One batched target forward and one batched draft pass give, for every completion token c and
 proposal depth i, whether (greedy) or how likely (sampling: sum_x min(p(x), q(x))) the draft's
 i-th proposal of a step is accepted when that proposal is for token c. The verify loop is then
-replayed over that matrix for window k (`metrics.simulate_verify_loop`).
+replayed over that matrix for window k (`metrics.simulate_verify_loop`) with exact mode's natural
+stopping rule: a completion ending with the target's EOS stopped there, one without EOS was cut
+at its length, and both modes fit the prompt into the context with `samples.fit_prompt`.
 
 Greedy and exact mode agree when the continuation is the target's own greedy output: in exact
 mode every proposal conditions on verified tokens plus the draft's own earlier proposals of the
@@ -52,6 +54,8 @@ class SampleScore:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     truncated_tokens: int = 0
+    ends_with_eos: bool = False
+    """the scored completion ended with the target's EOS (a natural stop), not by a length cap"""
     seconds: float = 0.0
     skipped: str | None = None
 
@@ -83,8 +87,8 @@ def score_batch(
     max_length: int | None = None,
 ) -> list[SampleScore]:
     """Scores samples (prompt + known continuation) in padded batches; one result per sample, in
-    order. Samples longer than `max_length` (default: the target's context) are truncated and
-    the dropped tokens counted; samples with an empty continuation or prompt are skipped with a
+    order. Samples are fitted into `max_length` (default: the target's context) by
+    `fit_to_context`, the dropped tokens counted; samples with an empty continuation or prompt are skipped with a
     reason. A batch that runs out of device memory is halved and retried."""
     if window < 1:
         raise ValueError("window must be at least 1")
@@ -97,7 +101,7 @@ def score_batch(
         elif not sample.prompt_ids:
             results[index] = _skip(sample, "empty prompt: the first token needs a prompt to follow")
         else:
-            fitted.append((index, fit_to_context(sample, context)))
+            fitted.append((index, fit_to_context(sample, context, target.eos_token_id)))
     fitted.sort(key=lambda item: -item[1].num_tokens)
 
     def forward(chunk: Sequence[tuple[int, FittedSample]]) -> list[SampleScore]:
@@ -159,7 +163,14 @@ def _score_chunk(
     longest = int(batch.completion_lengths.max())
     matrix = torch.zeros(len(fitted), longest, depth, device=target.device)
     matrix[rows, completion_index] = acceptance
-    counts = simulate_verify_loop(matrix, batch.completion_lengths, window, draft.max_draft_tokens)
+    counts = simulate_verify_loop(
+        matrix,
+        batch.completion_lengths,
+        window,
+        draft.max_draft_tokens,
+        ends_with_eos=torch.tensor([f.ends_with_eos for f in fitted]),
+        max_new_tokens=torch.tensor([f.max_new_tokens for f in fitted]),
+    )
     matrix_cpu = matrix.cpu()
     agreement_cpu = agreement.cpu()
     seconds = time.perf_counter() - started
@@ -177,6 +188,7 @@ def _score_chunk(
                 prompt_tokens=len(item.prompt_ids),
                 completion_tokens=length,
                 truncated_tokens=item.truncated_tokens,
+                ends_with_eos=item.ends_with_eos,
                 seconds=seconds * item.num_tokens / total_tokens,
             )
         )

@@ -80,7 +80,8 @@ def load_results(engine: Engine, draft_version: str, since: datetime) -> list[Sa
 
 
 def measured_cost_ratio(engine: Engine, draft_version: str, window_k: int) -> float | None:
-    """Draft/target forward cost implied by exact replays: speedup = tau / (1 + k c) solved for c."""
+    """Draft/target forward cost implied by exact replays: speedup = tau / (1 + k c) solved for c, with tau the
+    emitted tokens per verify step, (A + S - E) / S (counts stored before E was recorded read E = 0)."""
     query = select(ReplayResult.counts, ReplayResult.speedup).where(
         ReplayResult.draft_version == draft_version, ReplayResult.mode == EXACT, ReplayResult.speedup.is_not(None)
     )

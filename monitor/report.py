@@ -607,7 +607,8 @@ def _versions(data: ReportData) -> str:
 
 FOOTER = (
     "<footer><p><b>alpha</b> = A / (A + R): the chance a drafted token is accepted given the earlier ones in its "
-    "verify step were; the alert threshold applies to it. <b>tau</b> = 1 + A / S: tokens per target forward. "
+    "verify step were; the alert threshold applies to it. <b>tau</b> = (A + S − E) / S: tokens emitted per "
+    "verify step (E: steps ended by an accepted EOS). "
     "<b>draft acceptance A/D</b> is vLLM's accepted / drafted tokens. <b>p<sub>i</sub></b>: the share of verify "
     "steps whose i-th drafted token was accepted. Intervals: cluster bootstrap over samples. A draft version "
     "went live when it was first replayed.</p></footer>"

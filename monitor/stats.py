@@ -12,7 +12,8 @@ sure those numbers are.
 Confidence intervals. The tokens of one replayed sample are correlated (one prompt, one topic, one
 style), so resampling tokens would pretend to far more evidence than there is. The unit of resampling is
 the sample: a cluster bootstrap draws samples with replacement and recomputes the ratio estimators
-alpha = sum A / sum (A + R) and tau = 1 + sum A / sum S on each resample. Intervals are percentile
+alpha = sum A / sum (A + R) and tau = sum (A + S - E) / sum S (emitted tokens per verify step; E counts
+steps ended by an accepted EOS, which emit no target token) on each resample. Intervals are percentile
 intervals, expanded for small samples as in Hesterberg (2015, "What teachers should know about the
 bootstrap"): the percentile levels are chosen so that they match a Student-t interval with n - 1
 degrees of freedom and the sqrt(n / (n - 1)) variance correction. For 200 samples this is the plain
@@ -23,7 +24,8 @@ and a degenerate point interval would read as certainty.
 
 Estimated speedup. One verify step costs k draft forwards plus one target forward; measured in target
 forwards that is 1 + k * c, with c = draft forward cost / target forward cost. The step emits tau tokens
-on average, against one token per target forward without speculation, so
+on average (tau counts emitted tokens, so a step ended by an accepted EOS adds a, not a + 1), against one
+token per target forward without speculation, so
 
     estimated_speedup = tau / (1 + k * c)
 
@@ -154,12 +156,14 @@ def bootstrap_intervals(
     """Cluster-bootstrap percentile intervals (expanded for small n) of alpha and tau; None below 2 samples."""
     if len(counts) < 2:
         return None, None
-    columns = np.array([(c.accepted, c.accepted + c.rejected, c.steps) for c in counts], dtype=np.float64, order="F")
+    columns = np.array(
+        [(c.accepted, c.accepted + c.rejected, c.emitted, c.steps) for c in counts], dtype=np.float64, order="F"
+    )
     sums = resampled_sums(columns, resamples, np.random.default_rng(seed))
-    accepted, alpha_denominator, steps = sums.T
+    accepted, alpha_denominator, emitted, steps = sums.T
     with np.errstate(divide="ignore", invalid="ignore"):
         alphas = accepted / alpha_denominator
-        taus = 1.0 + accepted / steps
+        taus = emitted / steps
     levels = expanded_levels(len(counts), confidence)
     return percentile_interval(alphas, levels), percentile_interval(taus, levels)
 

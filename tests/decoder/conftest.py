@@ -12,6 +12,7 @@ from decoder.reference import ReferenceReport, build_reference
 from decoder.reference_corpus import CODE, code_documents, dialog_documents, split
 
 KINDS = ("draft_model", "medusa", "eagle")
+GREEDY_MAX_NEW_TOKENS = 20
 
 
 @pytest.fixture(scope="session")
@@ -42,18 +43,19 @@ def drafts(reference_dir: Path, target: TargetModel) -> dict[str, Draft]:
 
 @pytest.fixture(scope="session")
 def greedy_samples(target: TargetModel) -> list[TokenizedSample]:
-    """Held-out prompts (en, zh, code) continued by the target's own greedy decoding."""
+    """Held-out prompts (en, zh, code) continued by the target's own greedy decoding under a cap of
+    GREEDY_MAX_NEW_TOKENS: each ends with EOS (a natural stop) or was cut by the cap."""
     documents = (
         split(dialog_documents("en"))[1][:5]
         + split(dialog_documents("zh"))[1][:3]
         + split(code_documents(60_000))[1][:3]
     )
     prompts = [target.encode_chat([document.chat[0]]) for document in documents]
-    continuations = target.greedy_continuations(prompts, max_new_tokens=20)
+    continuations = target.greedy_continuations(prompts, max_new_tokens=GREEDY_MAX_NEW_TOKENS)
     return [
-        TokenizedSample(f"{d.language}-{i}", p, c)
+        TokenizedSample(f"{d.language}-{i}", p, c, max_new_tokens=GREEDY_MAX_NEW_TOKENS)
         for i, (d, p, c) in enumerate(zip(documents, prompts, continuations, strict=True))
     ]
 
 
-__all__ = ["CODE", "KINDS"]
+__all__ = ["CODE", "GREEDY_MAX_NEW_TOKENS", "KINDS"]

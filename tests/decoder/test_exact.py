@@ -11,6 +11,7 @@ import torch
 from decoder import Draft, TargetModel, TokenizedSample, exact_generate, generate
 from decoder.drafts import Proposal
 from decoder.exact import evaluate_acceptance
+from decoder.samples import fit_prompt
 from tests.decoder.conftest import KINDS
 
 
@@ -19,16 +20,49 @@ from tests.decoder.conftest import KINDS
 def test_greedy_output_equals_target_greedy(
     kind: str, window: int, target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
 ) -> None:
+    """Natural stopping rule: the cap the samples were generated under, and the EOS."""
     for sample in greedy_samples:
         result = exact_generate(
-            target, drafts[kind], sample.prompt_ids, window=window, max_new_tokens=len(sample.completion_ids)
+            target, drafts[kind], sample.prompt_ids, window=window, max_new_tokens=sample.max_new_tokens
         )
         assert result.tokens == sample.completion_ids
         assert result.target_only is not None and result.target_only.tokens == sample.completion_ids
         counts = result.counts
-        # every verify step emits its accepted tokens plus the target's own token
-        assert counts.accepted + counts.steps == len(sample.completion_ids) - 1
+        # every verify step emits its accepted tokens plus the target's own token, except one
+        # whose accepted drafts reach the EOS: it ends there
+        assert counts.accepted + counts.steps - counts.eos_ended == len(sample.completion_ids) - 1
+        assert counts.rejected <= counts.steps
         assert result.speedup is not None and result.speedup > 0
+    assert any(sample.completion_ids[-1] == target.eos_token_id for sample in greedy_samples)
+
+
+def test_a_step_that_accepts_the_eos_ends_there(target: TargetModel, drafts: dict[str, Draft]) -> None:
+    """A draft that proposes past the EOS: the step ends at the accepted EOS, drafted = accepted,
+    no rejection, no target token after it, and tau counts emitted tokens per verify step."""
+    prompt = target.encode_chat([{"role": "user", "content": "Hello"}])
+    natural = generate(target, None, prompt, window=0, max_new_tokens=None).tokens
+    assert natural[-1] == target.eos_token_id and len(natural) >= 3
+    result = exact_generate(target, drafts["draft_model"], prompt, window=8, max_new_tokens=None)
+    assert result.tokens == natural
+    generation = result.speculative
+    assert generation.step_eos_ended[-1] and generation.step_drafted[-1] == generation.step_accepted[-1]
+    counts = result.counts
+    assert counts.eos_ended == 1
+    assert counts.tau == pytest.approx((len(natural) - 1) / counts.steps)
+
+
+def test_a_prompt_longer_than_the_context_is_fitted_as_scored_mode_fits_it(
+    target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+) -> None:
+    long_prompt = greedy_samples[0].prompt_ids * 60
+    assert len(long_prompt) > target.context_length
+    generation = generate(target, drafts["eagle"], long_prompt, window=3, max_new_tokens=None, stop_at_eos=False)
+    fitted = fit_prompt(long_prompt, target.context_length)
+    assert generation.prompt_tokens == len(fitted.prompt_ids) < target.context_length
+    assert generation.truncated_prompt_tokens == len(long_prompt) - len(fitted.prompt_ids)
+    assert generation.prompt_tokens + len(generation.tokens) == target.context_length
+    alone = generate(target, None, fitted.prompt_ids, window=0, max_new_tokens=None, stop_at_eos=False)
+    assert generation.tokens == alone.tokens
 
 
 def test_greedy_runs_past_eos_when_told(target: TargetModel, drafts: dict[str, Draft]) -> None:

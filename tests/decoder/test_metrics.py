@@ -102,3 +102,92 @@ def test_simulation_conserves_tokens() -> None:
     for counts, length in zip(simulate_verify_loop(matrix, lengths, 5), lengths.tolist(), strict=True):
         # the prefill emits one token; each step emits accepted + 1
         assert counts.accepted + counts.steps == length - 1
+
+
+def test_tau_counts_emitted_tokens_per_verify_step() -> None:
+    # (3, 3) then a step whose drafts reach the EOS after 2: it emits 2 tokens, not 3
+    counts = AcceptCounts()
+    counts.add_step(3, 3)
+    counts.add_step(2, 2, eos_ended=True)
+    assert (counts.accepted, counts.rejected, counts.drafted, counts.steps, counts.eos_ended) == (5, 0, 5, 2, 1)
+    assert counts.emitted == 4 + 2
+    assert counts.tau == pytest.approx(6 / 2)
+    assert AcceptCounts.from_dict(counts.to_dict()) == counts
+
+
+def test_counts_stored_before_eos_was_counted_load_with_none() -> None:
+    stored = {"accepted": 4.0, "rejected": 1.0, "drafted": 6.0, "steps": 2.0}
+    counts = AcceptCounts.from_dict(stored)
+    assert counts.eos_ended == 0 and counts.tau == pytest.approx(3.0)
+
+
+def test_an_eos_step_accepts_what_it_drafts() -> None:
+    with pytest.raises(ValueError):
+        AcceptCounts().add_step(drafted=3, accepted=1, eos_ended=True)
+    with pytest.raises(ValueError):
+        AcceptCounts().add_step(drafted=0, accepted=0, eos_ended=True)
+
+
+def simulate_eos(rows: list[list[float]], window: int, cap: int, max_draft: int | None = None) -> AcceptCounts:
+    matrix = torch.tensor([rows], dtype=torch.float32)
+    return simulate_verify_loop(
+        matrix,
+        torch.tensor([len(rows)]),
+        window,
+        max_draft,
+        ends_with_eos=torch.tensor([True]),
+        max_new_tokens=torch.tensor([cap]),
+    )[0]
+
+
+def test_simulated_eos_by_hand() -> None:
+    # 5 tokens (token 0 from the prefill), token 4 is the EOS; every proposal accepted.
+    # k=3, cap 20: one step drafts tokens 1-3, accepts them, the target emits the EOS: (3, 3).
+    # k=4: the draft reaches the EOS (token 4, depth 4): the step ends there, d = a = 4, E = 1.
+    rows = [[0.0] * 4] + [[1.0] * 4] * 4
+    assert simulate_eos(rows, window=3, cap=20) == counts_of([(3, 3)])
+    expected = AcceptCounts()
+    expected.add_step(4, 4, eos_ended=True)
+    assert simulate_eos(rows, window=4, cap=20) == expected
+    # k=8 drafts 8 tokens, past the EOS; accepting the EOS still ends the step at d = a = 4
+    assert simulate_eos(rows, window=8, cap=20) == expected
+    # under a cap of 5 the draft may propose only 3 (the target emits the 5th): no EOS step
+    assert simulate_eos(rows, window=8, cap=5) == counts_of([(3, 3)])
+
+
+def test_simulated_chain_breaking_at_the_eos_is_a_full_budget_rejection() -> None:
+    # 3 tokens, EOS last; the draft misses the EOS (depth 2). k=4, cap 10: d=4, a=1, one rejection;
+    # the target emits the EOS. Scoring that capped the budget at the EOS would say (1, 1).
+    rows = [[0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 1.0, 1.0]]
+    assert simulate_eos(rows, window=4, cap=10) == counts_of([(4, 1)])
+
+
+def test_simulated_expected_counts_with_eos() -> None:
+    # 2 tokens, EOS last, k=2, cap 10: one step, d=2, EOS (depth 1) accepted with probability 0.25:
+    # then a = d = 1 and E; else a = 0 after 2 drafted, a rejection.
+    rows = [[0.0, 0.0], [0.25, 0.5]]
+    counts = simulate_eos(rows, window=2, cap=10)
+    assert counts.steps == 1
+    assert counts.eos_ended == pytest.approx(0.25)
+    assert counts.accepted == pytest.approx(0.25)
+    assert counts.drafted == pytest.approx(0.75 * 2 + 0.25 * 1)
+    assert counts.rejected == pytest.approx(0.75)
+    assert counts.emitted == pytest.approx(1.0)
+
+
+def test_simulation_conserves_tokens_with_eos() -> None:
+    torch.manual_seed(1)
+    matrix = (torch.rand(4, 30, 6) > 0.2).float()
+    lengths = torch.tensor([30, 17, 2, 9])
+    eos = torch.tensor([True, False, True, True])
+    caps = torch.tensor([40, 17, 2, 12])
+    counts = simulate_verify_loop(matrix, lengths, 6, ends_with_eos=eos, max_new_tokens=caps)
+    for item, length in zip(counts, lengths.tolist(), strict=True):
+        assert item.accepted + item.steps - item.eos_ended == length - 1
+        assert item.rejected <= item.steps
+    assert sum(item.eos_ended for item in counts) >= 1
+
+
+def test_a_cap_below_the_completion_is_refused() -> None:
+    with pytest.raises(ValueError):
+        simulate_verify_loop(torch.ones(1, 4, 2), torch.tensor([4]), 2, max_new_tokens=torch.tensor([3]))

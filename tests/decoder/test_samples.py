@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from decoder.samples import TokenizedSample, fit_to_context, pad_right
+from decoder.samples import TokenizedSample, fit_prompt, fit_to_context, pad_right
 
 
 def test_short_sample_is_untouched() -> None:
@@ -33,3 +33,47 @@ def test_pad_right_builds_mask_and_lengths() -> None:
     assert batch.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert batch.prompt_lengths.tolist() == [2, 1]
     assert batch.completion_lengths.tolist() == [1, 3]
+
+
+def test_fit_prompt_keeps_a_prompt_that_leaves_room_and_caps_generation() -> None:
+    fitted = fit_prompt(list(range(6)), context_length=8)
+    assert (fitted.prompt_ids, fitted.dropped_tokens, fitted.max_new_tokens) == (list(range(6)), 0, 2)
+    assert fit_prompt(list(range(6)), context_length=8, max_new_tokens=1).max_new_tokens == 1
+    assert fit_prompt([1, 2], context_length=8, max_new_tokens=50).max_new_tokens == 6
+
+
+def test_fit_prompt_keeps_the_end_of_a_prompt_that_leaves_no_room() -> None:
+    fitted = fit_prompt(list(range(7)), context_length=8)
+    assert (fitted.prompt_ids, fitted.dropped_tokens, fitted.max_new_tokens) == ([3, 4, 5, 6], 3, 4)
+
+
+def test_a_natural_stop_keeps_its_eos_and_the_cap() -> None:
+    eos = 9
+    fitted = fit_to_context(TokenizedSample("a", [1, 2], [4, 5, eos]), max_length=20, eos_token_id=eos)
+    assert fitted.ends_with_eos and fitted.max_new_tokens == 18
+    sample = TokenizedSample("a", [1, 2], [4, 5, eos], max_new_tokens=5)
+    capped = fit_to_context(sample, max_length=20, eos_token_id=eos)
+    assert capped.ends_with_eos and capped.max_new_tokens == 5
+
+
+def test_a_completion_cut_to_the_room_loses_its_eos() -> None:
+    eos = 9
+    fitted = fit_to_context(TokenizedSample("a", [1, 2, 3], [4, 5, 6, 7, eos]), max_length=6, eos_token_id=eos)
+    assert fitted.completion_ids == [4, 5, 6]
+    assert not fitted.ends_with_eos and fitted.max_new_tokens == 3
+    assert fitted.truncated_tokens == 2
+
+
+def test_a_completion_ends_at_its_first_eos_and_without_eos_at_its_length() -> None:
+    eos = 9
+    fitted = fit_to_context(TokenizedSample("a", [1], [4, eos, 5, eos]), max_length=20, eos_token_id=eos)
+    assert fitted.completion_ids == [4, eos] and fitted.ends_with_eos and fitted.truncated_tokens == 2
+    cut = fit_to_context(TokenizedSample("a", [1], [4, 5], max_new_tokens=10), max_length=20, eos_token_id=eos)
+    assert not cut.ends_with_eos and cut.max_new_tokens == 2
+
+
+def test_prompt_fitting_does_not_depend_on_the_completion() -> None:
+    prompt = list(range(30))
+    short = fit_to_context(TokenizedSample("a", prompt, [1]), max_length=16)
+    long = fit_to_context(TokenizedSample("a", prompt, list(range(40))), max_length=16)
+    assert short.prompt_ids == long.prompt_ids == fit_prompt(prompt, 16).prompt_ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_generate, score_batch
+from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_generate, generate, score_batch
 from decoder.drafts import DraftInputs
 from tests.decoder.conftest import KINDS
 
@@ -23,10 +23,11 @@ def test_scored_counts_equal_exact_counts(
                 draft,
                 sample.prompt_ids,
                 window=window,
-                max_new_tokens=len(sample.completion_ids),
+                max_new_tokens=sample.max_new_tokens,
                 compare_target_only=False,
             )
             assert score.counts == exact.counts, (kind, window, sample.sample_id)
+            assert score.ends_with_eos == (sample.completion_ids[-1] == target.eos_token_id)
             assert score.target_agreement == 1.0
             assert score.skipped is None and score.truncated_tokens == 0
 
@@ -76,7 +77,7 @@ def test_sequences_longer_than_the_context_are_truncated_and_counted(
     target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
 ) -> None:
     sample = greedy_samples[0]
-    long_completion = sample.completion_ids * 30
+    long_completion = [token for token in sample.completion_ids if token != target.eos_token_id] * 60
     samples = [
         TokenizedSample("long-completion", sample.prompt_ids, long_completion),
         TokenizedSample("long-prompt", sample.prompt_ids * 60, sample.completion_ids),
@@ -88,6 +89,28 @@ def test_sequences_longer_than_the_context_are_truncated_and_counted(
     assert long_prompt_score.prompt_tokens + long_prompt_score.completion_tokens <= context
     assert long_prompt_score.truncated_tokens > 0
     assert long_prompt_score.completion_tokens > 0 and long_prompt_score.counts.steps > 0
+
+
+def test_a_completion_cut_at_the_context_loses_its_eos_and_matches_exact_mode(
+    target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+) -> None:
+    """An engine with a longer context served more than fits here: scored mode keeps the room left
+    (length-ended, its EOS gone) and exact mode, capped at the same room, generates exactly that."""
+    room = 6
+    for source in greedy_samples:
+        prompt = (source.prompt_ids * 60)[-(target.context_length - room) :]
+        served = generate(target, None, prompt, window=0, max_new_tokens=None).tokens
+        if served[-1] != target.eos_token_id:
+            break
+    assert len(served) == room
+    beyond = [token for token in source.completion_ids if token != target.eos_token_id] + [target.eos_token_id]
+    sample = TokenizedSample("served-longer", prompt, served + beyond)
+    [score] = score_batch(target, drafts["medusa"], [sample], window=4)
+    exact = exact_generate(target, drafts["medusa"], prompt, window=4, max_new_tokens=None, compare_target_only=False)
+    assert exact.tokens == served
+    assert not score.ends_with_eos and score.completion_tokens == room
+    assert score.truncated_tokens == len(beyond)
+    assert score.counts == exact.counts
 
 
 def test_sampling_acceptance_is_the_overlap_of_distributions(
@@ -109,4 +132,4 @@ def test_sampling_acceptance_is_the_overlap_of_distributions(
         assert score.acceptance[c][0] == pytest.approx(float(overlap[prompt - 1 + c]), abs=1e-5)
     counts = score.counts
     assert 0 < counts.accepted < counts.drafted
-    assert counts.accepted + counts.steps == pytest.approx(len(sample.completion_ids) - 1)
+    assert counts.accepted + counts.steps - counts.eos_ended == pytest.approx(len(sample.completion_ids) - 1)

@@ -208,3 +208,16 @@ def test_alpha_series_is_time_ordered_and_skips_samples_without_drafts() -> None
     ]
     assert alpha_series(results, "lang=en") == [(NOW - timedelta(minutes=9), 1.0), (NOW - timedelta(minutes=1), 2 / 3)]
     assert [value for _, value in alpha_series(results, "*")] == [1.0, 0.0, 2 / 3]
+
+
+def test_tau_and_its_interval_count_emitted_tokens_per_verify_step() -> None:
+    """A step ended by an accepted EOS emits its a drafted tokens and no target token."""
+    counts = counts_of([(4, 4), (4, 1)])
+    counts.add_step(2, 2, eos_ended=True)  # A=7, S=3, E=1: 7 + 3 - 1 = 9 tokens after the prefill
+    results = [result(i, "lang=en", counts) for i in range(3)]
+
+    stats = only(segment_stats(results, HOUR, NOW, window_k=4, cost_ratio=None), "lang=en")
+
+    assert stats.tau == pytest.approx(9 / 3)
+    assert stats.tau_interval is not None
+    assert stats.tau_interval.low == pytest.approx(3.0) and stats.tau_interval.high == pytest.approx(3.0)
