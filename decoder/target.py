@@ -242,6 +242,11 @@ class TargetModel:
         )
         return list(self.tokenizer(str(text), add_special_tokens=False)["input_ids"])
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a raw prompt (completions API): the text as the engine reads it, with the
+        tokenizer's own special tokens (a BOS where it adds one) and no chat template."""
+        return list(self.tokenizer(text)["input_ids"])
+
     def encode_completion(self, text: str, end_with_eos: bool = True) -> list[int]:
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if end_with_eos and self.eos_token_id is not None:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -100,6 +101,12 @@ class Sample(Base):
     redactions: Mapped[dict[str, Any]]
     prompt_chars: Mapped[int] = mapped_column(Integer)
     completion_chars: Mapped[int] = mapped_column(Integer)
+    raw_prompt: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """the input is one raw prompt (completions API): replay encodes it without the chat template"""
+    finish_reason: Mapped[str | None] = mapped_column(String(16))
+    """how the generation ended (monitor.intake.records.FINISH_REASONS); None: unknown, a natural stop"""
+    max_tokens: Mapped[int | None] = mapped_column(Integer)
+    """the request's cap on generated tokens, when the log carried it"""
 
 
 class QuarantinedRecord(Base):

@@ -2,7 +2,7 @@
 and store per-sample results — once, even with several workers and crashes.
 
     claim (oldest first, round-robin across segments; a lease per sample)
-      -> tokenize (chat template) -> scored mode, batched; exact mode on a hash-chosen fraction
+      -> tokenize (chat template; a raw prompt as is) -> scored mode, batched; exact on a hash-chosen fraction
       -> one transaction: results in, leases out
 
 A sample the target's tokenizer cannot read gets a scored result marked skipped with the reason
@@ -51,6 +51,8 @@ default_tracer = trace.get_tracer(__name__)  # no-op until a TracerProvider is i
 
 SCORED, EXACT = "scored", "exact"
 IDS_PER_STATEMENT = 10_000  # PostgreSQL takes at most 65,535 bind parameters in one statement
+CUT_SHORT = frozenset({"length", "content_filter"})
+"""finish reasons of a generation cut before the model stopped: its completion has no EOS"""
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,14 @@ class ClaimedSample:
     messages: list[dict[str, str]]
     completion: str
     temperature: float
+    raw_prompt: bool = False
+    finish_reason: str | None = None
+    max_tokens: int | None = None
+
+    @property
+    def natural_stop(self) -> bool:
+        """The generation ended by the model's own choice (EOS): any finish but a cut."""
+        return self.finish_reason not in CUT_SHORT
 
     @classmethod
     def from_row(cls, row: Sample) -> ClaimedSample:
@@ -81,6 +91,9 @@ class ClaimedSample:
             messages=row.messages,
             completion=row.completion,
             temperature=row.temperature or 0.0,
+            raw_prompt=row.raw_prompt,
+            finish_reason=row.finish_reason,
+            max_tokens=row.max_tokens,
         )
 
 
@@ -229,9 +242,22 @@ class Replayer:
         return total
 
     def tokenize(self, sample: ClaimedSample) -> TokenizedSample:
-        return TokenizedSample(
-            str(sample.id), self.target.encode_chat(sample.messages), self.target.encode_completion(sample.completion)
-        )
+        """A natural stop ends with EOS, capped by the request's max_tokens where known; a cut
+        completion has no EOS and its own length as the cap it was generated under."""
+        completion = self.target.encode_completion(sample.completion, end_with_eos=sample.natural_stop)
+        if not sample.natural_stop:
+            cap = len(completion) or None
+        elif sample.max_tokens is not None:
+            cap = max(sample.max_tokens, len(completion))  # re-tokenized text may run longer than the engine's ids
+        else:
+            cap = None
+        return TokenizedSample(str(sample.id), self.prompt_ids(sample), completion, max_new_tokens=cap)
+
+    def prompt_ids(self, sample: ClaimedSample) -> list[int]:
+        """The prompt as the engine read it: a raw prompt as is, a conversation through the chat template."""
+        if sample.raw_prompt:
+            return self.target.encode_prompt(sample.messages[0]["content"])
+        return self.target.encode_chat(sample.messages)
 
     def _tokenize_all(
         self, claimed: Sequence[ClaimedSample]
@@ -305,13 +331,13 @@ class Replayer:
         return rows
 
     def _exact_replay(self, sample: ClaimedSample) -> dict[str, Any]:
-        prompt_ids = self.target.encode_chat(sample.messages)
+        prompt_ids = self.prompt_ids(sample)
         result = exact_generate(
             self.target,
             self.draft,
             prompt_ids,
             window=self.config.window,
-            max_new_tokens=self.config.exact_max_new_tokens,
+            max_new_tokens=min(self.config.exact_max_new_tokens, sample.max_tokens or self.config.exact_max_new_tokens),
             temperature=sample.temperature,
             seed=sample.id,
         )

@@ -294,6 +294,9 @@ class IntakePipeline:
             "redactions": redactions,
             "prompt_chars": sum(len(message["content"]) for message in messages),
             "completion_chars": len(completion.text),
+            "raw_prompt": record.raw_prompt,
+            "finish_reason": record.finish_reason,
+            "max_tokens": record.max_tokens,
         }
 
     def _commit(

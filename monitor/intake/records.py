@@ -7,9 +7,13 @@ database column can hold (NUL, unpaired surrogates) before anything else reads i
 Two formats, auto-detected per record:
 
 - specwatch: {"id", "timestamp", "messages" | "prompt", "completion", "model", "temperature",
-  "metadata": {"tenant", "region", "route", "language", ...}}
-- openai: a gateway's chat-completions log, {"request": {"messages", "model", "temperature", ...},
-  "response": {"id", "created", "choices": [{"message": {"content"}}], "usage"}, "metadata"?}
+  "finish_reason", "max_tokens", "metadata": {"tenant", "region", "route", "language", ...}}
+- openai: a gateway's chat-completions log, {"request": {"messages", "model", "temperature",
+  "max_tokens" | "max_completion_tokens", ...}, "response": {"id", "created",
+  "choices": [{"message": {"content"}, "finish_reason"}], "usage"}, "metadata"?}
+
+A `prompt` (specwatch, or the completions API's `request.prompt`) is raw text the engine read as
+is: the record says so (`raw_prompt`), and replay encodes it without the chat template.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ RecordFormat = Literal["auto", "specwatch", "openai"]
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 # NUL (PostgreSQL text cannot hold it) and UTF-16 surrogates (a lone one cannot be encoded as UTF-8).
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
+# How a generation ended, as stored: a known label or nothing (the input is free text). Aliases
+# map other engines' words (Anthropic's stop_reason) onto OpenAI's.
+FINISH_REASONS = frozenset({"stop", "length", "eos", "tool_calls", "function_call", "content_filter"})
+_FINISH_ALIASES = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+MAX_TOKENS_LIMIT = 2**31 - 1  # an Integer column
 
 
 class RecordError(ValueError):
@@ -42,6 +51,12 @@ class TrafficRecord:
     temperature: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     format: str = "specwatch"
+    raw_prompt: bool = False
+    """the input is one raw prompt (no chat template): `messages` holds it as a single user turn"""
+    finish_reason: str | None = None
+    """one of FINISH_REASONS, or None when absent or unknown (read as a natural stop)"""
+    max_tokens: int | None = None
+    """the request's cap on generated tokens, when the log carries it"""
 
 
 def decode_line(raw: bytes, max_bytes: int) -> Any:
@@ -92,6 +107,9 @@ def _parse_specwatch(value: dict[str, Any]) -> TrafficRecord:
     if "completion" not in value:
         raise RecordError("missing field: completion")
     return TrafficRecord(
+        raw_prompt="messages" not in value,
+        finish_reason=finish_reason(value.get("finish_reason")),
+        max_tokens=_max_tokens(value.get("max_tokens"), "max_tokens"),
         messages=messages,
         completion=_completion(value["completion"], "completion"),
         id=_optional_id(value.get("id"), "id"),
@@ -118,9 +136,13 @@ def _parse_openai(value: dict[str, Any]) -> TrafficRecord:
     metadata = _metadata(value.get("metadata"), "metadata")
     if isinstance(request.get("user"), str) and "user" not in metadata:
         metadata["user"] = _text(request["user"], "request.user")
+    first = _first_choice(response)
     return TrafficRecord(
+        raw_prompt="messages" not in request,
+        finish_reason=finish_reason(first.get("finish_reason")) or finish_reason(first.get("stop_reason")),
+        max_tokens=_request_max_tokens(request),
         messages=messages,
-        completion=_openai_completion(response),
+        completion=_openai_completion(first),
         id=_optional_id(value.get("id", response.get("id")), "id"),
         timestamp=_timestamp(value.get("timestamp", response.get("created")), "timestamp"),
         model=_optional_str(request.get("model", response.get("model")), "request.model"),
@@ -130,19 +152,50 @@ def _parse_openai(value: dict[str, Any]) -> TrafficRecord:
     )
 
 
-def _openai_completion(response: dict[str, Any]) -> str:
+def _first_choice(response: dict[str, Any]) -> dict[str, Any]:
     choices = response.get("choices")
     if not isinstance(choices, list) or not choices:
         raise RecordError("response.choices: missing or empty")
     first = choices[0]
     if not isinstance(first, dict):
         raise RecordError("response.choices[0]: not an object")
+    return first
+
+
+def _openai_completion(first: dict[str, Any]) -> str:
     if "message" in first:
         message = first["message"]
         if not isinstance(message, dict):
             raise RecordError("response.choices[0].message: not an object")
         return _completion(message.get("content"), "response.choices[0].message.content")
     return _completion(first.get("text"), "response.choices[0].text")
+
+
+def finish_reason(value: Any) -> str | None:
+    """A known finish label, or None: the value is free input text (or vLLM's stop token id), so
+    anything outside FINISH_REASONS and its aliases is dropped rather than stored or quarantined."""
+    if not isinstance(value, str) or len(value) > 32:
+        return None
+    label = value.strip().lower()
+    label = _FINISH_ALIASES.get(label, label)
+    return label if label in FINISH_REASONS else None
+
+
+def _request_max_tokens(request: dict[str, Any]) -> int | None:
+    """The completion cap: `max_completion_tokens` (newer chat API) before `max_tokens`."""
+    if request.get("max_completion_tokens") is not None:
+        return _max_tokens(request["max_completion_tokens"], "request.max_completion_tokens")
+    return _max_tokens(request.get("max_tokens"), "request.max_tokens")
+
+
+def _max_tokens(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(f"{where}: expected an integer, got {type(value).__name__}")
+    if not 1 <= value <= MAX_TOKENS_LIMIT:
+        raise RecordError(f"{where}: outside [1, {MAX_TOKENS_LIMIT}]")
+    return value
 
 
 def _messages(value: Any, where: str) -> list[dict[str, str]]:

@@ -266,3 +266,56 @@ def test_a_sample_the_tokenizer_cannot_read_is_skipped_and_its_batch_replayed(
     assert len(results(engine, EXACT)) == 5
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(ReplayClaim)) == 0
+
+
+def ingest_values(config: Config, engine: Engine, values: list[dict[str, object]]) -> None:
+    records = [RawRecord(position=f"item {i}", value=value) for i, value in enumerate(values)]
+    IntakePipeline(config, engine, Secret("salt")).ingest("test", records)
+
+
+def claimed_samples(engine: Engine) -> list[ClaimedSample]:
+    with Session(engine) as session:
+        return [ClaimedSample.from_row(row) for row in session.scalars(select(Sample).order_by(Sample.id))]
+
+
+def test_a_raw_prompt_is_tokenized_without_the_chat_template(config: Config, engine: Engine, live: LiveModels) -> None:
+    prompt = "The capital of France is"
+    completions_api = {
+        "request": {"model": "m", "prompt": prompt},
+        "response": {"id": "cmpl-1", "created": 1764324000, "choices": [{"text": " Paris."}]},
+    }
+    ingest_values(config, engine, [completions_api])
+    worker = replayer(engine, live, exact_fraction=1.0)
+    worker.replay_all()
+    [sample] = claimed_samples(engine)
+    tokens = worker.tokenize(sample)
+    raw = list(live.target.tokenizer(prompt)["input_ids"])
+    assert tokens.prompt_ids == raw
+    assert raw != live.target.encode_chat([{"role": "user", "content": prompt}])
+    [scored], [exact] = results(engine), results(engine, EXACT)
+    assert scored.prompt_tokens == exact.prompt_tokens == len(raw)
+
+
+def test_a_completion_cut_by_length_gets_no_eos(config: Config, engine: Engine, live: LiveModels) -> None:
+    text = "Open settings, choose security, then reset"
+
+    def exchange(index: int, finish_reason: str) -> dict[str, object]:
+        return {
+            "id": f"req-{index}",
+            "messages": [{"role": "user", "content": "How do I reset my password?"}],
+            "completion": text,
+            "finish_reason": finish_reason,
+            "max_tokens": 40,
+        }
+
+    ingest_values(config, engine, [exchange(1, "length"), exchange(2, "stop")])
+    worker = replayer(engine, live)
+    worker.replay_all()
+    cut, stopped = (worker.tokenize(sample) for sample in claimed_samples(engine))
+    plain = live.target.encode_completion(text, end_with_eos=False)
+    assert (cut.completion_ids, cut.max_new_tokens) == (plain, len(plain))
+    assert (stopped.completion_ids, stopped.max_new_tokens) == ([*plain, live.target.eos_token_id], 40)
+    cut_row, stopped_row = results(engine)
+    assert (cut_row.completion_tokens, stopped_row.completion_tokens) == (len(plain), len(plain) + 1)
+    [direct] = score_batch(live.target, live.draft, [cut], window=4)
+    assert AcceptCounts.from_dict(cut_row.counts) == direct.counts

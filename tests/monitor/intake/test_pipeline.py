@@ -314,3 +314,20 @@ def test_a_database_that_refuses_even_the_quarantine_raises_intake_refused(confi
         pipeline_for(config, engine).ingest("test", batch)
     assert is_permanent_database_error(refused.value) and not is_database_unreachable(refused.value)
     assert samples(engine) == []
+
+
+def test_stores_raw_prompt_finish_reason_and_max_tokens(config: Config, engine: Engine) -> None:
+    completions_api = {
+        "request": {"model": "m", "prompt": "def add(a, b):", "max_tokens": 5},
+        "response": {
+            "id": "cmpl-1",
+            "created": 1764324000,
+            "choices": [{"text": " return", "finish_reason": "length"}],
+        },
+    }
+    odd_reason = {**record(2), "finish_reason": "x" * 40}
+    report = pipeline_for(config, engine).ingest("test", raws([completions_api, odd_reason, record(3)]))
+    assert report.stored == 3
+    stored = [(s.raw_prompt, s.finish_reason, s.max_tokens) for s in samples(engine)]
+    assert stored == [(True, "length", 5), (False, None, None), (False, None, None)]
+    assert samples(engine)[0].messages == [{"role": "user", "content": "def add(a, b):"}]

@@ -180,3 +180,60 @@ def test_reasons_never_echo_metadata_keys_or_numbers() -> None:
         with pytest.raises(RecordError) as caught:
             parse_record(value)
         assert "ana@corp" not in str(caught.value) and "9123" not in str(caught.value)
+
+
+def completions_api_record(**choice: object) -> dict[str, object]:
+    return {
+        "request": {"model": "gpt-x", "prompt": "def add(a, b):", "max_tokens": 16},
+        "response": {"id": "cmpl-1", "created": 1764324000, "choices": [{"text": " return a + b", **choice}]},
+    }
+
+
+def test_a_prompt_is_marked_raw_and_messages_are_not() -> None:
+    value = specwatch_record(prompt="2+2?")
+    del value["messages"]
+    assert parse_record(value).raw_prompt
+    assert not parse_record(specwatch_record()).raw_prompt
+    assert parse_record(completions_api_record()).raw_prompt
+    assert not parse_record(openai_record()).raw_prompt
+
+
+def test_finish_reason_and_max_tokens_of_the_completions_api() -> None:
+    record = parse_record(completions_api_record(finish_reason="length"))
+    assert (record.finish_reason, record.max_tokens) == ("length", 16)
+    assert parse_record(completions_api_record(stop_reason="max_tokens")).finish_reason == "length"
+    assert parse_record(completions_api_record(finish_reason="stop", stop_reason=128001)).finish_reason == "stop"
+    assert parse_record(completions_api_record()).finish_reason is None
+
+
+def test_max_completion_tokens_comes_before_max_tokens() -> None:
+    value = openai_record()
+    value["request"].update({"max_tokens": 99, "max_completion_tokens": 7})  # type: ignore[attr-defined]
+    assert parse_record(value).max_tokens == 7
+    assert parse_record(openai_record()).max_tokens is None
+
+
+def test_specwatch_finish_reason_and_max_tokens() -> None:
+    record = parse_record(specwatch_record(finish_reason="Length", max_tokens=32))
+    assert (record.finish_reason, record.max_tokens) == ("length", 32)
+    assert parse_record(specwatch_record()).finish_reason is None
+
+
+@pytest.mark.parametrize("reason", ["banana", "x" * 500, 7, ["stop"], "", "stop\x00"])
+def test_an_unknown_finish_reason_is_dropped_not_stored(reason: object) -> None:
+    assert parse_record(specwatch_record(finish_reason=reason)).finish_reason is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (0, "outside"),
+        (2**31, "outside"),
+        ("16", "expected an integer"),
+        (True, "expected an integer"),
+        (1.5, "expected an integer"),
+    ],
+)
+def test_a_bad_max_tokens_is_quarantined(value: object, reason: str) -> None:
+    with pytest.raises(RecordError, match=f"max_tokens: {reason}"):
+        parse_record(specwatch_record(max_tokens=value))
