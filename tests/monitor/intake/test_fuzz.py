@@ -12,6 +12,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,19 @@ MAX_RECORD_BYTES = 4096
 RECORDS_PER_EXAMPLE = 100
 EXAMPLES = int(os.environ.get("SPECWATCH_FUZZ_EXAMPLES", "100"))
 TABLES = ("samples", "quarantine", "intake_counters", "intake_cursors", "sampling_buckets")
+
+
+def hostile_batches(test: Callable[[list[HostileRecord]], None]) -> Callable[[], None]:
+    """`test` run on EXAMPLES lists of RECORDS_PER_EXAMPLE hostile records, without shrinking (shrinking
+    100-record lists would take many minutes)."""
+    batches = st.lists(hostile_records(MAX_RECORD_BYTES), min_size=RECORDS_PER_EXAMPLE, max_size=RECORDS_PER_EXAMPLE)
+    return settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        phases=(Phase.explicit, Phase.generate),
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+    )(given(batches)(test))
 
 
 def fuzz_config(config: Config) -> Config:
@@ -87,14 +101,7 @@ def test_hostile_records_through_file_intake(
     totals = IngestReport()
     followed = [0]  # lines written to the followed file so far
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        phases=(Phase.explicit, Phase.generate),  # shrinking 100-record lists would take many minutes
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-    )
-    @given(st.lists(hostile_records(MAX_RECORD_BYTES), min_size=RECORDS_PER_EXAMPLE, max_size=RECORDS_PER_EXAMPLE))
+    @hostile_batches
     def feed(cases: list[HostileRecord]) -> None:
         if next(tags) % 2:  # the follower, on one growing file
             expected = write_cases(follow.paths[0], cases, tags, followed[0] + 1)
@@ -153,14 +160,7 @@ def test_hostile_records_through_http_intake(
     tags = itertools.count()
     totals = IngestReport()
 
-    @settings(
-        max_examples=EXAMPLES,
-        deadline=None,
-        database=None,
-        phases=(Phase.explicit, Phase.generate),
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
-    )
-    @given(st.lists(hostile_records(MAX_RECORD_BYTES), min_size=RECORDS_PER_EXAMPLE, max_size=RECORDS_PER_EXAMPLE))
+    @hostile_batches
     def feed(cases: list[HostileRecord]) -> None:
         body = tmp_path / "body.ndjson"
         body.unlink(missing_ok=True)
