@@ -50,7 +50,7 @@ def main() -> None:
         IntakePipeline(config, engine, Secret("bench")).ingest("bench", records)
         replayer = Replayer(engine, live.target, live.draft, live.versions, replay)
         claimed: list[ClaimedSample] = replayer.claim(args.samples)
-        tokenized = [replayer.tokenize(sample) for sample in claimed]
+        tokenized = [replayer.tokenize(sample).sample(str(sample.id)) for sample in claimed]
         with engine.begin() as connection:
             connection.execute(delete(ReplayResult.__table__))
             connection.exec_driver_sql("DELETE FROM replay_claims")

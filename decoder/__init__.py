@@ -12,6 +12,9 @@ Load a target and a draft, then replay traffic in one of two modes:
 A completion that ends with the target's EOS stopped naturally; one without EOS was cut by a length
 cap (`encode_completion(text, end_with_eos=False)`). Both modes fit the prompt into the context with
 `fit_prompt` and stop by the same rule, so on the target's greedy output their counts are equal.
+With temperature > 0 scored mode returns the expected counts given the continuation: on text
+sampled from the target at that temperature their mean is exact mode's (`decoder.scored`); on
+other text they are an estimate.
 Metrics (alpha, tau, draft acceptance rate, per-position rates) are defined in decoder.metrics.
 This package imports only torch, transformers, tokenizers, safetensors, pydantic, numpy and the
 standard library.

@@ -16,8 +16,11 @@ D drafted, R rejections (steps with a < d), S steps and E steps ended by an acce
 Invariants: a generation of n tokens has A + S - E = n - 1 (the prefill emits the first token)
 and R <= S; E <= 1 per generation, since the EOS ends it.
 
-Exact mode adds whole steps; scored mode with temperature > 0 adds expected (fractional)
-counts, so the fields are floats that hold integers in greedy and exact modes.
+Exact mode adds whole steps; scored mode with temperature > 0 adds expected (fractional) counts
+given the continuation (the posterior over the step structures that emit it, `decoder.scored`):
+unbiased for exact mode's counts when the continuation was sampled from the target at that
+temperature, an estimate on other text. So the fields are floats that hold integers in greedy
+and exact modes.
 The verify-loop simulation over an acceptance matrix lives here too, so both replay modes
 count steps with the same rule (`draft_budget`).
 """

@@ -1,20 +1,39 @@
 """Scored mode: acceptance from teacher-forced forward passes over known continuations.
 
 One batched target forward and one batched draft pass give, for every completion token c and
-proposal depth i, whether (greedy) or how likely (sampling: sum_x min(p(x), q(x))) the draft's
-i-th proposal of a step is accepted when that proposal is for token c. The verify loop is then
-replayed over that matrix for window k (`metrics.simulate_verify_loop`) with exact mode's natural
-stopping rule: a completion ending with the target's EOS stopped there, one without EOS was cut
-at its length, and both modes fit the prompt into the context with `samples.fit_prompt`.
+proposal depth i, the probability acceptance[c, i] that the draft's i-th proposal of a step is
+accepted when that proposal is for token c, given the earlier ones of the step were. The verify
+loop is then replayed over that matrix for window k (`metrics.simulate_verify_loop`) with exact
+mode's natural stopping rule: a completion ending with the target's EOS stopped there, one without
+EOS was cut at its length, and both modes fit the prompt into the context with `samples.fit_prompt`.
 
-Greedy and exact mode agree when the continuation is the target's own greedy output: in exact
+Greedy (temperature ~ 0): acceptance[c, i] is 1 when the draft's argmax equals the target's, else
+0. Greedy and exact mode agree when the continuation is the target's own greedy output: in exact
 mode every proposal conditions on verified tokens plus the draft's own earlier proposals of the
 step, which equal the continuation whenever they were accepted, and the first rejection ends the
 step, so only teacher-forced states are ever compared. Each draft kind computes its states the
 way its exact session does (medusa: one target hidden state per step; eagle: target features for
-verified positions, its own outputs for drafted ones). For other continuations (another model's
-output, sampled text) the result is an estimate; `target_agreement`, the share of tokens equal
-to the target's argmax, labels how far the continuation is from the target's greedy output.
+verified positions, its own outputs for drafted ones).
+
+Sampling (temperature T > 0): acceptance[c, i] = r = min(1, q_i(y_c) / p(y_c)), where y_c is
+the observed token c, p the target's distribution for it and q_i the draft's depth-i proposal
+distribution for it, both at T and teacher-forced as above (`posterior_acceptance`, in log
+space). Why: speculative sampling accepts a proposal x with probability min(1, p(x)/q(x)),
+resamples a rejected one from norm(max(0, p - q)) and adds a bonus token from p after d
+acceptances, so a step starting at token s accepts exactly j drafts and emits y_s..y_s+j with
+probability prod_{t<j} min(p_t, q_t)(y_s+t) * max(0, p_j - q_j)(y_s+j), or for j = d
+prod_{t<d} min(p_t, q_t)(y_s+t) * p_d(y_s+d); the loop preserves the target's distribution, so it
+emits those tokens at all with probability prod p(y). Dividing, given the continuation y each
+proposal is accepted with probability r (given the earlier ones were) and the first rejection
+ends the step: the verify loop over r, with the EOS and cap rules unchanged. The counts are then
+E[counts | y], the posterior over this y's step structures (fractional, and A + S - E = n - 1
+holds for them), and their mean over continuations drawn from the target at T is exact mode's
+expected counts: scored mode is unbiased when the logged continuation was sampled from the target
+at the scoring temperature, as greedy scoring is exact on the target's greedy output. On other
+text (another model's output, another temperature, top-p/top-k or penalties) it is an estimate.
+Greedy is the limit: on the target's greedy output r -> 1 where the draft's argmax is y, else 0.
+`target_agreement`, the share of tokens equal to the target's argmax, labels how far a
+continuation is from the target's greedy output.
 
     scores = score_batch(target, draft, samples, window=4)
     AcceptCounts.total(s.counts for s in scores if s.skipped is None).alpha
@@ -33,7 +52,7 @@ from decoder.batching import map_in_batches
 from decoder.drafts import Draft, DraftInputs
 from decoder.metrics import AcceptCounts, simulate_verify_loop
 from decoder.samples import FittedSample, TokenizedSample, fit_to_context, pad_right
-from decoder.sampling import is_greedy, probabilities
+from decoder.sampling import is_greedy
 from decoder.target import TargetModel
 
 log = logging.getLogger(__name__)
@@ -48,8 +67,11 @@ class SampleScore:
     sample_id: str
     counts: AcceptCounts
     acceptance: list[list[float]] = field(default_factory=list)
-    """[completion token c][depth i]: acceptance (0/1, or probability) of the (i+1)-th proposal of
-    a step when it is for token c; entries with c <= i belong to no step and are 0"""
+    """[completion token c][depth i]: acceptance of the (i+1)-th proposal of a step when it is for
+    token c, given the earlier ones were: 0/1 in greedy mode; sampling: min(1, q(y_c) / p(y_c)),
+    the probability it was accepted given the continuation (exact when the continuation was
+    drawn from the target at the scoring temperature, an estimate on other text); entries with
+    c <= i belong to no step and are 0"""
     target_agreement: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -119,6 +141,27 @@ def score_batch(
     return [results[index] for index in range(len(samples))]
 
 
+def log_probability_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature)[token] for each row of logits [n, vocab], in float32
+    like `sampling.probabilities` (the distributions exact mode samples from)."""
+    scaled = logits.float() / temperature
+    chosen = scaled.gather(-1, tokens[:, None].to(scaled.device)).squeeze(-1)
+    return chosen - torch.logsumexp(scaled, dim=-1)
+
+
+def posterior_acceptance(draft_log_prob: torch.Tensor, target_log_prob: torch.Tensor) -> torch.Tensor:
+    """r = min(1, q(y) / p(y)) from log q(y) and log p(y): the probability that a proposal for
+    the observed token y was accepted, given the verify loop emitted y there (module docstring).
+
+    A token the draft gives probability 0 gets r = 0 (it was never proposed). A token the target
+    gives probability 0 (or a NaN anywhere) also gets r = 0: the target never accepts a proposal
+    it cannot emit, and such a token cannot come from the target, so the continuation is not one
+    scored mode is exact on."""
+    ratio = torch.exp((draft_log_prob - target_log_prob).clamp(max=0.0))
+    valid = torch.isfinite(target_log_prob) & ~torch.isnan(ratio)
+    return torch.where(valid, ratio, torch.zeros_like(ratio))
+
+
 @torch.inference_mode()
 def _score_chunk(
     target: TargetModel, draft: Draft, fitted: Sequence[FittedSample], window: int, temperature: float
@@ -145,17 +188,17 @@ def _score_chunk(
         target_logits = target.logits(output.hidden[rows[part], positions[part]])
         target_choice = target_logits.argmax(dim=-1)
         agreement[part] = target_choice == continuation[part]
-        target_probs = None if greedy else probabilities(target_logits, temperature)
+        target_log_prob = None if greedy else log_probability_of(target_logits, continuation[part], temperature)
         for level in range(depth):
             if level > 0 and states[level] is states[level - 1]:
                 acceptance[part, level] = acceptance[part, level - 1]
                 continue
             draft_logits = draft.proposal_logits(states[level][rows[part], positions[part]], level)
-            if target_probs is None:
+            if target_log_prob is None:
                 acceptance[part, level] = (draft_logits.argmax(dim=-1) == target_choice).float()
             else:
-                draft_probs = probabilities(draft_logits, temperature)
-                acceptance[part, level] = torch.minimum(target_probs, draft_probs).sum(dim=-1)
+                draft_log_prob = log_probability_of(draft_logits, continuation[part], temperature)
+                acceptance[part, level] = posterior_acceptance(draft_log_prob, target_log_prob)
     # a proposal at depth i for token c belongs to the step that started after token c - i
     levels = torch.arange(depth, device=target.device)
     acceptance = torch.where(completion_index[:, None] > levels[None, :], acceptance, 0.0)

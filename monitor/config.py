@@ -568,6 +568,13 @@ class TrainingConfig(Section):
     sequence_length: int = Field(default=128, ge=8, description="tokens per training sequence")
     checkpoint_every: int = Field(default=50, ge=1, description="steps between checkpoints (a killed job resumes)")
     seed: int = Field(default=0, ge=0, description="seeds corpus split, batch order and initialization")
+    eagle_train_depth: int = Field(
+        default=3,
+        ge=1,
+        le=8,
+        description="eagle heads only: chain depth unrolled in training (EAGLE-3's training-time test), "
+        "fresh or warm-started; a step runs the head this many times",
+    )
     device: str = Field(default="auto", description="auto = the GPU when present, else cpu")
 
 

@@ -107,6 +107,10 @@ class Sample(Base):
     """how the generation ended (monitor.intake.records.FINISH_REASONS); None: unknown, a natural stop"""
     max_tokens: Mapped[int | None] = mapped_column(Integer)
     """the request's cap on generated tokens, when the log carried it"""
+    prompt_token_ids: Mapped[list[Any] | None]
+    """the prompt's token ids as the engine read them, when logged (and the text needed no redaction)"""
+    completion_token_ids: Mapped[list[Any] | None]
+    """the completion's token ids as the engine emitted them, when logged (same condition)"""
 
 
 class QuarantinedRecord(Base):
@@ -193,6 +197,10 @@ class ReplayResult(Base):
     seconds: Mapped[float] = mapped_column(Float)
     speedup: Mapped[float | None] = mapped_column(Float)
     worker: Mapped[str] = mapped_column(String(128))
+    token_source: Mapped[str | None] = mapped_column(String(16))
+    """decoder.exchange.TokenSource: ids, completion_ids or text (None: replayed before it was recorded)"""
+    retokenized_equal: Mapped[bool | None] = mapped_column(Boolean)
+    """re-tokenizing the sample's text gave the logged ids; None without logged ids"""
 
 
 class ReplayClaim(Base):

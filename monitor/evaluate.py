@@ -66,17 +66,21 @@ def load_results(engine: Engine, draft_version: str, since: datetime) -> list[Sa
         .order_by(ReplayResult.occurred_at, ReplayResult.id)
     )
     with Session(engine) as session:
-        return [
-            SampleResult(
-                sample_id=row.sample_id,
-                segment=row.segment,
-                occurred_at=row.occurred_at,
-                counts=AcceptCounts.from_dict(row.counts),
-                completion_tokens=row.completion_tokens,
-                draft_version=row.draft_version,
-            )
-            for row in session.scalars(query)
-        ]
+        return [sample_result(row) for row in session.scalars(query)]
+
+
+def sample_result(row: ReplayResult) -> SampleResult:
+    """A stored result as the statistics read it."""
+    return SampleResult(
+        sample_id=row.sample_id,
+        segment=row.segment,
+        occurred_at=row.occurred_at,
+        counts=AcceptCounts.from_dict(row.counts),
+        completion_tokens=row.completion_tokens,
+        draft_version=row.draft_version,
+        token_source=row.token_source,
+        retokenized_equal=row.retokenized_equal,
+    )
 
 
 def measured_cost_ratio(engine: Engine, draft_version: str, window_k: int) -> float | None:

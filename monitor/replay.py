@@ -2,7 +2,8 @@
 and store per-sample results — once, even with several workers and crashes.
 
     claim (oldest first, round-robin across segments; a lease per sample)
-      -> tokenize (chat template; a raw prompt as is) -> scored mode, batched; exact on a hash-chosen fraction
+      -> tokenize (the logged token ids where the log has them; else the chat template, a raw
+         prompt as is: decoder.exchange) -> scored mode, batched; exact on a hash-chosen fraction
       -> one transaction: results in, leases out
 
 A sample the target's tokenizer cannot read gets a scored result marked skipped with the reason
@@ -38,10 +39,10 @@ from decoder import (
     ExactResult,
     SampleScore,
     TargetModel,
-    TokenizedSample,
     exact_generate,
     score_batch,
 )
+from decoder.exchange import Exchange, ExchangeTokens, tokenize_exchange
 from monitor.config import ReplayConfig
 from monitor.db import ReplayClaim, ReplayResult, Sample, utcnow
 from monitor.intake.sampling import key_fraction
@@ -51,8 +52,6 @@ default_tracer = trace.get_tracer(__name__)  # no-op until a TracerProvider is i
 
 SCORED, EXACT = "scored", "exact"
 IDS_PER_STATEMENT = 10_000  # PostgreSQL takes at most 65,535 bind parameters in one statement
-CUT_SHORT = frozenset({"length", "content_filter"})
-"""finish reasons of a generation cut before the model stopped: its completion has no EOS"""
 
 
 @dataclass(frozen=True)
@@ -75,11 +74,20 @@ class ClaimedSample:
     raw_prompt: bool = False
     finish_reason: str | None = None
     max_tokens: int | None = None
+    prompt_token_ids: list[int] | None = None
+    completion_token_ids: list[int] | None = None
 
     @property
-    def natural_stop(self) -> bool:
-        """The generation ended by the model's own choice (EOS): any finish but a cut."""
-        return self.finish_reason not in CUT_SHORT
+    def exchange(self) -> Exchange:
+        return Exchange(
+            self.messages,
+            self.completion,
+            raw_prompt=self.raw_prompt,
+            finish_reason=self.finish_reason,
+            max_tokens=self.max_tokens,
+            prompt_token_ids=self.prompt_token_ids,
+            completion_token_ids=self.completion_token_ids,
+        )
 
     @classmethod
     def from_row(cls, row: Sample) -> ClaimedSample:
@@ -94,6 +102,8 @@ class ClaimedSample:
             raw_prompt=row.raw_prompt,
             finish_reason=row.finish_reason,
             max_tokens=row.max_tokens,
+            prompt_token_ids=row.prompt_token_ids,
+            completion_token_ids=row.completion_token_ids,
         )
 
 
@@ -210,7 +220,7 @@ class Replayer:
             return report
         readable, unreadable = self._tokenize_all(claimed)
         rows = self._scored_rows(readable) + self._unreadable_rows(unreadable)
-        rows += self._exact_rows([sample for sample, _ in readable])
+        rows += self._exact_rows(readable)
         self._store(claimed, rows)
         report.rows = rows
         report.stored = sum(1 for row in rows if row["mode"] == SCORED)
@@ -241,27 +251,14 @@ class Replayer:
             rounds += 1
         return total
 
-    def tokenize(self, sample: ClaimedSample) -> TokenizedSample:
-        """A natural stop ends with EOS, capped by the request's max_tokens where known; a cut
-        completion has no EOS and its own length as the cap it was generated under."""
-        completion = self.target.encode_completion(sample.completion, end_with_eos=sample.natural_stop)
-        if not sample.natural_stop:
-            cap = len(completion) or None
-        elif sample.max_tokens is not None:
-            cap = max(sample.max_tokens, len(completion))  # re-tokenized text may run longer than the engine's ids
-        else:
-            cap = None
-        return TokenizedSample(str(sample.id), self.prompt_ids(sample), completion, max_new_tokens=cap)
-
-    def prompt_ids(self, sample: ClaimedSample) -> list[int]:
-        """The prompt as the engine read it: a raw prompt as is, a conversation through the chat template."""
-        if sample.raw_prompt:
-            return self.target.encode_prompt(sample.messages[0]["content"])
-        return self.target.encode_chat(sample.messages)
+    def tokenize(self, sample: ClaimedSample) -> ExchangeTokens:
+        """The sample's tokens by decoder.exchange's rule: logged ids first, a natural stop ends
+        with EOS, a cut completion has its own length as cap."""
+        return tokenize_exchange(self.target, sample.exchange)
 
     def _tokenize_all(
         self, claimed: Sequence[ClaimedSample]
-    ) -> tuple[list[tuple[ClaimedSample, TokenizedSample]], list[tuple[ClaimedSample, str]]]:
+    ) -> tuple[list[tuple[ClaimedSample, ExchangeTokens]], list[tuple[ClaimedSample, str]]]:
         """(sample, tokens) for each sample the tokenizer reads; (sample, reason) for the others."""
         readable, unreadable = [], []
         for sample in claimed:
@@ -276,20 +273,22 @@ class Replayer:
     def _unreadable_rows(self, unreadable: Sequence[tuple[ClaimedSample, str]]) -> list[dict[str, Any]]:
         return [
             self._scored_row(
-                sample, SampleScore(sample_id=str(sample.id), counts=AcceptCounts(), skipped=reason), sample.temperature
+                sample,
+                SampleScore(sample_id=str(sample.id), counts=AcceptCounts(), skipped=reason),
+                sample.temperature,
+                None,
             )
             for sample, reason in unreadable
         ]
 
-    def _scored_rows(self, readable: Sequence[tuple[ClaimedSample, TokenizedSample]]) -> list[dict[str, Any]]:
-        by_temperature: dict[float, list[tuple[ClaimedSample, TokenizedSample]]] = defaultdict(list)
+    def _scored_rows(self, readable: Sequence[tuple[ClaimedSample, ExchangeTokens]]) -> list[dict[str, Any]]:
+        by_temperature: dict[float, list[tuple[ClaimedSample, ExchangeTokens]]] = defaultdict(list)
         for sample, tokens in readable:
             by_temperature[sample.temperature].append((sample, tokens))
         rows: list[dict[str, Any]] = []
         for temperature, pairs in by_temperature.items():
-            group = [sample for sample, _ in pairs]
-            tokenized = [tokens for _, tokens in pairs]
-            with self._span("replay.scored_batch", len(group), SCORED) as span:
+            tokenized = [tokens.sample(str(sample.id)) for sample, tokens in pairs]
+            with self._span("replay.scored_batch", len(pairs), SCORED) as span:
                 span.set_attribute("tokens", sum(sample.num_tokens for sample in tokenized))
                 scores = score_batch(
                     self.target,
@@ -301,15 +300,19 @@ class Replayer:
                     max_batch_tokens=self.config.max_batch_tokens,
                 )
             rows.extend(
-                self._scored_row(sample, score, temperature) for sample, score in zip(group, scores, strict=True)
+                self._scored_row(sample, score, temperature, tokens)
+                for (sample, tokens), score in zip(pairs, scores, strict=True)
             )
         return rows
 
-    def _scored_row(self, sample: ClaimedSample, score: SampleScore, temperature: float) -> dict[str, Any]:
+    def _scored_row(
+        self, sample: ClaimedSample, score: SampleScore, temperature: float, tokens: ExchangeTokens | None
+    ) -> dict[str, Any]:
         return self._row(
             sample,
             SCORED,
             temperature,
+            tokens,
             counts=score.counts.to_dict(),
             outcomes=[round(value, 4) for value in score.first_proposal_acceptance],
             target_agreement=score.target_agreement,
@@ -321,48 +324,59 @@ class Replayer:
             speedup=None,
         )
 
-    def _exact_rows(self, claimed: Sequence[ClaimedSample]) -> list[dict[str, Any]]:
-        chosen = [s for s in claimed if key_fraction("exact:" + s.sample_key) < self.config.exact_fraction]
+    def _exact_rows(self, readable: Sequence[tuple[ClaimedSample, ExchangeTokens]]) -> list[dict[str, Any]]:
+        chosen = [
+            (sample, tokens)
+            for sample, tokens in readable
+            if key_fraction("exact:" + sample.sample_key) < self.config.exact_fraction
+        ]
         if not chosen:
             return []
         with self._span("replay.exact_batch", len(chosen), EXACT) as span:
-            rows = [self._exact_replay(sample) for sample in chosen]
+            rows = [self._exact_replay(sample, tokens) for sample, tokens in chosen]
             span.set_attribute("tokens", sum(row["prompt_tokens"] + row["completion_tokens"] for row in rows))
         return rows
 
-    def _exact_replay(self, sample: ClaimedSample) -> dict[str, Any]:
-        prompt_ids = self.prompt_ids(sample)
+    def _exact_replay(self, sample: ClaimedSample, tokens: ExchangeTokens) -> dict[str, Any]:
+        """The prompt the engine read (its logged ids where usable), generated anew under the
+        request's cap (at most `exact_max_new_tokens`)."""
+        cap = self.config.exact_max_new_tokens
         result = exact_generate(
             self.target,
             self.draft,
-            prompt_ids,
+            tokens.prompt_ids,
             window=self.config.window,
-            max_new_tokens=min(self.config.exact_max_new_tokens, sample.max_tokens or self.config.exact_max_new_tokens),
+            max_new_tokens=min(cap, sample.max_tokens or cap),
             temperature=sample.temperature,
             seed=sample.id,
         )
-        return self._exact_row(sample, result, len(prompt_ids))
+        return self._exact_row(sample, result, tokens)
 
-    def _exact_row(self, sample: ClaimedSample, result: ExactResult, prompt_tokens: int) -> dict[str, Any]:
-        counts = result.counts
+    def _exact_row(self, sample: ClaimedSample, result: ExactResult, tokens: ExchangeTokens) -> dict[str, Any]:
+        generation = result.speculative
         return self._row(
             sample,
             EXACT,
             sample.temperature,
-            counts=counts.to_dict(),
+            tokens,
+            counts=result.counts.to_dict(),
             outcomes=[],
             target_agreement=None,
-            prompt_tokens=prompt_tokens,
+            prompt_tokens=generation.prompt_tokens,
             completion_tokens=len(result.tokens),
-            truncated_tokens=0,
+            truncated_tokens=generation.truncated_prompt_tokens,
             skipped=None if result.tokens else "generated nothing",
-            seconds=result.speculative.seconds,
+            seconds=generation.seconds,
             speedup=result.speedup,
         )
 
-    def _row(self, sample: ClaimedSample, mode: str, temperature: float, **fields: Any) -> dict[str, Any]:
+    def _row(
+        self, sample: ClaimedSample, mode: str, temperature: float, tokens: ExchangeTokens | None, **fields: Any
+    ) -> dict[str, Any]:
         counts = fields["counts"]
         return {
+            "token_source": tokens.source if tokens is not None else None,
+            "retokenized_equal": tokens.retokenized_equal if tokens is not None else None,
             "sample_id": sample.id,
             "segment": sample.segment,
             "occurred_at": sample.occurred_at,

@@ -24,11 +24,10 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from decoder import AcceptCounts
 from monitor.config import Config, window_length
 from monitor.db import ReplayResult, StoredFinding, utcnow
 from monitor.drift import REPORT_STAMP, threshold_for
-from monitor.evaluate import REPORTS_DIR, input_drift_reports, latest_findings, measured_cost_ratio
+from monitor.evaluate import REPORTS_DIR, input_drift_reports, latest_findings, measured_cost_ratio, sample_result
 from monitor.replay import SCORED
 from monitor.stats import ALL_SEGMENTS, SampleResult, SegmentStats, segment_stats
 from monitor.status import BREACH, OK, UNKNOWN, WARNING, state_of
@@ -99,17 +98,7 @@ def load_scored(engine: Engine, since: datetime) -> list[SampleResult]:
         .order_by(ReplayResult.occurred_at, ReplayResult.id)
     )
     with Session(engine) as session:
-        return [
-            SampleResult(
-                row.sample_id,
-                row.segment,
-                row.occurred_at,
-                AcceptCounts.from_dict(row.counts),
-                row.completion_tokens,
-                row.draft_version,
-            )
-            for row in session.scalars(query)
-        ]
+        return [sample_result(row) for row in session.scalars(query)]
 
 
 def deploys(engine: Engine) -> list[Deploy]:

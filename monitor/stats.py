@@ -63,6 +63,15 @@ class SampleResult:
     counts: AcceptCounts
     completion_tokens: int
     draft_version: str
+    token_source: str | None = None
+    """decoder.exchange.TokenSource; None for results stored before it was recorded"""
+    retokenized_equal: bool | None = None
+    """with logged ids: whether re-tokenizing the text gives the same ids"""
+
+    @property
+    def from_ids(self) -> bool:
+        """Replayed from the completion's logged token ids, not re-tokenized text."""
+        return self.token_source in ("ids", "completion_ids")
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,14 @@ class SegmentStats:
     per_position_rates: list[float] = field(default_factory=list)
     estimated_speedup: float | None = None
     confidence: float = 0.95
+    from_ids: int = 0
+    """samples replayed from the engine's logged token ids"""
+    retokenized_differs: int = 0
+    """of those, samples whose text re-tokenizes to other ids: what a log without ids would have mismeasured"""
+
+    @property
+    def from_ids_share(self) -> float | None:
+        return self.from_ids / self.samples if self.samples else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -111,6 +128,9 @@ class SegmentStats:
             "per_position_rates": list(self.per_position_rates),
             "estimated_speedup": self.estimated_speedup,
             "confidence": self.confidence,
+            "from_ids": self.from_ids,
+            "from_ids_share": self.from_ids_share,
+            "retokenized_differs": self.retokenized_differs,
         }
 
 
@@ -200,6 +220,8 @@ def _stats_for(
         per_position_rates=total.per_position_rates,
         estimated_speedup=estimated_speedup(total.tau, window_k, cost_ratio),
         confidence=confidence,
+        from_ids=sum(result.from_ids for result in results),
+        retokenized_differs=sum(result.retokenized_equal is False for result in results),
     )
 
 

@@ -1,4 +1,5 @@
-"""What `specwatch status` shows: per segment, alpha with its interval, tau, samples, trend, state."""
+"""What `specwatch status` shows: per segment, alpha with its interval, tau, samples, the share of
+samples replayed from the engine's own token ids (ids), trend, state."""
 
 from __future__ import annotations
 
@@ -67,8 +68,12 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{round(100 * value)}%"
+
+
 def render_table(statuses: list[SegmentStatus], colour: bool) -> str:
-    header = f"{'segment':60} {'alpha':>6} {'interval':>15} {'tau':>5} {'samples':>7} {'trend':>5}  state"
+    header = f"{'segment':60} {'alpha':>6} {'interval':>15} {'tau':>5} {'samples':>7} {'ids':>4} {'trend':>5}  state"
     lines = [header]
     for status in statuses:
         stats = status.stats
@@ -79,6 +84,6 @@ def render_table(statuses: list[SegmentStatus], colour: bool) -> str:
             state = f"{COLOURS[status.state]}{state}{RESET}"
         lines.append(
             f"{stats.segment[-60:]:60} {_number(stats.alpha):>6} {shown:>15} {_number(stats.tau, 2):>5} "
-            f"{stats.samples:>7} {status.trend:>5}  {state}"
+            f"{stats.samples:>7} {_share(stats.from_ids_share):>4} {status.trend:>5}  {state}"
         )
     return "\n".join(lines)

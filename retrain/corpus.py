@@ -44,6 +44,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import Engine, select
 
+from decoder.exchange import Exchange
 from decoder.files import write_atomically
 from decoder.target import TargetModel
 from monitor.config import CorpusConfig
@@ -74,6 +75,24 @@ class CorpusSample:
     occurred_at: datetime
     messages: list[dict[str, str]]
     completion: str
+    raw_prompt: bool = False
+    finish_reason: str | None = None
+    max_tokens: int | None = None
+    prompt_token_ids: list[int] | None = None
+    completion_token_ids: list[int] | None = None
+
+    @property
+    def exchange(self) -> Exchange:
+        """The sample as replay reads it, so training and the gate tokenize it the same way."""
+        return Exchange(
+            self.messages,
+            self.completion,
+            raw_prompt=self.raw_prompt,
+            finish_reason=self.finish_reason,
+            max_tokens=self.max_tokens,
+            prompt_token_ids=self.prompt_token_ids,
+            completion_token_ids=self.completion_token_ids,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {**vars(self), "occurred_at": as_utc(self.occurred_at).isoformat()}
@@ -266,6 +285,11 @@ def _from_row(row: Any) -> CorpusSample:
         occurred_at=as_utc(row.occurred_at),
         messages=[{"role": m["role"], "content": m["content"]} for m in row.messages],
         completion=row.completion,
+        raw_prompt=bool(row.raw_prompt),
+        finish_reason=row.finish_reason,
+        max_tokens=row.max_tokens,
+        prompt_token_ids=row.prompt_token_ids,
+        completion_token_ids=row.completion_token_ids,
     )
 
 
@@ -273,9 +297,12 @@ def regenerate_responses(
     samples: Sequence[CorpusSample], target: TargetModel, max_new_tokens: int, batch_size: int = GENERATION_BATCH
 ) -> list[CorpusSample]:
     """The samples with each completion replaced by the target's greedy answer to its messages
-    (TargetModel.greedy_answers)."""
+    (TargetModel.greedy_answers); the logged ids and finish reason belong to the old completion and go."""
     texts = target.greedy_answers([sample.messages for sample in samples], max_new_tokens, batch_size=batch_size)
-    return [replace(sample, completion=text) for sample, text in zip(samples, texts, strict=True)]
+    return [
+        replace(sample, completion=text, finish_reason=None, completion_token_ids=None)
+        for sample, text in zip(samples, texts, strict=True)
+    ]
 
 
 def build_corpus(

@@ -46,6 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_generate, score_batch
 from decoder.exact import propose, update, verify
+from decoder.exchange import Exchange, tokenize_exchange
 from decoder.metrics import draft_budget
 from monitor.config import GateConfig
 from monitor.drift import threshold_for
@@ -79,10 +80,7 @@ class HoldoutSample(Protocol):
     def segment(self) -> str: ...
 
     @property
-    def messages(self) -> Sequence[dict[str, str]]: ...
-
-    @property
-    def completion(self) -> str: ...
+    def exchange(self) -> Exchange: ...
 
 
 @dataclass
@@ -180,9 +178,8 @@ def run_gate(
 
 
 def _tokenize(target: TargetModel, sample: HoldoutSample) -> TokenizedSample:
-    return TokenizedSample(
-        str(sample.sample_id), target.encode_chat(list(sample.messages)), target.encode_completion(sample.completion)
-    )
+    """Replay's rule (decoder.exchange): logged ids first, EOS only after a natural stop."""
+    return tokenize_exchange(target, sample.exchange).sample(str(sample.sample_id))
 
 
 def _score_both(

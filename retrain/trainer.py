@@ -5,10 +5,13 @@
                         settings=config.retrain.training, work_dir=job_dir / "training")
     save_candidate(result, job_dir / "candidate", corpus)   # the registry takes it from there
 
-Token sequences are `encode_chat(messages) + encode_completion(completion)` of every training
-sample (low-alpha segments repeated, see `Corpus.training_samples`), shuffled with the seed and
-packed into [batch_size, sequence_length] batches. The head starts from the live head when
-`warm_start` holds one of the same kind, else fresh (seeded). A checkpoint goes to
+Token sequences are each training sample's prompt + completion as replay tokenizes them
+(`decoder.exchange`: logged ids first, EOS only after a natural stop), low-alpha segments
+repeated (see `Corpus.training_samples`), shuffled with the seed and packed into
+[batch_size, sequence_length] batches. The head starts from the live head when `warm_start`
+holds one of the same kind, else fresh (seeded). Training settings that belong to a kind apply
+to either start: an eagle head unrolls `eagle_train_depth` chain steps (EAGLE-3's
+training-time test), and its saved config records that depth. A checkpoint goes to
 work_dir/checkpoint.pt every `checkpoint_every` steps and after the last; a later call with the
 same target, corpus, kind, warm start and settings resumes from it and ends with the weights an
 uninterrupted run would have. A checkpoint of any other run is ignored with a warning and replaced.
@@ -26,8 +29,9 @@ from typing import Any
 
 import torch
 
-from decoder.drafts import DRAFT_KINDS, Draft, create_draft, load_draft, save_draft
+from decoder.drafts import DRAFT_KINDS, Draft, EagleHead, create_draft, load_draft, save_draft
 from decoder.errors import DecoderError
+from decoder.exchange import tokenize_exchange
 from decoder.reference import kind_objective
 from decoder.target import TargetModel
 from decoder.training import (
@@ -80,11 +84,12 @@ def fit_config(settings: TrainingConfig) -> FitConfig:
 
 
 def training_sequences(target: TargetModel, corpus: Corpus, seed: int) -> list[list[int]]:
-    """Chat prompt + completion (ending in eos) per training sample, repeats included, shuffled
-    with the seed; each distinct sample is tokenized once."""
+    """Prompt + completion per training sample as replay tokenizes it (decoder.exchange: logged
+    ids first, EOS only after a natural stop), repeats included, shuffled with the seed; each
+    distinct sample is tokenized once."""
     encoded: dict[int, list[int]] = {}
     for sample in corpus.train:
-        encoded[sample.sample_id] = target.encode_chat(sample.messages) + target.encode_completion(sample.completion)
+        encoded[sample.sample_id] = tokenize_exchange(target, sample.exchange).sequence
     sequences = [encoded[sample.sample_id] for sample in corpus.training_samples()]
     random.Random(seed).shuffle(sequences)
     return sequences
@@ -131,14 +136,28 @@ def initial_draft(
     return create_draft(kind, target, **overrides), False
 
 
+KIND_SETTINGS = {"eagle_train_depth": "eagle"}
+"""TrainingConfig fields that only one draft kind uses (other kinds ignore them)."""
+
+
+def apply_kind_settings(draft: Draft, settings: TrainingConfig) -> Draft:
+    """Sets the training settings of the draft's kind on a fresh or warm-started draft (weights
+    unchanged): an eagle head's `train_depth` becomes `settings.eagle_train_depth`."""
+    if isinstance(draft, EagleHead):
+        draft.with_train_depth(settings.eagle_train_depth)
+    return draft
+
+
 def run_labels(
     kind: str, corpus: Corpus, settings: TrainingConfig, warm_start: Path | None, target: TargetModel
 ) -> dict[str, Any]:
-    """The trainer's part of a checkpoint's identity (the loop adds config, weights and batches)."""
+    """The trainer's part of a checkpoint's identity (the loop adds config, weights and batches);
+    another kind's settings are left out, so changing them does not restart this kind's run."""
+    ignored = {name for name, owner in KIND_SETTINGS.items() if owner != kind}
     return {
         "kind": kind,
         "corpus": corpus.content_hash,
-        "settings": settings.model_dump(mode="json", exclude={"checkpoint_every", "device"}),
+        "settings": settings.model_dump(mode="json", exclude={"checkpoint_every", "device", *ignored}),
         "warm_start": None if warm_start is None else str(warm_start),
         "target_dtype": str(target.dtype),
     }
@@ -208,13 +227,18 @@ def train_head(
     """Trains a candidate head of `kind` on the corpus's training side (see the module docstring).
 
     `progress(step, steps, loss)` follows every step; `overrides` set fields of a fresh draft's
-    config (e.g. {"num_heads": 3} for medusa). The draft is on the target's device, in its dtype."""
+    config (e.g. {"num_heads": 3} for medusa), except those `settings` own (an eagle head's
+    train_depth is `settings.eagle_train_depth`, fresh or warm-started). The draft is on the
+    target's device, in its dtype."""
     if kind not in DRAFT_KINDS:
         raise TrainingError(f"unknown draft kind {kind!r}; choose one of {sorted(DRAFT_KINDS)}")
+    if kind == "eagle" and "train_depth" in (overrides or {}):
+        raise TrainingError("an eagle head's train_depth is a training setting: set retrain.training.eagle_train_depth")
     started = time.perf_counter()
     work_dir.mkdir(parents=True, exist_ok=True)
     batches, batch_size = token_batches(training_sequences(target, corpus, settings.seed), settings)
     draft, warm_started = initial_draft(target, kind, warm_start, settings.seed, overrides or {})
+    apply_kind_settings(draft, settings)
     labels = run_labels(kind, corpus, settings, warm_start if warm_started else None, target)
     labels["overrides"] = None if warm_started else dict(overrides or {})
     config = fit_config(settings)

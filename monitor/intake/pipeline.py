@@ -49,6 +49,9 @@ LANGUAGE_PROBE_CHARS = 800
 SALT_FILE = "hash_salt"
 PARAMETERS_PER_STATEMENT = 10_000  # PostgreSQL takes at most 65,535 bind parameters in one statement
 ROWS_PER_INSERT = 1000
+IDS_WITHHELD = "token_ids_withheld"
+"""counted in a sample's redactions when its logged token ids were dropped: they would decode to
+the text redaction changed"""
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 T = TypeVar("T")
@@ -274,6 +277,10 @@ class IntakePipeline:
             messages.append({"role": message["role"], "content": redacted.text})
         completion = self.redactor.redact(record.completion)
         _merge(redactions, completion.counts)
+        # ids decode to the text as sent: they are kept only when redaction changed none of it
+        text_redacted = bool(redactions)
+        if text_redacted and (record.prompt_token_ids or record.completion_token_ids):
+            redactions[IDS_WITHHELD] = 1
         attributes, attribute_counts = self._attributes(record.metadata)
         _merge(redactions, attribute_counts)
         model = self.redactor.redact(record.model) if record.model is not None else None
@@ -297,6 +304,8 @@ class IntakePipeline:
             "raw_prompt": record.raw_prompt,
             "finish_reason": record.finish_reason,
             "max_tokens": record.max_tokens,
+            "prompt_token_ids": None if text_redacted else record.prompt_token_ids,
+            "completion_token_ids": None if text_redacted else record.completion_token_ids,
         }
 
     def _commit(

@@ -7,13 +7,19 @@ database column can hold (NUL, unpaired surrogates) before anything else reads i
 Two formats, auto-detected per record:
 
 - specwatch: {"id", "timestamp", "messages" | "prompt", "completion", "model", "temperature",
-  "finish_reason", "max_tokens", "metadata": {"tenant", "region", "route", "language", ...}}
+  "finish_reason", "max_tokens", "prompt_token_ids", "completion_token_ids",
+  "metadata": {"tenant", "region", "route", "language", ...}}
 - openai: a gateway's chat-completions log, {"request": {"messages", "model", "temperature",
   "max_tokens" | "max_completion_tokens", ...}, "response": {"id", "created",
   "choices": [{"message": {"content"}, "finish_reason"}], "usage"}, "metadata"?}
 
 A `prompt` (specwatch, or the completions API's `request.prompt`) is raw text the engine read as
 is: the record says so (`raw_prompt`), and replay encodes it without the chat template.
+
+Token ids, where the engine returned them, are the tokens it read and emitted: vLLM's
+`return_token_ids` (`response.prompt_token_ids` for chat, `choices[0].prompt_token_ids` for
+completions, `choices[0].token_ids`), SGLang's `output_ids` (on the choice or the response) and
+`response_token_ids`. Replay prefers them to re-tokenized text (decoder.exchange).
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 FINISH_REASONS = frozenset({"stop", "length", "eos", "tool_calls", "function_call", "content_filter"})
 _FINISH_ALIASES = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 MAX_TOKENS_LIMIT = 2**31 - 1  # an Integer column
+MAX_TOKEN_IDS = 2**20
+"""token ids one side of an exchange may carry (no context is longer)"""
+PROMPT_ID_FIELDS = ("prompt_token_ids",)
+COMPLETION_ID_FIELDS = ("token_ids", "output_ids", "response_token_ids")
 
 
 class RecordError(ValueError):
@@ -57,6 +67,10 @@ class TrafficRecord:
     """one of FINISH_REASONS, or None when absent or unknown (read as a natural stop)"""
     max_tokens: int | None = None
     """the request's cap on generated tokens, when the log carries it"""
+    prompt_token_ids: list[int] | None = None
+    """the prompt as the engine's tokenizer produced it (chat template applied), when logged"""
+    completion_token_ids: list[int] | None = None
+    """the generated tokens as the engine emitted them, when logged"""
 
 
 def decode_line(raw: bytes, max_bytes: int) -> Any:
@@ -110,6 +124,8 @@ def _parse_specwatch(value: dict[str, Any]) -> TrafficRecord:
         raw_prompt="messages" not in value,
         finish_reason=finish_reason(value.get("finish_reason")),
         max_tokens=_max_tokens(value.get("max_tokens"), "max_tokens"),
+        prompt_token_ids=token_ids(value.get("prompt_token_ids"), "prompt_token_ids"),
+        completion_token_ids=token_ids(value.get("completion_token_ids"), "completion_token_ids"),
         messages=messages,
         completion=_completion(value["completion"], "completion"),
         id=_optional_id(value.get("id"), "id"),
@@ -141,6 +157,8 @@ def _parse_openai(value: dict[str, Any]) -> TrafficRecord:
         raw_prompt="messages" not in request,
         finish_reason=finish_reason(first.get("finish_reason")) or finish_reason(first.get("stop_reason")),
         max_tokens=_request_max_tokens(request),
+        prompt_token_ids=_first_ids([(first, "response.choices[0]"), (response, "response")], PROMPT_ID_FIELDS),
+        completion_token_ids=_first_ids([(first, "response.choices[0]"), (response, "response")], COMPLETION_ID_FIELDS),
         messages=messages,
         completion=_openai_completion(first),
         id=_optional_id(value.get("id", response.get("id")), "id"),
@@ -196,6 +214,29 @@ def _max_tokens(value: Any, where: str) -> int | None:
     if not 1 <= value <= MAX_TOKENS_LIMIT:
         raise RecordError(f"{where}: outside [1, {MAX_TOKENS_LIMIT}]")
     return value
+
+
+def _first_ids(places: list[tuple[dict[str, Any], str]], names: tuple[str, ...]) -> list[int] | None:
+    """The first of `names` present (not null) in the first place that has one, checked."""
+    for place, where in places:
+        for name in names:
+            if place.get(name) is not None:
+                return token_ids(place[name], f"{where}.{name}")
+    return None
+
+
+def token_ids(value: Any, where: str) -> list[int] | None:
+    """A list of token ids (integers in [0, 2^31)), None when absent or empty, or RecordError."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise RecordError(f"{where}: expected a list of token ids, got {type(value).__name__}")
+    if len(value) > MAX_TOKEN_IDS:
+        raise RecordError(f"{where}: {len(value)} token ids, over the limit of {MAX_TOKEN_IDS}")
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item <= MAX_TOKENS_LIMIT:
+            raise RecordError(f"{where}[{index}]: not a token id (an integer in [0, {MAX_TOKENS_LIMIT}])")
+    return list(value) or None
 
 
 def _messages(value: Any, where: str) -> list[dict[str, str]]:

@@ -17,7 +17,8 @@ GREEDY_MAX_NEW_TOKENS = 20
 
 @pytest.fixture(scope="session")
 def reference(reference_build: tuple[Path, ReferenceReport | None]) -> tuple[Path, ReferenceReport]:
-    """The session's tiny reference build (tests/conftest.py), built here if a prebuilt one was reused."""
+    """The session's tiny reference build with its report (tests/conftest.py); a prebuilt one has no
+    report in memory, so only the tests that read the report build one here."""
     out, report = reference_build
     if report is None:
         torch.set_num_threads(2)
@@ -27,8 +28,9 @@ def reference(reference_build: tuple[Path, ReferenceReport | None]) -> tuple[Pat
 
 
 @pytest.fixture(scope="session")
-def reference_dir(reference: tuple[Path, ReferenceReport]) -> Path:
-    return reference[0]
+def reference_dir(reference_build: tuple[Path, ReferenceReport | None]) -> Path:
+    """The models alone: a prebuilt directory (SPECWATCH_TEST_REFERENCE_DIR) serves as it is."""
+    return reference_build[0]
 
 
 @pytest.fixture(scope="session")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_generate, generate, score_batch
-from decoder.drafts import DraftInputs
 from tests.decoder.conftest import KINDS
 
 
@@ -111,25 +109,3 @@ def test_a_completion_cut_at_the_context_loses_its_eos_and_matches_exact_mode(
     assert not score.ends_with_eos and score.completion_tokens == room
     assert score.truncated_tokens == len(beyond)
     assert score.counts == exact.counts
-
-
-def test_sampling_acceptance_is_the_overlap_of_distributions(
-    target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
-) -> None:
-    """temperature > 0: first-proposal acceptance of token c is sum_x min(p(x), q(x))."""
-    draft = drafts["draft_model"]
-    sample = greedy_samples[1]
-    [score] = score_batch(target, draft, [sample], window=2, temperature=0.7)
-    ids = torch.tensor([sample.prompt_ids + sample.completion_ids])
-    with torch.inference_mode():
-        states = target.forward(ids)
-        p = torch.softmax(target.logits(states.hidden[0]) / 0.7, dim=-1)
-        hidden = draft.teacher_forced_proposals(DraftInputs(ids, torch.ones_like(ids), states), 1)[0]
-        q = torch.softmax(draft.proposal_logits(hidden[0], 0) / 0.7, dim=-1)
-    overlap = torch.minimum(p, q).sum(dim=-1)
-    prompt = len(sample.prompt_ids)
-    for c in range(1, len(sample.completion_ids)):
-        assert score.acceptance[c][0] == pytest.approx(float(overlap[prompt - 1 + c]), abs=1e-5)
-    counts = score.counts
-    assert 0 < counts.accepted < counts.drafted
-    assert counts.accepted + counts.steps - counts.eos_ended == pytest.approx(len(sample.completion_ids) - 1)

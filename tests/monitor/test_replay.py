@@ -15,13 +15,17 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from decoder import AcceptCounts, score_batch
+from decoder import AcceptCounts, TargetModel, exact_generate, score_batch
+from decoder.reference_corpus import code_documents, dialog_documents, split
 from monitor.config import Config, ModelsConfig, ReplayConfig, Secret
 from monitor.db import ReplayClaim, ReplayResult, Sample, utcnow
 from monitor.demo_traffic import START, traffic
+from monitor.evaluate import load_results
 from monitor.intake.pipeline import IntakePipeline, RawRecord
 from monitor.live_models import LiveModels, ModelsUnavailable, load_live_models
 from monitor.replay import EXACT, SCORED, ClaimedSample, Replayer, Versions
+from monitor.stats import segment_stats
+from monitor.status import render_table, segment_statuses
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +69,9 @@ def test_scored_results_match_the_decoder(config: Config, engine: Engine, live: 
     stored = results(engine)
     with Session(engine) as session:
         samples = {s.id: s for s in session.scalars(select(Sample))}
-    tokenized = [worker.tokenize(ClaimedSample.from_row(samples[row.sample_id])) for row in stored]
+    tokenized = [
+        worker.tokenize(ClaimedSample.from_row(samples[row.sample_id])).sample(str(row.sample_id)) for row in stored
+    ]
     direct = score_batch(live.target, live.draft, tokenized, window=4)
     for row, score in zip(stored, direct, strict=True):
         assert AcceptCounts.from_dict(row.counts) == score.counts
@@ -317,5 +323,76 @@ def test_a_completion_cut_by_length_gets_no_eos(config: Config, engine: Engine, 
     assert (stopped.completion_ids, stopped.max_new_tokens) == ([*plain, live.target.eos_token_id], 40)
     cut_row, stopped_row = results(engine)
     assert (cut_row.completion_tokens, stopped_row.completion_tokens) == (len(plain), len(plain) + 1)
-    [direct] = score_batch(live.target, live.draft, [cut], window=4)
+    [direct] = score_batch(live.target, live.draft, [cut.sample("cut")], window=4)
     assert AcceptCounts.from_dict(cut_row.counts) == direct.counts
+
+
+def greedy_exchanges(target: TargetModel, max_new_tokens: int) -> list[tuple[list[int], list[int], dict[str, object]]]:
+    """Held-out prompts (en, zh, code) answered by the target's own greedy decoding, logged as an
+    engine with return_token_ids logs them: (prompt ids, generated ids, specwatch record)."""
+    documents = (
+        split(dialog_documents("en"))[1][:10]
+        + split(dialog_documents("zh"))[1][:8]
+        + split(code_documents(60_000))[1][:6]
+    )
+    turns = [[dict(zip(("role", "content"), document.messages[0], strict=True))] for document in documents]
+    prompts = [target.encode_chat(turn) for turn in turns]
+    exchanges = []
+    for index, (turn, prompt, generated) in enumerate(
+        zip(turns, prompts, target.greedy_continuations(prompts, max_new_tokens=max_new_tokens), strict=True)
+    ):
+        stopped = generated[-1] == target.eos_token_id
+        text = target.tokenizer.decode(generated, skip_special_tokens=True)
+        value = {
+            "id": f"greedy-{index}",
+            "messages": turn,
+            "completion": text,
+            "finish_reason": "stop" if stopped else "length",
+            "max_tokens": max_new_tokens,
+            "prompt_token_ids": prompt,
+            "completion_token_ids": generated,
+        }
+        exchanges.append((prompt, generated, value))
+    return exchanges
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # about the decoder, not the store
+def test_logged_token_ids_make_scored_mode_equal_the_verify_loop(
+    config: Config, engine: Engine, live: LiveModels
+) -> None:
+    """The independent truth is exact mode generating from the prompt ids: replayed from the ids the
+    engine logged, scored counts equal it on every sample, though some texts re-tokenize to other ids."""
+    cap = 20
+    exchanges = greedy_exchanges(live.target, cap)
+    ingest_values(config, engine, [value for _, _, value in exchanges])
+    replayer(engine, live, window=3).replay_all()
+    with Session(engine) as session:
+        prompts = {sample.id: sample.messages[0]["content"] for sample in session.scalars(select(Sample))}
+    by_prompt = {value["messages"][0]["content"]: (prompt, generated) for prompt, generated, value in exchanges}  # type: ignore[index]
+    assert len(by_prompt) == len(exchanges)
+    scored = results(engine)
+    assert len(scored) >= 14
+    differs = 0
+    for row in scored:
+        prompt, generated = by_prompt[prompts[row.sample_id]]
+        truth = exact_generate(live.target, live.draft, prompt, window=3, max_new_tokens=cap)
+        assert truth.tokens == generated
+        assert AcceptCounts.from_dict(row.counts) == truth.counts
+        assert row.token_source == "ids"
+        text = live.target.tokenizer.decode(generated, skip_special_tokens=True)
+        stopped = generated[-1] == live.target.eos_token_id
+        retokenized = live.target.encode_completion(text, end_with_eos=stopped)
+        assert row.retokenized_equal == (retokenized == generated)
+        differs += retokenized != generated
+    assert differs > 0, "every text re-tokenizes to its ids: this traffic cannot tell ids from text"
+    since = utcnow() - timedelta(days=1)
+    [overall] = segment_stats(
+        load_results(engine, live.versions.draft, since),
+        {"1d": timedelta(days=1)},
+        utcnow() + timedelta(minutes=1),
+        window_k=3,
+        cost_ratio=None,
+    )[:1]
+    assert (overall.segment, overall.from_ids, overall.retokenized_differs) == ("*", len(scored), differs)
+    table = render_table(segment_statuses([overall], "1d", "1h", config.drift), colour=False)
+    assert " ids " in table.splitlines()[0] and " 100% " in table.splitlines()[1]

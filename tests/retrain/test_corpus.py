@@ -14,6 +14,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from decoder import TargetModel
+from decoder.exchange import tokenize_exchange
 from monitor.config import Config, CorpusConfig, IntakeConfig, SamplingConfig, Secret
 from monitor.db import Sample
 from monitor.demo_traffic import traffic
@@ -27,6 +28,7 @@ from retrain.corpus import (
     load_corpus,
     segment_weight,
 )
+from retrain.trainer import training_sequences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -141,7 +143,10 @@ def test_manifest_hash_follows_content_and_load_round_trips(
     loaded = load_corpus(tmp_path / "a")
     assert loaded.manifest == first.manifest and loaded.train == first.train and loaded.holdout == first.holdout
     line = json.loads((tmp_path / "a" / "holdout.jsonl").read_text(encoding="utf-8").splitlines()[0])
-    assert set(line) == {"sample_id", "sample_key", "segment", "language", "occurred_at", "messages", "completion"}
+    assert set(line) == {
+        *("sample_id", "sample_key", "segment", "language", "occurred_at", "messages", "completion"),
+        *("raw_prompt", "finish_reason", "max_tokens", "prompt_token_ids", "completion_token_ids"),
+    }
     ingest(intake_config, engine, records(1, start=NOW - timedelta(days=1), first_index=50, seed=9))
     assert build(engine, tmp_path / "a").content_hash != first.content_hash, "one more sample"
 
@@ -168,8 +173,6 @@ def test_no_samples_is_a_clear_error(intake_config: Config, engine: Engine, tmp_
         build(engine, tmp_path, CorpusConfig(days=30))
 
 
-
-
 def test_regenerated_train_responses_are_the_targets_answers(
     intake_config: Config, engine: Engine, tmp_path: Path, target: TargetModel
 ) -> None:
@@ -186,3 +189,30 @@ def test_regenerated_train_responses_are_the_targets_answers(
         logged = {key: text for key, text in session.execute(select(Sample.sample_key, Sample.completion))}
     assert all(s.completion == logged[s.sample_key] for s in corpus.holdout), "the holdout keeps real traffic"
     assert sum(s.completion != logged[s.sample_key] for s in corpus.train) >= len(corpus.train) // 2
+
+
+def test_the_corpus_carries_how_each_exchange_was_tokenized_and_training_follows_replays_rule(
+    intake_config: Config, engine: Engine, tmp_path: Path, target: TargetModel
+) -> None:
+    """Raw prompts, finish reasons, caps and the engine's token ids reach the corpus files, and the
+    training sequences are what replay scores: logged ids as they are, no EOS after a cut."""
+    logged = records(12)
+    cut_ids = target.encode_completion(logged[3]["completion"], end_with_eos=False)[:3]
+    logged[3].update(finish_reason="length", max_tokens=3, completion_token_ids=cut_ids)  # no PII: ids kept
+    logged[1].update(prompt="def add(a, b):")
+    del logged[1]["messages"]
+    ingest(intake_config, engine, logged)
+    built = build(engine, tmp_path, CorpusConfig(holdout_fraction=0.3))
+    corpus = load_corpus(tmp_path)
+    assert corpus.train == built.train and corpus.holdout == built.holdout
+    samples = {sample.sample_key: sample for sample in corpus.train + corpus.holdout}
+    cut, raw = samples[key_of(logged[3]["id"])], samples[key_of(logged[1]["id"])]
+    assert (cut.finish_reason, cut.max_tokens, cut.completion_token_ids) == ("length", 3, cut_ids)
+    assert raw.raw_prompt and not cut.raw_prompt
+    assert tokenize_exchange(target, cut.exchange).sequence == [*target.encode_chat(cut.messages), *cut_ids]
+    raw_tokens = tokenize_exchange(target, raw.exchange)
+    assert raw_tokens.prompt_ids == target.encode_prompt("def add(a, b):")
+    assert raw_tokens.completion_ids == target.encode_completion(raw.completion)
+    sequences = training_sequences(target, corpus, seed=0)
+    assert len(sequences) == len(corpus.training_samples())
+    assert all(tokenize_exchange(target, sample.exchange).sequence in sequences for sample in corpus.train)

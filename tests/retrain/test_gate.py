@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from decoder import AcceptCounts, Draft, TargetModel, create_draft, load_draft
+from decoder.exchange import Exchange
 from monitor.config import GateConfig
 from monitor.demo_traffic import served, traffic
 from retrain.gate import GateDecision, draft_cost_ratio, paired_gain_interval, run_gate
@@ -30,6 +31,10 @@ class Holdout:
     segment: str
     messages: list[dict[str, str]]
     completion: str
+
+    @property
+    def exchange(self) -> Exchange:
+        return Exchange(self.messages, self.completion)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

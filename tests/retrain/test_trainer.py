@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from decoder import TargetModel, read_manifest
-from decoder.drafts import MedusaConfig
+from decoder.drafts import EagleConfig, EagleHead, MedusaConfig
 from decoder.training import FitCheckpoint
 from monitor.config import Config, CorpusConfig, IntakeConfig, SamplingConfig, Secret, StorageConfig, TrainingConfig
 from monitor.db import create_db_engine, upgrade
@@ -33,8 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 NOW = datetime(2026, 6, 30, 12, tzinfo=UTC)
 SETTINGS = TrainingConfig(steps=12, learning_rate=3e-3, batch_size=4, sequence_length=32, checkpoint_every=4)
 SMALL = {"draft_model": {"hidden_size": 32, "num_layers": 1}, "medusa": {"num_heads": 2}, "eagle": {}}
-
-
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +164,85 @@ def test_a_corpus_too_small_for_one_batch_shrinks_it_or_is_refused() -> None:
 def test_an_unknown_kind_is_refused(target: TargetModel, corpus: Corpus, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="unknown draft kind"):
         train_head(target, corpus, kind="live", warm_start=None, settings=SETTINGS, work_dir=tmp_path)
+
+
+@pytest.fixture
+def chain_depths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The depth of every chain the eagle head unrolls in training (the scored pass aside)."""
+    depths: list[int] = []
+    unrolled = EagleHead.chain_outputs
+
+    def spy(self: EagleHead, *args: object, **kwargs: object) -> list[torch.Tensor]:
+        outputs = unrolled(self, *args, **kwargs)  # type: ignore[arg-type]
+        depths.append(len(outputs))
+        return outputs
+
+    monkeypatch.setattr(EagleHead, "chain_outputs", spy)
+    return depths
+
+
+def test_eagle_trains_at_the_configured_depth_fresh_and_warm_started(
+    target: TargetModel, corpus: Corpus, reference_models: Path, tmp_path: Path, chain_depths: list[int]
+) -> None:
+    live_dir = reference_models / "drafts" / "eagle"
+    live_config = read_manifest(live_dir).draft
+    assert isinstance(live_config, EagleConfig) and live_config.train_depth == 1
+    settings = SETTINGS.model_copy(update={"steps": 2})
+    runs = {}
+    for depth in (1, 3):
+        for start in ("fresh", "warm"):
+            chain_depths.clear()
+            runs[depth, start] = train_head(
+                target,
+                corpus,
+                kind="eagle",
+                warm_start=live_dir if start == "warm" else None,
+                settings=settings.model_copy(update={"eagle_train_depth": depth}),
+                work_dir=tmp_path / f"{start}-{depth}",
+            )
+            assert chain_depths == [depth, depth], f"{start} head at depth {depth} unrolled {chain_depths}"
+    for (depth, start), result in runs.items():
+        assert result.warm_started == (start == "warm")
+        config = result.draft.config
+        assert isinstance(config, EagleConfig) and config.train_depth == depth
+        saved = read_manifest(save_candidate(result, tmp_path / f"candidate-{start}-{depth}", corpus)).draft
+        assert isinstance(saved, EagleConfig) and saved.train_depth == depth
+    warm = runs[3, "warm"].draft.config
+    assert warm.model_dump() == {**live_config.model_dump(), "train_depth": 3}, "warm start keeps the live architecture"
+    for start in ("fresh", "warm"):
+        assert runs[3, start].fit.losses[0] != runs[1, start].fit.losses[0], "same seed and weights, deeper loss"
+    with pytest.raises(TrainingError, match="eagle_train_depth"):
+        train_head(
+            target,
+            corpus,
+            kind="eagle",
+            warm_start=None,
+            settings=settings,
+            work_dir=tmp_path,
+            overrides={"train_depth": 2},
+        )
+
+
+def test_a_checkpoint_of_another_eagle_depth_is_not_resumed(
+    target: TargetModel, corpus: Corpus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    deep = SETTINGS.model_copy(update={"steps": 4, "checkpoint_every": 2, "eagle_train_depth": 3})
+    with pytest.raises(Killed):
+        train_head(target, corpus, kind="eagle", warm_start=None, settings=deep, work_dir=tmp_path, progress=kill_at(3))
+    checkpoint = tmp_path / CHECKPOINT_FILE
+    assert FitCheckpoint.load(checkpoint).step == 2
+    kept = checkpoint.read_bytes()
+    shallow = deep.model_copy(update={"eagle_train_depth": 1})
+    with caplog.at_level(logging.WARNING, logger="retrain.trainer"):
+        other = train_head(target, corpus, kind="eagle", warm_start=None, settings=shallow, work_dir=tmp_path)
+    assert other.resumed_from_step is None and len(other.fit.losses) == 4
+    assert "starting over" in caplog.text and "eagle_train_depth" in caplog.text
+    labels = FitCheckpoint.load(checkpoint).identity["labels"]
+    assert labels["settings"]["eagle_train_depth"] == 1
+    checkpoint.write_bytes(kept)
+    same = train_head(target, corpus, kind="eagle", warm_start=None, settings=deep, work_dir=tmp_path)
+    assert same.resumed_from_step == 2, "the same depth resumes"
+    medusa = {"kind": "medusa", "warm_start": None, "work_dir": tmp_path / "medusa", "overrides": SMALL["medusa"]}
+    train_head(target, corpus, settings=shallow, **medusa)  # type: ignore[arg-type]
+    ignored = train_head(target, corpus, settings=deep, **medusa)  # type: ignore[arg-type]
+    assert ignored.resumed_from_step == 4, "another kind's checkpoint does not depend on eagle_train_depth"

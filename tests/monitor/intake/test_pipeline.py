@@ -331,3 +331,24 @@ def test_stores_raw_prompt_finish_reason_and_max_tokens(config: Config, engine: 
     stored = [(s.raw_prompt, s.finish_reason, s.max_tokens) for s in samples(engine)]
     assert stored == [(True, "length", 5), (False, None, None), (False, None, None)]
     assert samples(engine)[0].messages == [{"role": "user", "content": "def add(a, b):"}]
+
+
+def test_token_ids_are_stored_only_when_redaction_left_the_text_as_it_was(config: Config, engine: Engine) -> None:
+    """Logged ids decode to the text as sent: a sample whose text lost PII to redaction keeps no ids."""
+    clean = {**record(1), "prompt_token_ids": [1, 2], "completion_token_ids": [3, 4, 5]}
+    with_pii = {
+        **record(2),
+        "messages": [{"role": "user", "content": "mail me at jane.doe@example.com"}],
+        "prompt_token_ids": [6, 7],
+        "completion_token_ids": [8],
+    }
+    report = pipeline_for(config, engine).ingest("test", raws([clean, with_pii, record(3)]))
+    assert report.stored == 3
+    kept, withheld, plain = samples(engine)
+    assert (kept.prompt_token_ids, kept.completion_token_ids) == ([1, 2], [3, 4, 5])
+    assert "token_ids_withheld" not in kept.redactions
+    assert (withheld.prompt_token_ids, withheld.completion_token_ids) == (None, None)
+    assert withheld.redactions["token_ids_withheld"] == 1
+    assert "jane.doe" not in all_stored_text(engine)
+    assert (plain.prompt_token_ids, plain.completion_token_ids) == (None, None)
+    assert "token_ids_withheld" not in plain.redactions

@@ -237,3 +237,51 @@ def test_an_unknown_finish_reason_is_dropped_not_stored(reason: object) -> None:
 def test_a_bad_max_tokens_is_quarantined(value: object, reason: str) -> None:
     with pytest.raises(RecordError, match=f"max_tokens: {reason}"):
         parse_record(specwatch_record(max_tokens=value))
+
+
+def test_vllm_chat_token_ids() -> None:
+    """vLLM with return_token_ids: the chat prompt's ids on the response, the generated ids on the choice."""
+    value = openai_record()
+    value["response"]["prompt_token_ids"] = [1, 2, 3]  # type: ignore[index]
+    value["response"]["choices"][0]["token_ids"] = [7, 8, 2]  # type: ignore[index]
+    record = parse_record(value)
+    assert (record.prompt_token_ids, record.completion_token_ids) == ([1, 2, 3], [7, 8, 2])
+
+
+def test_vllm_completions_token_ids_sit_on_the_choice() -> None:
+    record = parse_record(completions_api_record(prompt_token_ids=[5, 6], token_ids=[9]))
+    assert (record.prompt_token_ids, record.completion_token_ids) == ([5, 6], [9])
+
+
+@pytest.mark.parametrize("name", ["output_ids", "response_token_ids"])
+def test_sglang_output_ids(name: str) -> None:
+    assert parse_record(completions_api_record(**{name: [4, 4]})).completion_token_ids == [4, 4]
+    value = completions_api_record()
+    value["response"][name] = [3]  # type: ignore[index]
+    assert parse_record(value).completion_token_ids == [3]
+
+
+def test_specwatch_token_ids_and_their_absence() -> None:
+    record = parse_record(specwatch_record(prompt_token_ids=[1], completion_token_ids=[2, 3]))
+    assert (record.prompt_token_ids, record.completion_token_ids) == ([1], [2, 3])
+    plain = parse_record(specwatch_record(completion_token_ids=[]))
+    assert (plain.prompt_token_ids, plain.completion_token_ids) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("ids", "reason"),
+    [
+        ("1 2 3", "expected a list of token ids, got str"),
+        ([1, -1], r"completion_token_ids\[1\]: not a token id"),
+        ([1, True], r"completion_token_ids\[1\]: not a token id"),
+        ([1.0], r"completion_token_ids\[0\]: not a token id"),
+        ([2**31], r"completion_token_ids\[0\]: not a token id"),
+        ([[1]], r"completion_token_ids\[0\]: not a token id"),
+        (list(range(2**20 + 1)), "over the limit"),
+    ],
+)
+def test_bad_token_ids_are_quarantined_with_the_place(ids: object, reason: str) -> None:
+    with pytest.raises(RecordError, match=reason):
+        parse_record(specwatch_record(completion_token_ids=ids))
+    with pytest.raises(RecordError, match=r"response\.choices\[0\]\.token_ids"):
+        parse_record(completions_api_record(token_ids=ids))
