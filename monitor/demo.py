@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -193,7 +195,7 @@ class TrafficStream(threading.Thread):
     def run(self) -> None:
         broken_at = {self.shift_at // 2: BROKEN_LINES[0], self.shift_at + 40: BROKEN_LINES[1]}
         with self.path.open("a", encoding="utf-8") as log_file:
-            for index, record in enumerate(self.records):
+            for index, record in enumerate(self.requests()):
                 if self.stop.wait(self.interval_s):
                     return
                 stamped = {**record, "timestamp": utcnow().isoformat().replace("+00:00", "Z")}
@@ -202,6 +204,15 @@ class TrafficStream(threading.Thread):
                     log_file.write(broken_at[index] + "\n")
                 log_file.flush()
                 self.written = index + 1
+
+    def requests(self) -> Iterator[dict[str, Any]]:
+        """The records in order, then the shifted ones again (new ids) until the stream is stopped:
+        traffic keeps coming while the loop closes, however long the retrain takes."""
+        yield from self.records
+        shifted = self.records[self.shift_at :]
+        for repeat in itertools.count(1):
+            for record in shifted:
+                yield {**record, "id": f"{record['id']}-again{repeat}"}
 
     @property
     def shifted(self) -> bool:
