@@ -47,8 +47,8 @@ from sqlalchemy import Engine, select
 from decoder.exchange import Exchange
 from decoder.files import write_atomically
 from decoder.target import TargetModel
-from monitor.config import CorpusConfig
-from monitor.db import Sample, as_utc
+from monitor.base.config import CorpusConfig
+from monitor.base.db import Sample, as_utc
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ either head skips is left out of both. The candidate is promoted only when every
 
 1. overall gain: alpha = sum A / sum (A + R) of each head; the gain candidate - live gets a paired
    cluster bootstrap over samples (one set of resampled indices for both heads, the expanded percentile
-   interval of monitor.stats). The interval's lower end must reach `min_alpha_gain`.
+   interval of monitor.base.stats). The interval's lower end must reach `min_alpha_gain`.
 2. segments: a segment with at least `segment_min_samples` scored samples is judged: the candidate may
    lose at most `segment_tolerance` alpha against live, and must clear the segment's alert threshold or
    improve on live. Smaller segments are listed as not judged.
 3. lossless: for the first `lossless_samples` holdout prompts (by sample_id) the candidate's greedy
    speculative output in exact mode must equal the target's own output, token for token.
-4. speedup: estimated speedup tau / (1 + k * c) (monitor.stats.estimated_speedup) of the candidate must
+4. speedup: estimated speedup tau / (1 + k * c) (monitor.base.stats.estimated_speedup) of the candidate must
    not fall below live's. c, the draft/target forward-cost ratio, is a FLOP proxy, not a timing: the
    weight-matrix FLOPs of one steady-state verify step of the draft (propose k tokens after one verified
    position, then read the verified position), over k times the FLOPs of one decoding forward of the
@@ -48,15 +48,15 @@ from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_gen
 from decoder.exact import propose, update, verify
 from decoder.exchange import Exchange, tokenize_exchange
 from decoder.metrics import draft_budget
-from monitor.config import GateConfig
-from monitor.drift import threshold_for
-from monitor.stats import (
+from monitor.base.config import GateConfig
+from monitor.base.stats import (
     Interval,
     estimated_speedup,
     expanded_levels,
     percentile_interval,
     resampled_sums,
 )
+from monitor.evaluation.drift import threshold_for
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from decoder import TargetModel
 from decoder.exchange import tokenize_exchange
-from monitor.config import Config, CorpusConfig, IntakeConfig, SamplingConfig, Secret
-from monitor.db import Sample
-from monitor.demo_traffic import traffic
+from monitor.base.config import Config, CorpusConfig, IntakeConfig, SamplingConfig, Secret
+from monitor.base.db import Sample
 from monitor.intake.pipeline import IntakePipeline, RawRecord
+from monitor.service.demo_traffic import traffic
 from retrain.corpus import (
     Corpus,
     CorpusError,

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from decoder import TargetModel, load_draft, read_manifest
-from monitor.config import (
+from monitor.base.config import (
     Config,
     CorpusConfig,
     ModelsConfig,
@@ -27,9 +27,9 @@ from monitor.config import (
     StatsConfig,
     TrainingConfig,
 )
-from monitor.db import HeadEvent, OutboxMessage
-from monitor.evaluate import evaluate
-from monitor.replay import Replayer, Versions
+from monitor.base.db import HeadEvent, OutboxMessage
+from monitor.evaluation.evaluate import evaluate
+from monitor.replay.replayer import Replayer, Versions
 from retrain.jobs import get_job
 from retrain.pipeline import execute_job
 from retrain.registry import HeadRegistry
