@@ -2,8 +2,7 @@
 
     from retrain.gate import run_gate
     decision = run_gate(target, live_draft, candidate_draft, corpus.holdout, config.retrain.gate,
-                        window=config.replay.window, threshold=config.drift.threshold,
-                        threshold_overrides=config.drift.threshold_overrides, seed=0)
+                        window=config.replay.window, drift=config.drift, seed=0)
     decision.promote, decision.reasons, decision.summary(), decision.to_dict()
 
 Both heads are scored (teacher-forced, greedy) on the same holdout samples, tokenized once; a sample
@@ -35,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -48,7 +47,7 @@ from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_gen
 from decoder.exact import propose, update, verify
 from decoder.exchange import Exchange, tokenize_exchange
 from decoder.metrics import draft_budget
-from monitor.base.config import GateConfig
+from monitor.base.config import DriftConfig, GateConfig
 from monitor.base.stats import (
     Interval,
     estimated_speedup,
@@ -56,7 +55,6 @@ from monitor.base.stats import (
     percentile_interval,
     resampled_sums,
 )
-from monitor.evaluation.drift import threshold_for
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +141,7 @@ def run_gate(
     config: GateConfig,
     *,
     window: int,
-    threshold: float,
-    threshold_overrides: Mapping[str, float],
+    drift: DriftConfig,
     batch_size: int = 16,
     max_batch_tokens: int = 16384,
     seed: int = 0,
@@ -157,7 +154,7 @@ def run_gate(
     scored = _score_both(target, live, candidate, ordered, tokenized, window, batch_size, max_batch_tokens)
     overall = _overall(scored, config, resamples, seed)
     overall["skipped"] = len(ordered) - len(scored)
-    segments = _segments(scored, config, threshold, threshold_overrides)
+    segments = _segments(scored, config, drift)
     lossless_prompts = _lossless_prompts(target, ordered, tokenized, config)
     lossless = _lossless(target, candidate, lossless_prompts, config, window, seed)
     speedup = _speedup(target, live, candidate, scored, lossless_prompts, window)
@@ -266,16 +263,11 @@ def _overall_check(overall: dict[str, Any], config: GateConfig) -> _Check:
 # ---- segments -----------------------------------------------------------------------------------
 
 
-def _segments(
-    scored: Sequence[_Scored], config: GateConfig, threshold: float, overrides: Mapping[str, float]
-) -> dict[str, dict[str, Any]]:
+def _segments(scored: Sequence[_Scored], config: GateConfig, drift: DriftConfig) -> dict[str, dict[str, Any]]:
     groups: dict[str, list[_Scored]] = defaultdict(list)
     for item in scored:
         groups[item.segment].append(item)
-    return {
-        segment: _segment(groups[segment], config, *threshold_for(segment, threshold, overrides))
-        for segment in sorted(groups)
-    }
+    return {segment: _segment(groups[segment], config, *drift.threshold_for(segment)) for segment in sorted(groups)}
 
 
 def _segment(items: Sequence[_Scored], config: GateConfig, threshold: float, source: str) -> dict[str, Any]:

@@ -436,6 +436,25 @@ class DriftConfig(Section):
         default=None, description="JSONL of the live head's training corpus; unset = samples before input_window"
     )
 
+    def threshold_for(self, segment: str) -> tuple[float, str]:
+        """The threshold that applies to `segment` and where it came from ("default" or the override key);
+        the one threshold policy: alerting, status, the report, the retrain corpus and the gate read it here.
+
+        An override key such as "lang=zh" or "region=sg/lang=zh" matches a segment when every "/"-separated
+        part of the key is one of the segment's parts. The most specific match (most parts) wins; on a tie
+        the higher threshold wins, so a tie can never hide an alert.
+        """
+        parts = set(segment.split("/"))
+        matches = [
+            (len(key.split("/")), value, key)
+            for key, value in self.threshold_overrides.items()
+            if all(part in parts for part in key.split("/"))
+        ]
+        if not matches:
+            return self.threshold, "default"
+        _, value, key = max(matches)
+        return value, key
+
 
 ALERT_RULES_DEFAULT: dict[str, tuple[str, str, str]] = {
     # alertname: (detector whose findings raise it, severity, what it means)

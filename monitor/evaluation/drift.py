@@ -1,7 +1,7 @@
 """Drift detectors over replayed traffic; each returns findings that carry their own evidence.
 
     from monitor.evaluation.drift import threshold_findings, change_findings, input_drift_finding
-    threshold_findings(stats, threshold=0.65, overrides={"lang=zh": 0.55})
+    threshold_findings(stats, DriftConfig(threshold=0.65, threshold_overrides={"lang=zh": 0.55}))
     change_findings({"lang=zh": alpha_series(results, "lang=zh")}, baselines={"lang=zh": 0.78})
     finding, report = input_drift_finding(reference_frame, current_frame, report_dir=Path("reports"), now=now)
 
@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from monitor.base.config import DriftConfig
 from monitor.base.stats import SegmentStats
 from monitor.intake.language import detect_language, text_features
 
@@ -65,25 +66,6 @@ class Finding:
 # ---- threshold ------------------------------------------------------------------------------------
 
 
-def _override_matches(key: str, segment_parts: set[str]) -> bool:
-    return all(part in segment_parts for part in key.split("/"))
-
-
-def threshold_for(segment: str, threshold: float, overrides: Mapping[str, float]) -> tuple[float, str]:
-    """The threshold that applies to `segment` and where it came from ("default" or the override key).
-
-    An override key such as "lang=zh" or "region=sg/lang=zh" matches a segment when every "/"-separated
-    part of the key is one of the segment's parts. The most specific match (most parts) wins; on a tie
-    the higher threshold wins, so a tie can never hide an alert.
-    """
-    parts = set(segment.split("/"))
-    matches = [(len(key.split("/")), value, key) for key, value in overrides.items() if _override_matches(key, parts)]
-    if not matches:
-        return threshold, "default"
-    _, value, key = max(matches)
-    return value, key
-
-
 def _threshold_finding(stats: SegmentStats, threshold: float, source: str) -> Finding:
     assert stats.alpha is not None and stats.alpha_interval is not None
     interval = stats.alpha_interval
@@ -108,23 +90,19 @@ def _threshold_finding(stats: SegmentStats, threshold: float, source: str) -> Fi
     return Finding("threshold", stats.segment, stats.window, CRITICAL, summary, evidence)
 
 
-def threshold_findings(
-    stats: Sequence[SegmentStats],
-    *,
-    threshold: float = 0.65,
-    overrides: Mapping[str, float] | None = None,
-    min_samples: int = 30,
-) -> list[Finding]:
-    """Segments whose alpha is confidently below their threshold.
+def threshold_findings(stats: Sequence[SegmentStats], drift: DriftConfig | None = None) -> list[Finding]:
+    """Segments whose alpha is confidently below their threshold (`drift.threshold_for`; default settings
+    when `drift` is None).
 
-    Fires when alpha < threshold, the interval's upper bound < threshold and samples >= min_samples.
+    Fires when alpha < threshold, the interval's upper bound < threshold and samples >= drift.min_samples.
     A segment without an interval (one sample) never fires.
     """
+    drift = drift or DriftConfig()
     findings = []
     for item in stats:
-        if item.alpha is None or item.alpha_interval is None or item.samples < min_samples:
+        if item.alpha is None or item.alpha_interval is None or item.samples < drift.min_samples:
             continue
-        limit, source = threshold_for(item.segment, threshold, overrides or {})
+        limit, source = drift.threshold_for(item.segment)
         if item.alpha < limit and item.alpha_interval.high < limit:
             findings.append(_threshold_finding(item, limit, source))
     return findings

@@ -223,9 +223,7 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
         resamples=config.stats.resamples,
     )
     drift = config.drift
-    findings = threshold_findings(
-        stats, threshold=drift.threshold, overrides=drift.threshold_overrides, min_samples=drift.min_samples
-    )
+    findings = threshold_findings(stats, drift)
     recent_since = now - change_span
     recent = [r for r in results if r.occurred_at > recent_since]
     series = {segment: alpha_series(recent, segment) for segment in {r.segment for r in recent} | {ALL_SEGMENTS}}

@@ -8,7 +8,6 @@ from typing import Any
 
 from monitor.base.config import DriftConfig
 from monitor.base.stats import SegmentStats
-from monitor.evaluation.drift import threshold_for
 
 OK, WARNING, BREACH, UNKNOWN = "ok", "warning", "breach", "too few samples"
 COLOURS = {OK: "\x1b[32m", WARNING: "\x1b[33m", BREACH: "\x1b[31m", UNKNOWN: "\x1b[2m"}
@@ -30,7 +29,7 @@ class SegmentStatus:
 def state_of(stats: SegmentStats, drift: DriftConfig) -> tuple[str, float]:
     """breach: alpha confidently below the threshold with enough samples (what fires the alert);
     warning: alpha below the threshold plus the margin; ok otherwise."""
-    threshold, _ = threshold_for(stats.segment, drift.threshold, drift.threshold_overrides)
+    threshold, _ = drift.threshold_for(stats.segment)
     if stats.alpha is None or stats.samples < drift.min_samples:
         return UNKNOWN, threshold
     interval = stats.alpha_interval

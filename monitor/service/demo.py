@@ -470,7 +470,8 @@ def stream_and_watch(
     if recovered is None:
         say(display.finished or "the loop did not close")
     else:
-        verdict = "recovered" if recovered[0] >= config.drift.threshold else "did not recover"
+        zh_threshold, _ = config.drift.threshold_for("lang=zh")
+        verdict = "recovered" if recovered[0] >= zh_threshold else "did not recover"
         say(
             f"zh alpha {verdict}: {display.zh_before or 0:.2f} on the seed head -> {recovered[0]:.2f} on the "
             f"new head, over {recovered[1]} zh requests that arrived after the deploy"

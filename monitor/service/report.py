@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from monitor.base.config import Config, window_length
 from monitor.base.db import ReplayResult, StoredFinding, utcnow
 from monitor.base.stats import ALL_SEGMENTS, SampleResult, SegmentStats, segment_stats
-from monitor.evaluation.drift import REPORT_STAMP, threshold_for
+from monitor.evaluation.drift import REPORT_STAMP
 from monitor.evaluation.evaluate import (
     REPORTS_DIR,
     input_drift_reports,
@@ -208,7 +208,7 @@ def segment_panel(
         state, threshold = state_of(current, config.drift)
     else:
         state = UNKNOWN
-        threshold, _ = threshold_for(segment, config.drift.threshold, config.drift.threshold_overrides)
+        threshold, _ = config.drift.threshold_for(segment)
     own = [finding for finding in findings if finding.segment == segment][:5]
     positions = list(current.per_position_rates) if current and current.counts.steps else []
     if positions:

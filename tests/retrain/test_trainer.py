@@ -17,6 +17,7 @@ from decoder.training import FitCheckpoint
 from monitor.base.config import (
     Config,
     CorpusConfig,
+    DriftConfig,
     IntakeConfig,
     SamplingConfig,
     Secret,
@@ -63,7 +64,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
         CorpusConfig(holdout_fraction=0.25),
         out_dir=root / "corpus",
         segment_alpha={"lang=zh": 0.3},
-        threshold=0.65,
+        drift=DriftConfig(threshold=0.65),
         seed=0,
         now=NOW,
     )

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from decoder.metrics import AcceptCounts
+from monitor.base.config import DriftConfig
 from monitor.base.stats import Interval, SegmentStats, segment_stats
 from monitor.evaluation.drift import (
     PageHinkley,
@@ -21,7 +22,6 @@ from monitor.evaluation.drift import (
     input_drift_finding,
     input_features,
     threshold_findings,
-    threshold_for,
 )
 from monitor.service.demo_traffic import documents, exchange
 from tests.monitor.base.test_stats import HOUR, NOW, simulated_results
@@ -63,14 +63,16 @@ def test_threshold_fires_only_when_confidently_below() -> None:
 
 def test_override_thresholds_most_specific_wins() -> None:
     overrides = {"lang=zh": 0.5, "region=sg/lang=zh": 0.7, "region=sg": 0.6}
-    assert threshold_for("tenant=h:ab/region=sg/lang=zh", 0.65, overrides) == (0.7, "region=sg/lang=zh")
-    assert threshold_for("region=cn/lang=zh", 0.65, overrides) == (0.5, "lang=zh")
-    assert threshold_for("region=us/lang=en", 0.65, overrides) == (0.65, "default")
-    assert threshold_for("region=sg/lang=zh-en", 0.65, overrides) == (0.6, "region=sg")  # parts, not substrings
-    assert threshold_for("region=sg/lang=ja", 0.65, {"lang=ja": 0.6, "region=sg": 0.62}) == (0.62, "region=sg")
+    drift = DriftConfig(threshold=0.65, threshold_overrides=overrides)
+    assert drift.threshold_for("tenant=h:ab/region=sg/lang=zh") == (0.7, "region=sg/lang=zh")
+    assert drift.threshold_for("region=cn/lang=zh") == (0.5, "lang=zh")
+    assert drift.threshold_for("region=us/lang=en") == (0.65, "default")
+    assert drift.threshold_for("region=sg/lang=zh-en") == (0.6, "region=sg")  # parts, not substrings
+    tie = DriftConfig(threshold=0.65, threshold_overrides={"lang=ja": 0.6, "region=sg": 0.62})
+    assert tie.threshold_for("region=sg/lang=ja") == (0.62, "region=sg")
 
     stats = [window_stats("region=cn/lang=zh", 0.6, 0.57, 0.63), window_stats("region=sg/lang=zh", 0.6, 0.57, 0.63)]
-    [finding] = threshold_findings(stats, overrides=overrides)
+    [finding] = threshold_findings(stats, drift)
     assert finding.segment == "region=sg/lang=zh"
     assert finding.evidence["threshold_source"] == "region=sg/lang=zh"
 
