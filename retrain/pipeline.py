@@ -26,7 +26,7 @@ from alerts.lifecycle import queue_event
 from decoder import AcceptCounts, load_draft, load_target
 from monitor.base.config import Config
 from monitor.base.db import HeadEvent, utcnow
-from monitor.evaluation.evaluate import load_results
+from monitor.base.results import load_results
 from retrain.corpus import Corpus, build_corpus, load_corpus
 from retrain.deploy import run_deploy_hook
 from retrain.gate import run_gate

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from decoder import AcceptCounts
 from monitor.base.config import Config, window_length
 from monitor.base.db import HeadEvent, ReplayResult, utcnow
-from monitor.replay.replayer import SCORED
+from monitor.base.results import SCORED
 from retrain.deploy import run_deploy_hook
 from retrain.gate import paired_gain_interval
 from retrain.pipeline import record_event

@@ -25,7 +25,8 @@ from sqlalchemy.orm import Session
 from alerts.lifecycle import raise_findings
 from decoder import AcceptCounts
 from monitor.base.config import Config, window_length
-from monitor.base.db import ReplayResult, Sample, StoredFinding, utcnow
+from monitor.base.db import Sample, StoredFinding, utcnow
+from monitor.base.results import load_results, measured_cost_ratio
 from monitor.base.stats import ALL_SEGMENTS, SampleResult, SegmentStats, alpha_series, segment_stats
 from monitor.evaluation.drift import (
     INPUT_DRIFT_REPORT,
@@ -37,7 +38,6 @@ from monitor.evaluation.drift import (
     threshold_findings,
 )
 from monitor.evaluation.health import HEALTH_DETECTORS, health_findings
-from monitor.replay.replayer import EXACT, SCORED
 
 log = logging.getLogger(__name__)
 
@@ -51,51 +51,6 @@ class Evaluation:
     stats: list[SegmentStats]
     findings: list[Finding]
     cost_ratio: float | None
-
-
-def load_results(engine: Engine, draft_version: str, since: datetime) -> list[SampleResult]:
-    """Scored results of one draft version for traffic since `since`, oldest first."""
-    query = (
-        select(ReplayResult)
-        .where(
-            ReplayResult.draft_version == draft_version,
-            ReplayResult.mode == SCORED,
-            ReplayResult.skipped.is_(None),
-            ReplayResult.occurred_at > since,
-        )
-        .order_by(ReplayResult.occurred_at, ReplayResult.id)
-    )
-    with Session(engine) as session:
-        return [sample_result(row) for row in session.scalars(query)]
-
-
-def sample_result(row: ReplayResult) -> SampleResult:
-    """A stored result as the statistics read it."""
-    return SampleResult(
-        sample_id=row.sample_id,
-        segment=row.segment,
-        occurred_at=row.occurred_at,
-        counts=AcceptCounts.from_dict(row.counts),
-        completion_tokens=row.completion_tokens,
-        draft_version=row.draft_version,
-        token_source=row.token_source,
-        retokenized_equal=row.retokenized_equal,
-    )
-
-
-def measured_cost_ratio(engine: Engine, draft_version: str, window_k: int) -> float | None:
-    """Draft/target forward cost implied by exact replays: speedup = tau / (1 + k c) solved for c, with tau the
-    emitted tokens per verify step, (A + S - E) / S (counts stored before E was recorded read E = 0)."""
-    query = select(ReplayResult.counts, ReplayResult.speedup).where(
-        ReplayResult.draft_version == draft_version, ReplayResult.mode == EXACT, ReplayResult.speedup.is_not(None)
-    )
-    with Session(engine) as session:
-        ratios = []
-        for counts, speedup in session.execute(query):
-            tau = AcceptCounts.from_dict(counts).tau
-            if tau is not None and speedup:
-                ratios.append(max(0.0, (tau / speedup - 1.0) / window_k))
-    return sum(ratios) / len(ratios) if ratios else None
 
 
 def baselines(results: Sequence[SampleResult], recent_since: datetime, min_samples: int) -> dict[str, float]:

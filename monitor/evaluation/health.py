@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from monitor.base.config import Config
 from monitor.base.db import HeadEvent, QuarantinedRecord, RetrainJob
+from monitor.base.results import replay_backlog
 from monitor.base.stats import ALL_SEGMENTS
 from monitor.evaluation.drift import WARNING, Finding
-from monitor.service.metrics import replay_backlog
 
 HEALTH_DETECTORS = ("replay_stalled", "intake_errors", "retrain_failed", "deploy_rolled_back")
 ROLLBACK_ALERT_HOURS = 24

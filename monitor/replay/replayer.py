@@ -45,12 +45,13 @@ from decoder import (
 from decoder.exchange import Exchange, ExchangeTokens, tokenize_exchange
 from monitor.base.config import ReplayConfig
 from monitor.base.db import ReplayClaim, ReplayResult, Sample, utcnow
+from monitor.base.results import EXACT, SCORED
 from monitor.intake.sampling import key_fraction
 
 log = logging.getLogger(__name__)
 default_tracer = trace.get_tracer(__name__)  # no-op until a TracerProvider is installed globally
 
-SCORED, EXACT = "scored", "exact"
+
 IDS_PER_STATEMENT = 10_000  # PostgreSQL takes at most 65,535 bind parameters in one statement
 
 

@@ -69,6 +69,7 @@ from monitor.base.failures import (
     is_disk_full,
     retry_at_startup,
 )
+from monitor.base.results import replay_backlog
 from monitor.base.serving import ThreadedServer
 from monitor.base.stats import ALL_SEGMENTS
 from monitor.evaluation.drift import CRITICAL, Finding
@@ -92,7 +93,6 @@ from monitor.service.metrics import (
     MetricsUnavailable,
     metrics_route,
     prometheus_reader,
-    replay_backlog,
 )
 from monitor.service.replay_loop import ReplayLoop
 from retrain.jobs import mark_dead_jobs, resumable_job

@@ -260,7 +260,7 @@ class LogTail:
 def language_alphas(engine: Engine, draft_version: str, since: datetime) -> dict[str, tuple[float, int]]:
     """Alpha and sample count per language of one head's scored results for traffic since `since`."""
     from decoder import AcceptCounts
-    from monitor.evaluation.evaluate import load_results
+    from monitor.base.results import load_results
 
     totals: dict[str, AcceptCounts] = {}
     samples: Counter[str] = Counter()

@@ -19,7 +19,6 @@ import math
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -30,15 +29,13 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry, make_asgi_app
-from sqlalchemy import Engine, exists, func, select
-from sqlalchemy.orm import Session
 from starlette.applications import Starlette
 from starlette.routing import Route
 
 from monitor.base.config import MetricsConfig
-from monitor.base.db import ReplayResult, Sample, as_utc, utcnow
+from monitor.base.results import SCORED
 from monitor.base.serving import ThreadedServer
-from monitor.replay.replayer import SCORED, ReplayReport, Versions
+from monitor.replay.replayer import ReplayReport, Versions
 
 if TYPE_CHECKING:
     from monitor.evaluation.evaluate import Evaluation
@@ -255,26 +252,6 @@ class Metrics:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
-
-
-def replay_backlog(
-    engine: Engine, draft_version: str, target_version: str | None = None, now: datetime | None = None
-) -> tuple[int, float]:
-    """(samples without a scored result for the draft version (and target version, when given),
-    seconds the oldest of them has waited since it was received); (0, 0.0) when nothing is pending."""
-    replayed = exists().where(
-        ReplayResult.sample_id == Sample.id,
-        ReplayResult.draft_version == draft_version,
-        ReplayResult.mode == SCORED,
-    )
-    if target_version is not None:
-        replayed = replayed.where(ReplayResult.target_version == target_version)
-    query = select(func.count(), func.min(Sample.received_at)).select_from(Sample).where(~replayed)
-    with Session(engine) as session:
-        pending, oldest = session.execute(query).one()
-    if not pending or oldest is None:
-        return 0, 0.0
-    return int(pending), max(0.0, ((now or utcnow()) - as_utc(oldest)).total_seconds())
 
 
 def start_metrics(config: MetricsConfig) -> tuple[Metrics, MetricsServer | None]:

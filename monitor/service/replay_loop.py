@@ -16,10 +16,11 @@ from sqlalchemy import Engine
 
 from alerts.outbox import dispatch
 from monitor.base.config import Config
+from monitor.base.results import replay_backlog
 from monitor.evaluation.evaluate import evaluate
 from monitor.replay.live_models import LiveModels
 from monitor.replay.replayer import Replayer
-from monitor.service.metrics import Metrics, replay_backlog
+from monitor.service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -21,22 +21,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Engine, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
 
 from monitor.base.config import Config, window_length
-from monitor.base.db import ReplayResult, StoredFinding, utcnow
+from monitor.base.db import StoredFinding, utcnow
+from monitor.base.results import Deploy, deploys, load_scored, measured_cost_ratio
 from monitor.base.stats import ALL_SEGMENTS, SampleResult, SegmentStats, segment_stats
 from monitor.evaluation.drift import REPORT_STAMP
-from monitor.evaluation.evaluate import (
-    REPORTS_DIR,
-    input_drift_reports,
-    latest_findings,
-    measured_cost_ratio,
-    sample_result,
-)
+from monitor.evaluation.evaluate import REPORTS_DIR, input_drift_reports, latest_findings
 from monitor.evaluation.status import BREACH, OK, UNKNOWN, WARNING, state_of
-from monitor.replay.replayer import SCORED
 
 log = logging.getLogger(__name__)
 
@@ -55,15 +48,6 @@ class HourlyAlpha:
     hour: datetime
     alpha: float
     samples: int
-
-
-@dataclass(frozen=True)
-class Deploy:
-    """A draft version and when it went live: the first time any sample was replayed against it."""
-
-    draft_version: str
-    at: datetime
-    results: int
 
 
 @dataclass(frozen=True)
@@ -94,31 +78,6 @@ class ReportData:
     @property
     def empty(self) -> bool:
         return not self.panels
-
-
-def load_scored(engine: Engine, since: datetime) -> list[SampleResult]:
-    """Scored, not skipped results of every draft version for traffic since `since`, oldest first."""
-    query = (
-        select(ReplayResult)
-        .where(ReplayResult.mode == SCORED, ReplayResult.skipped.is_(None), ReplayResult.occurred_at > since)
-        .order_by(ReplayResult.occurred_at, ReplayResult.id)
-    )
-    with Session(engine) as session:
-        return [sample_result(row) for row in session.scalars(query)]
-
-
-def deploys(engine: Engine) -> list[Deploy]:
-    """Every draft version in replay_results with its first replay time, oldest first. The replayer works
-    through the backlog oldest-first, so a version's first replay, not its oldest traffic, dates it."""
-    first = func.min(ReplayResult.replayed_at)
-    query = (
-        select(ReplayResult.draft_version, first, func.count())
-        .where(ReplayResult.mode == SCORED)
-        .group_by(ReplayResult.draft_version)
-        .order_by(first)
-    )
-    with Session(engine) as session:
-        return [Deploy(version, at, count) for version, at, count in session.execute(query)]
 
 
 def hourly_alpha(results: Iterable[SampleResult], segment: str) -> dict[str, list[HourlyAlpha]]:

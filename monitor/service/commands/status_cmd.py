@@ -64,8 +64,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     from monitor.base.config import window_length
     from monitor.base.db import utcnow
+    from monitor.base.results import load_results
     from monitor.base.stats import segment_stats
-    from monitor.evaluation.evaluate import load_results
     from monitor.evaluation.status import render_table, segment_statuses
 
     config = load_config(args)

@@ -19,12 +19,12 @@ from decoder import AcceptCounts, TargetModel, exact_generate, score_batch
 from decoder.reference_corpus import code_documents, dialog_documents, split
 from monitor.base.config import Config, ModelsConfig, ReplayConfig, Secret
 from monitor.base.db import ReplayClaim, ReplayResult, Sample, utcnow
+from monitor.base.results import EXACT, SCORED, load_results
 from monitor.base.stats import segment_stats
-from monitor.evaluation.evaluate import load_results
 from monitor.evaluation.status import render_table, segment_statuses
 from monitor.intake.pipeline import IntakePipeline, RawRecord
 from monitor.replay.live_models import LiveModels, ModelsUnavailable, load_live_models
-from monitor.replay.replayer import EXACT, SCORED, ClaimedSample, Replayer, Versions
+from monitor.replay.replayer import ClaimedSample, Replayer, Versions
 from monitor.service.demo_traffic import START, traffic
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from monitor.base.db import ReplayResult
-from monitor.replay.replayer import SCORED
+from monitor.base.results import SCORED
 from monitor.service.demo import free_port
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from monitor.base.config import Config
 from monitor.base.db import AlertRecord, IntakeCounter, ReplayResult, Sample
-from monitor.replay.replayer import SCORED
+from monitor.base.results import SCORED
 from monitor.service.daemon import Backoff, FollowJob, Health, JsonFormatter, Systemd
 from monitor.service.demo_traffic import traffic, write_jsonl
 from tests.monitor.service.daemon_process import (

@@ -22,18 +22,18 @@ from sqlalchemy.orm import Session
 from decoder import AcceptCounts
 from monitor.base.config import Config, MetricsConfig, ModelsConfig, ReplayConfig, Secret
 from monitor.base.db import ReplayResult
+from monitor.base.results import EXACT, SCORED, replay_backlog
 from monitor.base.stats import SampleResult, segment_stats
 from monitor.evaluation.evaluate import Evaluation
 from monitor.intake.pipeline import IngestReport, IntakePipeline, RawRecord
 from monitor.replay.live_models import LiveModels, load_live_models
-from monitor.replay.replayer import EXACT, SCORED, Replayer, ReplayReport, Versions
+from monitor.replay.replayer import Replayer, ReplayReport, Versions
 from monitor.service.demo_traffic import traffic
 from monitor.service.metrics import (
     ACCEPTED_LENGTH_BOUNDARIES,
     Metrics,
     MetricsUnavailable,
     prometheus_reader,
-    replay_backlog,
     serve_prometheus,
     start_metrics,
     tracer_provider,

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from decoder import draft_version
 from monitor.base.db import IntakeCounter, QuarantinedRecord, ReplayClaim, ReplayResult, RetrainJob, Sample, utcnow
-from monitor.replay.replayer import SCORED
+from monitor.base.results import SCORED
 from monitor.service.demo_traffic import traffic, write_jsonl
 from retrain.registry import HeadRegistry
 from tests.monitor.service.daemon_process import (
