@@ -86,6 +86,7 @@ def retrain_command(args: argparse.Namespace) -> int:
 
 
 def launch(args: argparse.Namespace, config: Any, engine: Any, job: Any) -> int:
+    from monitor.service.gate_notice import gate_decision_notifier
     from retrain.jobs import LockBusy
     from retrain.pipeline import execute_job
     from retrain.schedule import spawn_job
@@ -97,7 +98,7 @@ def launch(args: argparse.Namespace, config: Any, engine: Any, job: Any) -> int:
         print_json(result) if args.json else print(f"retrain job {job.id} started (pid {process.pid}): {result['log']}")
         return 0
     try:
-        outcome = execute_job(config, engine, job)
+        outcome = execute_job(config, engine, job, announce=gate_decision_notifier(config, engine))
     except LockBusy as busy:
         raise CommandError(str(busy)) from None
     finally:
