@@ -47,7 +47,7 @@ from tests.monitor.service.daemon_process import (
     write_config,
 )
 
-UNIT = ROOT / "monitor" / "systemd" / "specwatch.service"
+UNIT = ROOT / "monitor" / "service" / "systemd" / "specwatch.service"
 MIX = {"en": 0.4, "zh": 0.3, "code": 0.3}
 
 
