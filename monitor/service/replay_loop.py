@@ -2,8 +2,8 @@
 
 specwatch replay --follow     # until SIGTERM/SIGINT; /metrics on metrics.host:metrics.port
 
-A replay-only loop (`replay_only=True`, as the daemon builds it: evaluation and alert delivery run
-on jobs of their own there) never evaluates nor dispatches.
+Whether a loop evaluates is its constructor's `evaluate` argument: `replay --follow` builds one that does;
+the daemon builds one that does not (evaluation and alert delivery run on jobs of their own there).
 """
 
 from __future__ import annotations
@@ -26,17 +26,15 @@ log = logging.getLogger(__name__)
 
 
 class ReplayLoop:
-    """Replays pending samples round after round; unless replay-only, evaluates and sends alerts when due."""
+    """Replays pending samples round after round; with `evaluate`, also evaluates and sends alerts when due."""
 
-    def __init__(
-        self, config: Config, engine: Engine, models: LiveModels, metrics: Metrics, *, replay_only: bool = False
-    ) -> None:
+    def __init__(self, config: Config, engine: Engine, models: LiveModels, metrics: Metrics, *, evaluate: bool) -> None:
         self.config = config
         self.engine = engine
         self.models = models
         self.metrics = metrics
         self.replayer = Replayer(engine, models.target, models.draft, models.versions, config.replay)
-        self.replay_only = replay_only
+        self.evaluates = evaluate
         self._last_evaluation = float("-inf")
 
     def step(self) -> int:
@@ -52,8 +50,9 @@ class ReplayLoop:
         return report.claimed
 
     def evaluation_due(self) -> bool:
-        """Never for a replay-only loop; else on the first round and then every `replay.evaluate_interval_s`."""
-        if self.replay_only:
+        """Never for a loop built without `evaluate`; else on the first round and then every
+        `replay.evaluate_interval_s`."""
+        if not self.evaluates:
             return False
         return time.monotonic() - self._last_evaluation >= self.config.replay.evaluate_interval_s
 

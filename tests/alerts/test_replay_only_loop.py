@@ -62,6 +62,6 @@ def test_the_daemons_replay_loop_neither_evaluates_nor_dispatches(models_config:
 
 def test_a_follow_loop_evaluates_and_dispatches_on_its_first_round(models_config: Config, engine: Engine) -> None:
     queue_firing_alert(models_config, engine)
-    loop = ReplayLoop(models_config, engine, load_live_models(models_config.models), Metrics([]))
+    loop = ReplayLoop(models_config, engine, load_live_models(models_config.models), Metrics([]), evaluate=True)
     loop.step()
     assert evaluated_and_sent(engine) == (True, True)

@@ -76,7 +76,7 @@ def follow(config: Config, engine: Engine, models: LiveModels) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        ReplayLoop(config, engine, models, metrics).run(stop)
+        ReplayLoop(config, engine, models, metrics, evaluate=True).run(stop)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

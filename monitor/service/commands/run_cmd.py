@@ -1,5 +1,5 @@
 """`specwatch run`: the daemon — intake, replay, evaluation, alerts and retraining in one process until
-SIGTERM, with systemd notify and watchdog (monitor/service/daemon.py; the unit is
+SIGTERM, with systemd notify and watchdog (monitor/service/daemon/; the unit is
 monitor/service/systemd/specwatch.service).
 
     specwatch run --config /etc/specwatch/config.toml

@@ -31,7 +31,10 @@ from sqlalchemy.orm import Session
 from monitor.base.config import Config
 from monitor.base.db import AlertRecord, IntakeCounter, ReplayResult, Sample
 from monitor.base.results import SCORED
-from monitor.service.daemon import Backoff, FollowJob, Health, JsonFormatter, Systemd
+from monitor.service.daemon.health import Backoff, Health
+from monitor.service.daemon.intake import FollowJob
+from monitor.service.daemon.logs import JsonFormatter
+from monitor.service.daemon.systemd import Systemd
 from monitor.service.demo_traffic import traffic, write_jsonl
 from tests.monitor.service.daemon_process import (
     ROOT,
@@ -345,7 +348,7 @@ def test_gpu_lost_mid_replay_moves_replay_to_the_cpu_or_pauses_it(
     daemon.engine, daemon.draft_dir = engine, models.draft
     daemon.metrics = Metrics([])
     daemon.loop = GpuFailsMidRound()  # type: ignore[assignment]
-    daemon.replay_job()
+    daemon.jobs.replay_job()
     assert daemon.health.device is not None and "CUDA error" in daemon.health.device
     if policy == "cpu":
         assert daemon.loop is not None and str(daemon.loop.models.target.device) == "cpu"
@@ -353,14 +356,15 @@ def test_gpu_lost_mid_replay_moves_replay_to_the_cpu_or_pauses_it(
     else:
         assert daemon.loop is None and daemon.health.models is not None
         assert daemon.health.models.startswith("replay paused")
-    assert [finding.detector for finding in daemon.daemon_findings()] == ["device_lost"]
+    assert [finding.detector for finding in daemon.jobs.daemon_findings()] == ["device_lost"]
 
 
 def test_health_and_metrics_endpoints_over_http(config: Config, tmp_path: Path) -> None:
     """/healthz, /readyz and /metrics as the daemon serves them (uvicorn + starlette), in-process."""
     from prometheus_client import CollectorRegistry
 
-    from monitor.service.daemon import Daemon, Endpoints, serve_http
+    from monitor.service.daemon import Daemon
+    from monitor.service.daemon.health_server import Endpoints, serve_http
     from monitor.service.metrics import Metrics, prometheus_reader
 
     registry = CollectorRegistry()
@@ -398,5 +402,5 @@ def test_exposed_intake_without_a_token_refuses_to_start(
     daemon = Daemon(config.model_copy(update={"intake": exposed}), tmp_path / "config.toml", Systemd({}))
     daemon.engine = engine
     with pytest.raises(StartupRefused, match="without a bearer token") as refused:
-        daemon.start_intake()
+        daemon.intake.start()
     assert "SPECWATCH_INGEST_TOKEN" in str(refused.value)

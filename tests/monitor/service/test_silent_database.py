@@ -30,7 +30,7 @@ from monitor.base.config import StorageConfig
 from monitor.base.db import Sample, create_db_engine, current_revision, upgrade
 from monitor.base.db_timeouts import without_time_limits
 from monitor.base.failures import is_database_unreachable
-from monitor.service.daemon import Health
+from monitor.service.daemon.health import Health
 from monitor.service.demo import free_port
 from monitor.service.demo_traffic import traffic, write_jsonl
 from tests.conftest import POSTGRES_URL, fresh_postgres_schema
