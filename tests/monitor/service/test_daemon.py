@@ -1,7 +1,7 @@
 """`specwatch run` as a real subprocess on the tiny reference models: sd_notify on a real datagram socket
 (READY, WATCHDOG, STOPPING), /healthz and /readyz, SIGKILL and restart without lost or doubled work,
-refusal without models, an unreachable database; the systemd unit through systemd-analyze; and the
-daemon's small parts (failure classes, intake pause on a full disk, health, systemd environment) in-process.
+refusal without models, an unreachable database, a missing GPU; the systemd unit through systemd-analyze.
+The daemon's parts (monitor/service/daemon/) are tested in-process in tests/monitor/service/daemon/.
 
     SPECWATCH_TEST_REFERENCE_DIR=/tmp/tiny-ref .venv/bin/pytest tests/monitor/service/test_daemon.py
 """
@@ -9,11 +9,9 @@ daemon's small parts (failure classes, intake pause on a full disk, health, syst
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,16 +23,10 @@ from typing import Any
 import pytest
 import torch
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from monitor.base.config import Config
 from monitor.base.db import AlertRecord, IntakeCounter, ReplayResult, Sample
 from monitor.base.results import SCORED
-from monitor.service.daemon.health import Backoff, Health
-from monitor.service.daemon.intake import FollowJob
-from monitor.service.daemon.logs import JsonFormatter
-from monitor.service.daemon.systemd import Systemd
 from monitor.service.demo_traffic import traffic, write_jsonl
 from tests.monitor.service.daemon_process import (
     ROOT,
@@ -247,160 +239,3 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert result.returncode == 0 and not complaints, result.stdout + result.stderr
     for setting in ("Type=notify", "WatchdogSec=60", "TimeoutStopSec=60", "DynamicUser=yes", "ProtectSystem=strict"):
         assert setting in text.splitlines()
-
-
-# -- the daemon's parts, in-process --------------------------------------------------------------------
-
-
-def sqlite_error(message: str) -> OperationalError:
-    return OperationalError("INSERT ...", {}, sqlite3.OperationalError(message))
-
-
-class FullDisk:
-    """A file follower whose database has no space left until `space` is set."""
-
-    def __init__(self) -> None:
-        self.polls = 0
-        self.space = False
-
-    def poll_once(self) -> None:
-        self.polls += 1
-        if not self.space:
-            raise sqlite_error("database or disk is full")
-
-
-def test_intake_pauses_while_the_disk_is_full_then_resumes(caplog: pytest.LogCaptureFixture) -> None:
-    follower = FullDisk()
-    paused = Backoff(0.05, 1.0)
-    job = FollowJob(follower, paused)  # type: ignore[arg-type]
-    with caplog.at_level(logging.INFO, logger="monitor.service.daemon"):
-        job.poll()
-        job.poll()  # within the backoff: not tried
-        assert follower.polls == 1 and paused.problem and "no space left" in paused.problem
-        time.sleep(0.06)
-        follower.space = True
-        job.poll()
-    assert follower.polls == 2 and paused.problem is None
-    assert "intake paused" in caplog.text and "intake resumed" in caplog.text
-
-
-class Buggy:
-    def poll_once(self) -> None:
-        raise ValueError("a bug")
-
-
-def test_other_intake_failures_are_left_to_the_job_runner() -> None:
-    paused = Backoff(1.0, 1.0)
-    with pytest.raises(ValueError):
-        FollowJob(Buggy(), paused).poll()  # type: ignore[arg-type]
-    assert paused.problem is None
-
-
-def test_readiness_and_liveness() -> None:
-    health = Health()
-    assert "starting" in health.readiness_problems(60) and health.liveness_problem(False, 10, time.monotonic()) is None
-    health.phase, health.models, health.replay_lag_s = "running", None, 5.0
-    health.database.succeeded()
-    assert health.readiness_problems(60) == []
-    health.replay_lag_s = 120.0
-    assert health.readiness_problems(60) == ["replay lag 120s over daemon.max_replay_lag_s = 60"]
-    health.database.failed("connection refused")
-    assert "database unreachable: connection refused" in health.readiness_problems(60)
-    assert health.liveness_problem(True, 10, time.monotonic()) is None
-    assert health.liveness_problem(False, 10, time.monotonic()) == "the scheduler is not running"
-    assert "no replay round completed" in str(health.liveness_problem(True, 10, time.monotonic() + 11))
-
-
-def test_systemd_environment_is_read_once_and_removed() -> None:
-    environ = {"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid()), "OTHER": "kept"}
-    systemd = Systemd(environ)
-    assert systemd.watchdog_interval_s == 1.0 and environ == {"OTHER": "kept"}
-    systemd.notify("READY=1")  # no NOTIFY_SOCKET: nothing to send, nothing raised
-    assert Systemd({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}).watchdog_interval_s is None
-
-
-def test_json_log_lines() -> None:
-    record = logging.LogRecord("monitor.service.daemon", logging.INFO, __file__, 1, "ready in %ds", (3,), None)
-    entry = json.loads(JsonFormatter().format(record))
-    assert (entry["level"], entry["logger"], entry["message"]) == ("INFO", "monitor.service.daemon", "ready in 3s")
-
-
-class GpuFailsMidRound:
-    """A replay loop whose device fails in the middle of a round, as a GPU that fell off the bus does:
-    torch raises a RuntimeError naming the CUDA error."""
-
-    def step(self) -> bool:
-        raise RuntimeError("CUDA error: unspecified launch failure")
-
-
-@pytest.mark.parametrize("policy", ["cpu", "pause"])
-def test_gpu_lost_mid_replay_moves_replay_to_the_cpu_or_pauses_it(
-    policy: str, engine: Engine, reference_models: Path
-) -> None:
-    from monitor.base.config import Config, ModelsConfig
-    from monitor.service.daemon import Daemon
-    from monitor.service.metrics import Metrics
-
-    models = ModelsConfig(
-        target=reference_models / "target", draft=reference_models / "drafts" / "eagle", on_device_lost=policy
-    )
-    daemon = Daemon(Config(models=models), Path("config.toml"))
-    daemon.engine, daemon.draft_dir = engine, models.draft
-    daemon.metrics = Metrics([])
-    daemon.loop = GpuFailsMidRound()  # type: ignore[assignment]
-    daemon.jobs.replay_job()
-    assert daemon.health.device is not None and "CUDA error" in daemon.health.device
-    if policy == "cpu":
-        assert daemon.loop is not None and str(daemon.loop.models.target.device) == "cpu"
-        assert daemon.health.models is None
-    else:
-        assert daemon.loop is None and daemon.health.models is not None
-        assert daemon.health.models.startswith("replay paused")
-    assert [finding.detector for finding in daemon.jobs.daemon_findings()] == ["device_lost"]
-
-
-def test_health_and_metrics_endpoints_over_http(config: Config, tmp_path: Path) -> None:
-    """/healthz, /readyz and /metrics as the daemon serves them (uvicorn + starlette), in-process."""
-    from prometheus_client import CollectorRegistry
-
-    from monitor.service.daemon import Daemon
-    from monitor.service.daemon.health_server import Endpoints, serve_http
-    from monitor.service.metrics import Metrics, prometheus_reader
-
-    registry = CollectorRegistry()
-    metrics = Metrics([prometheus_reader(registry)])
-    daemon = Daemon(config, tmp_path / "config.toml", Systemd({}))
-    served = serve_http("127.0.0.1", 0, Endpoints(daemon, registry))
-    base = f"http://127.0.0.1:{served.port}"
-    try:
-        metrics.observe_backlog(7, 2.0)
-        assert http_get(f"{base}/healthz") == (200, {"alive": True, "problem": None})
-        status, ready = http_get(f"{base}/readyz")
-        assert status == 503 and not ready["ready"] and "starting" in ready["problems"]
-        with urllib.request.urlopen(served.url, timeout=10) as reply:
-            assert "specwatch_replay_pending_samples 7.0" in reply.read().decode()
-        assert http_get(f"{base}/nowhere")[0] == 404
-    finally:
-        served.stop()
-        metrics.shutdown()
-    without_metrics = serve_http("127.0.0.1", 0, Endpoints(daemon, None))
-    try:
-        assert http_get(f"http://127.0.0.1:{without_metrics.port}/metrics")[0] == 404
-    finally:
-        without_metrics.stop()
-
-
-def test_exposed_intake_without_a_token_refuses_to_start(
-    config: Config, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from monitor.base.config import HttpIntakeConfig
-    from monitor.service.daemon import Daemon, StartupRefused
-
-    monkeypatch.delenv("SPECWATCH_INGEST_TOKEN", raising=False)
-    monkeypatch.setenv("SPECWATCH_HASH_SALT", "daemon-test")
-    exposed = config.intake.model_copy(update={"http": HttpIntakeConfig(host="0.0.0.0", port=0)})
-    daemon = Daemon(config.model_copy(update={"intake": exposed}), tmp_path / "config.toml", Systemd({}))
-    daemon.engine = engine
-    with pytest.raises(StartupRefused, match="without a bearer token") as refused:
-        daemon.intake.start()
-    assert "SPECWATCH_INGEST_TOKEN" in str(refused.value)
