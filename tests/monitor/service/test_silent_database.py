@@ -30,7 +30,6 @@ from monitor.base.config import StorageConfig
 from monitor.base.db import Sample, create_db_engine, current_revision, upgrade
 from monitor.base.db_timeouts import without_time_limits
 from monitor.base.failures import is_database_unreachable
-from monitor.service.daemon.health import Health
 from monitor.service.demo import free_port
 from monitor.service.demo_traffic import traffic, write_jsonl
 from tests.conftest import POSTGRES_URL, fresh_postgres_schema
@@ -48,23 +47,6 @@ from tests.monitor.service.silent_peer import FreezableProxy
 
 MIX = {"en": 0.5, "code": 0.5}
 FAST = StorageConfig(statement_timeout_s=1, idle_in_transaction_timeout_s=1, answer_timeout_s=2, ping_timeout_s=1)
-
-
-def test_readiness_names_a_job_without_progress_for_its_stall_limit() -> None:
-    health = Health()
-    health.phase, health.models, health.replay_lag_s = "running", None, 1.0
-    health.database.succeeded()
-    health.job_started("intake-follow")
-    health.job_started("replay")
-    now = time.monotonic()
-    assert health.readiness_problems(60, 30, now + 10) == []
-    assert health.readiness_problems(60, 30, now + 31) == [
-        "job intake-follow stalled: no progress for 31s (daemon.job_stall_after_s = 30)",
-        "job replay stalled: no progress for 31s (daemon.job_stall_after_s = 30)",
-    ]
-    health.job_ended("intake-follow")
-    health.job_progressed("replay")
-    assert health.readiness_problems(60, 30, time.monotonic() + 10) == []
 
 
 @pytest.fixture
