@@ -21,7 +21,9 @@ test: $(BIN)/specwatch
 
 lint: $(BIN)/specwatch
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench-ingest: $(BIN)/specwatch
 	$(BIN)/python bench/ingest_throughput.py

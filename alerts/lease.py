@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from monitor.db import OutboxLease, utcnow
+from monitor.base.db import OutboxLease, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -42,14 +42,14 @@ from alerts.policy import (
     route,
     silenced,
 )
-from monitor.config import AlertRule, AlertsConfig, window_length
-from monitor.db import AlertRecord, NotificationLogEntry, OutboxMessage, Silence, utcnow
+from monitor.base.config import AlertRule, AlertsConfig, window_length
+from monitor.base.db import AlertRecord, NotificationLogEntry, OutboxMessage, Silence, utcnow
 
 log = logging.getLogger(__name__)
 
 
 class FindingLike(Protocol):
-    """What a detector hands over (monitor.drift.Finding has this shape)."""
+    """What a detector hands over (monitor.evaluation.drift.Finding has this shape)."""
 
     @property
     def detector(self) -> str: ...

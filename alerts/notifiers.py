@@ -29,7 +29,7 @@ from slack_sdk.webhook import WebhookClient
 
 from alerts import render
 from alerts.model import RESOLVED, DeliveryError, Notification, Notifier, Receipt
-from monitor.config import ReceiverConfig, Secret, SecretSource, SecretUnavailable
+from monitor.base.config import ReceiverConfig, Secret, SecretSource, SecretUnavailable
 
 log = logging.getLogger(__name__)
 console_log = logging.getLogger("alerts.console")

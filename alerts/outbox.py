@@ -28,8 +28,8 @@ from sqlalchemy.orm import Session
 from alerts.lease import LEASE_TTL, ReceiverLease
 from alerts.model import Alert, DeliveryError, Notification, Notifier, Receipt
 from alerts.notifiers import build_notifier
-from monitor.config import AlertsConfig, SecretUnavailable
-from monitor.db import OutboxMessage, utcnow
+from monitor.base.config import AlertsConfig, SecretUnavailable
+from monitor.base.db import OutboxMessage, utcnow
 
 log = logging.getLogger(__name__)
 

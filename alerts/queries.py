@@ -18,8 +18,8 @@ from alerts.lifecycle import active_silences, as_alert, inhibit_rules_of, queue_
 from alerts.matchers import parse_all
 from alerts.model import FIRING, Alert
 from alerts.policy import muted
-from monitor.config import AlertsConfig
-from monitor.db import AlertRecord, OutboxMessage, Silence, utcnow
+from monitor.base.config import AlertsConfig
+from monitor.base.db import AlertRecord, OutboxMessage, Silence, utcnow
 
 
 @dataclass(frozen=True)

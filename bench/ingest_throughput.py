@@ -21,8 +21,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from monitor.config import Config, FollowConfig, SamplingConfig, Secret, StorageConfig
-from monitor.db import create_db_engine, upgrade
+from monitor.base.config import Config, FollowConfig, SamplingConfig, Secret, StorageConfig
+from monitor.base.db import create_db_engine, upgrade
 from monitor.intake.follow import FileFollower
 from monitor.intake.pipeline import IntakePipeline
 

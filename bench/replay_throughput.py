@@ -20,12 +20,12 @@ import torch
 from sqlalchemy import delete
 
 from decoder import score_batch
-from monitor.config import Config, ModelsConfig, ReplayConfig, Secret, StorageConfig
-from monitor.db import ReplayResult, create_db_engine, upgrade
-from monitor.demo_traffic import traffic
+from monitor.base.config import Config, ModelsConfig, ReplayConfig, Secret, StorageConfig
+from monitor.base.db import ReplayResult, create_db_engine, upgrade
 from monitor.intake.pipeline import IntakePipeline, RawRecord
-from monitor.live_models import load_live_models
-from monitor.replay import ClaimedSample, Replayer
+from monitor.replay.live_models import load_live_models
+from monitor.replay.replayer import ClaimedSample, Replayer
+from monitor.service.demo_traffic import traffic
 
 
 def main() -> None:

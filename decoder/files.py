@@ -1,6 +1,6 @@
 """Writing files so that a crash never leaves a torn one.
 
-    write_atomically(Path("corpus/manifest.json"), data)   # readers see the old file or the new one
+write_atomically(Path("corpus/manifest.json"), data)   # readers see the old file or the new one
 """
 
 from __future__ import annotations

@@ -286,7 +286,6 @@ class TargetModel:
                 results.append(tokens)
         return results
 
-
     def greedy_answers(
         self, conversations: Sequence[Sequence[dict[str, str]]], max_new_tokens: int, batch_size: int = 32
     ) -> list[str]:

@@ -1,9 +1,9 @@
-"""Alembic environment: runs on the connection handed in by monitor.db.upgrade, or on the URL."""
+"""Alembic environment: runs on the connection handed in by monitor.base.db.upgrade, or on the URL."""
 
 from alembic import context
 from sqlalchemy import create_engine
 
-from monitor.db import Base
+from monitor.base.db import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -2,7 +2,7 @@
 into train and holdout by sample, weighted toward segments whose acceptance is low.
 
     corpus = build_corpus(engine, config.retrain.corpus, out_dir=work / "corpus",
-                          segment_alpha={"tenant=h:1f2e/lang=zh": 0.41}, threshold=0.65,
+                          segment_alpha={"tenant=h:1f2e/lang=zh": 0.41}, drift=config.drift,
                           seed=0, now=utcnow(), target=target)
     corpus = load_corpus(work / "corpus")          # verifies the content hash
     for sample in corpus.training_samples(): ...   # low-alpha segments repeated
@@ -18,7 +18,8 @@ Steps, in order:
 5. optionally the train responses become the target's own greedy answers (as Medusa, EAGLE and
    SpecForge train); the holdout keeps the logged completions, since it measures real traffic.
 
-A segment's weight is 1 when its alpha is at or above the threshold (or unknown) and rises
+A segment's weight is 1 when its alpha is at or above its threshold (`DriftConfig.threshold_for`, the
+one the alerts use; or unknown) and rises
 linearly to `low_alpha_weight` as alpha falls to 0. Train samples of a segment appear
 round(weight) times in `training_samples()`; the holdout is never repeated or reweighted.
 
@@ -47,8 +48,8 @@ from sqlalchemy import Engine, select
 from decoder.exchange import Exchange
 from decoder.files import write_atomically
 from decoder.target import TargetModel
-from monitor.config import CorpusConfig
-from monitor.db import Sample, as_utc
+from monitor.base.config import CorpusConfig, DriftConfig
+from monitor.base.db import Sample, as_utc
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,10 @@ class CorpusManifest(BaseModel):
     counts: dict[str, SegmentCounts] = Field(description="samples per segment and side")
     weights: dict[str, float] = Field(description="training weight per segment (>= 1)")
     segment_alpha: dict[str, float] = Field(description="the alpha each weight came from, where known")
-    threshold: float = Field(description="alpha at or above which a segment has weight 1")
+    threshold: float = Field(description="the default alpha at or above which a segment has weight 1")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="each segment's threshold (the default or its override)"
+    )
     available: int = Field(ge=0, description="distinct samples in the window, before the max_samples cap")
     duplicates_dropped: int = Field(ge=0, description="samples dropped as content duplicates of older ones")
     regenerated: bool = Field(description="train responses are the target's own greedy answers")
@@ -311,7 +315,7 @@ def build_corpus(
     *,
     out_dir: Path,
     segment_alpha: Mapping[str, float],
-    threshold: float,
+    drift: DriftConfig,
     seed: int,
     now: datetime,
     target: TargetModel | None = None,
@@ -325,7 +329,8 @@ def build_corpus(
         raise CorpusError(f"no samples in the last {config.days} days (since {since.isoformat()}); nothing to train on")
     available = Counter(candidate.segment for candidate in candidates)
     alphas = {segment: segment_alpha[segment] for segment in available if segment in segment_alpha}
-    weights = {s: segment_weight(alphas.get(s), threshold, config.low_alpha_weight) for s in available}
+    thresholds = {segment: drift.threshold_for(segment)[0] for segment in available}
+    weights = {s: segment_weight(alphas.get(s), thresholds[s], config.low_alpha_weight) for s in available}
     chosen = _select(candidates, allocate_quotas(available, weights, config.max_samples), seed)
     samples = _fetch(engine, [candidate.sample_id for candidate in chosen])
     train = [s for s in samples if not in_holdout(s.sample_key, seed, config.holdout_fraction)]
@@ -345,7 +350,8 @@ def build_corpus(
         "window_days": config.days,
         "weights": {s: round(w, 6) for s, w in sorted(weights.items())},
         "segment_alpha": dict(sorted(alphas.items())),
-        "threshold": threshold,
+        "threshold": drift.threshold,
+        "thresholds": dict(sorted(thresholds.items())),
         "available": len(candidates),
         "duplicates_dropped": duplicates,
         "regenerated": regenerate,

@@ -32,7 +32,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:  # monitor depends on retrain, not the other way round: the type only
-    from monitor.config import DeployConfig
+    from monitor.base.config import DeployConfig
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,7 @@
 
     from retrain.gate import run_gate
     decision = run_gate(target, live_draft, candidate_draft, corpus.holdout, config.retrain.gate,
-                        window=config.replay.window, threshold=config.drift.threshold,
-                        threshold_overrides=config.drift.threshold_overrides, seed=0)
+                        window=config.replay.window, drift=config.drift, seed=0)
     decision.promote, decision.reasons, decision.summary(), decision.to_dict()
 
 Both heads are scored (teacher-forced, greedy) on the same holdout samples, tokenized once; a sample
@@ -11,13 +10,13 @@ either head skips is left out of both. The candidate is promoted only when every
 
 1. overall gain: alpha = sum A / sum (A + R) of each head; the gain candidate - live gets a paired
    cluster bootstrap over samples (one set of resampled indices for both heads, the expanded percentile
-   interval of monitor.stats). The interval's lower end must reach `min_alpha_gain`.
+   interval of monitor.base.stats). The interval's lower end must reach `min_alpha_gain`.
 2. segments: a segment with at least `segment_min_samples` scored samples is judged: the candidate may
    lose at most `segment_tolerance` alpha against live, and must clear the segment's alert threshold or
    improve on live. Smaller segments are listed as not judged.
 3. lossless: for the first `lossless_samples` holdout prompts (by sample_id) the candidate's greedy
    speculative output in exact mode must equal the target's own output, token for token.
-4. speedup: estimated speedup tau / (1 + k * c) (monitor.stats.estimated_speedup) of the candidate must
+4. speedup: estimated speedup tau / (1 + k * c) (monitor.base.stats.estimated_speedup) of the candidate must
    not fall below live's. c, the draft/target forward-cost ratio, is a FLOP proxy, not a timing: the
    weight-matrix FLOPs of one steady-state verify step of the draft (propose k tokens after one verified
    position, then read the verified position), over k times the FLOPs of one decoding forward of the
@@ -35,7 +34,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -48,9 +47,8 @@ from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_gen
 from decoder.exact import propose, update, verify
 from decoder.exchange import Exchange, tokenize_exchange
 from decoder.metrics import draft_budget
-from monitor.config import GateConfig
-from monitor.drift import threshold_for
-from monitor.stats import (
+from monitor.base.config import DriftConfig, GateConfig
+from monitor.base.stats import (
     Interval,
     estimated_speedup,
     expanded_levels,
@@ -143,8 +141,7 @@ def run_gate(
     config: GateConfig,
     *,
     window: int,
-    threshold: float,
-    threshold_overrides: Mapping[str, float],
+    drift: DriftConfig,
     batch_size: int = 16,
     max_batch_tokens: int = 16384,
     seed: int = 0,
@@ -157,7 +154,7 @@ def run_gate(
     scored = _score_both(target, live, candidate, ordered, tokenized, window, batch_size, max_batch_tokens)
     overall = _overall(scored, config, resamples, seed)
     overall["skipped"] = len(ordered) - len(scored)
-    segments = _segments(scored, config, threshold, threshold_overrides)
+    segments = _segments(scored, config, drift)
     lossless_prompts = _lossless_prompts(target, ordered, tokenized, config)
     lossless = _lossless(target, candidate, lossless_prompts, config, window, seed)
     speedup = _speedup(target, live, candidate, scored, lossless_prompts, window)
@@ -266,16 +263,11 @@ def _overall_check(overall: dict[str, Any], config: GateConfig) -> _Check:
 # ---- segments -----------------------------------------------------------------------------------
 
 
-def _segments(
-    scored: Sequence[_Scored], config: GateConfig, threshold: float, overrides: Mapping[str, float]
-) -> dict[str, dict[str, Any]]:
+def _segments(scored: Sequence[_Scored], config: GateConfig, drift: DriftConfig) -> dict[str, dict[str, Any]]:
     groups: dict[str, list[_Scored]] = defaultdict(list)
     for item in scored:
         groups[item.segment].append(item)
-    return {
-        segment: _segment(groups[segment], config, *threshold_for(segment, threshold, overrides))
-        for segment in sorted(groups)
-    }
+    return {segment: _segment(groups[segment], config, *drift.threshold_for(segment)) for segment in sorted(groups)}
 
 
 def _segment(items: Sequence[_Scored], config: GateConfig, threshold: float, source: str) -> dict[str, Any]:

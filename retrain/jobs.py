@@ -28,7 +28,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, or_, select, update
 from sqlalchemy.orm import Session
 
-from monitor.db import RetrainJob, RetrainLock, utcnow
+from monitor.base.db import RetrainJob, RetrainLock, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,10 @@
 """One retrain, start to finish: corpus -> candidate head -> gate -> register -> deploy (or refuse).
 
-    outcome = execute_job(config, engine, job)      # takes the lock, beats the heartbeat, logs to <work_dir>/job.log
+    outcome = execute_job(config, engine, job, announce=announce)   # takes the lock, beats the heartbeat,
+                                                                     # logs to <work_dir>/job.log
+
+`announce` receives the gate's decision (a `GateAnnouncement`); the service layer passes one that sends
+it as a notification (monitor.service.gate_notice), so retrain/ needs nothing of alerts/.
 
 Every stage leaves its output in the job's work directory (corpus/, train/checkpoint.pt,
 candidate/), so a job killed halfway resumes where it stopped: the corpus is reused, training
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,11 +26,10 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from alerts.lifecycle import queue_event
 from decoder import AcceptCounts, load_draft, load_target
-from monitor.config import Config
-from monitor.db import HeadEvent, utcnow
-from monitor.evaluate import load_results
+from monitor.base.config import Config
+from monitor.base.db import HeadEvent, utcnow
+from monitor.base.results import load_results
 from retrain.corpus import Corpus, build_corpus, load_corpus
 from retrain.deploy import run_deploy_hook
 from retrain.gate import run_gate
@@ -79,23 +82,18 @@ def record_event(
         )
 
 
-def announce_decision(
-    config: Config,
-    engine: Engine,
-    job: JobView,
-    version: str,
-    promote: bool,
-    summary: str,
-    overall: dict[str, Any],
-) -> None:
-    """The gate's decision as a notification (routed like an alert named RetrainGateDecision)."""
-    labels = {"alertname": "RetrainGateDecision", "severity": "info", "segment": "*"}
-    verdict = "promoted" if promote else "refused"
-    annotations = {
-        "summary": f"retrain job {job.id} ({job.trigger}): candidate {version} {verdict}. {summary}",
-        "evidence": overall,
-    }
-    queue_event(config.alerts, engine, labels, annotations)
+@dataclass(frozen=True)
+class GateAnnouncement:
+    """What the gate decided about a job's candidate, handed to the `announce` callback."""
+
+    job: JobView
+    version: str
+    promote: bool
+    summary: str
+    overall: dict[str, Any]
+
+
+Announce = Callable[[GateAnnouncement], None]
 
 
 class ProgressReporter:
@@ -124,14 +122,14 @@ def prepare_corpus(config: Config, engine: Engine, job: JobView, live_version: s
         settings,
         out_dir=directory,
         segment_alpha=live_segment_alphas(engine, live_version, now - timedelta(days=settings.days)),
-        threshold=config.drift.threshold,
+        drift=config.drift,
         seed=config.retrain.training.seed,
         now=now,
         target=target if settings.regenerate_responses else None,
     )
 
 
-def run_job(config: Config, engine: Engine, job: JobView) -> JobOutcome:
+def run_job(config: Config, engine: Engine, job: JobView, *, announce: Announce) -> JobOutcome:
     """The stages of one retrain (the caller holds the lock)."""
     if config.models.target is None or config.models.draft is None:
         raise ValueError("models.target and models.draft must be set to retrain")
@@ -168,8 +166,7 @@ def run_job(config: Config, engine: Engine, job: JobView) -> JobOutcome:
         corpus.holdout,
         config.retrain.gate,
         window=config.replay.window,
-        threshold=config.drift.threshold,
-        threshold_overrides=config.drift.threshold_overrides,
+        drift=config.drift,
         batch_size=config.replay.batch_size,
         max_batch_tokens=config.replay.max_batch_tokens,
         seed=training.seed,
@@ -186,7 +183,7 @@ def run_job(config: Config, engine: Engine, job: JobView) -> JobOutcome:
     )
     registry.update(candidate.version, gate=decision.to_dict())
     update_job(engine, job.id, candidate_version=candidate.version)
-    announce_decision(config, engine, job, candidate.version, decision.promote, decision.summary(), decision.overall)
+    announce(GateAnnouncement(job, candidate.version, decision.promote, decision.summary(), decision.overall))
     if not decision.promote:
         registry.update(candidate.version, state="refused")
         record_event(engine, "refused", candidate.version, live.version, decision.summary(), decision.to_dict(), job.id)
@@ -241,7 +238,7 @@ def job_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def execute_job(config: Config, engine: Engine, job: JobView) -> JobOutcome:
+def execute_job(config: Config, engine: Engine, job: JobView, *, announce: Announce) -> JobOutcome:
     """Runs a job under the retrain lock (LockBusy if another one is alive); never leaves it
     'running': it ends succeeded, refused or failed (with the error)."""
     mark_dead_jobs(engine, config.retrain.stale_after_s)
@@ -250,7 +247,7 @@ def execute_job(config: Config, engine: Engine, job: JobView) -> JobOutcome:
     with lock, job_log(job.work_dir / "job.log"):
         log.info("retrain job %d (%s: %s) starts, attempt %d", job.id, job.trigger, job.reason, job.attempts + 1)
         try:
-            outcome = run_job(config, engine, job)
+            outcome = run_job(config, engine, job, announce=announce)
         except Exception as error:
             log.exception("retrain job %d failed", job.id)
             finish(engine, job.id, "failed", error=f"{type(error).__name__}: {error}")

@@ -25,8 +25,8 @@ from apscheduler.triggers.cron import CronTrigger
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from monitor.config import Config, load_config, window_length
-from monitor.db import AlertRecord, RetrainJob, open_database, utcnow
+from monitor.base.config import Config, load_config, window_length
+from monitor.base.db import AlertRecord, RetrainJob, open_database, utcnow
 from retrain.jobs import ACTIVE, JobView, create_job, mark_dead_jobs
 
 log = logging.getLogger(__name__)

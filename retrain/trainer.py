@@ -43,7 +43,7 @@ from decoder.training import (
     fit_draft,
     pack_token_batches,
 )
-from monitor.config import TrainingConfig
+from monitor.base.config import TrainingConfig
 from retrain.corpus import Corpus
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from decoder import AcceptCounts
-from monitor.config import Config, window_length
-from monitor.db import HeadEvent, ReplayResult, utcnow
-from monitor.replay import SCORED
+from monitor.base.config import Config, window_length
+from monitor.base.db import HeadEvent, ReplayResult, utcnow
+from monitor.base.results import SCORED
 from retrain.deploy import run_deploy_hook
 from retrain.gate import paired_gain_interval
 from retrain.pipeline import record_event

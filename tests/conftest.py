@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from monitor.config import Config, StorageConfig
-from monitor.db import create_db_engine, upgrade
+from monitor.base.config import Config, StorageConfig
+from monitor.base.db import create_db_engine, upgrade
 
 POSTGRES_URL = os.environ.get("SPECWATCH_TEST_DATABASE_URL")
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]

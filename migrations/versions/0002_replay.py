@@ -47,9 +47,7 @@ def upgrade() -> None:
         sa.Column("worker", sa.String(128), nullable=False),
         sa.UniqueConstraint("sample_id", "draft_version", "target_version", "mode", name="uq_replay_results_run"),
     )
-    op.create_index(
-        "ix_replay_results_version_segment", "replay_results", ["draft_version", "segment", "occurred_at"]
-    )
+    op.create_index("ix_replay_results_version_segment", "replay_results", ["draft_version", "segment", "occurred_at"])
     op.create_table(
         "replay_claims",
         sa.Column("sample_id", Id, sa.ForeignKey("samples.id", ondelete="CASCADE"), primary_key=True),

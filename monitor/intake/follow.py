@@ -21,9 +21,9 @@ from typing import BinaryIO, cast
 
 from sqlalchemy import Engine
 
-from monitor.config import Config, FollowConfig
+from monitor.base.config import Config, FollowConfig
 from monitor.intake.pipeline import CursorAdvance, IngestReport, IntakePipeline, RawRecord, cursor_offsets
-from monitor.progress import Progress
+from monitor.intake.progress import Progress
 
 log = logging.getLogger(__name__)
 

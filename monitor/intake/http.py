@@ -44,16 +44,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from monitor.config import HttpIntakeConfig, Secret
-from monitor.failures import (
+from monitor.base.config import HttpIntakeConfig, Secret
+from monitor.base.failures import (
     describe,
     is_database_unreachable,
     is_disk_full,
     is_permanent_database_error,
     permanent_reason,
 )
+from monitor.base.serving import ThreadedServer
 from monitor.intake.pipeline import IngestReport, IntakePipeline, RawRecord
-from monitor.serving import ThreadedServer
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ crash at any moment neither loses nor doubles a record.
 One record can never stop intake: whatever goes wrong while reading it quarantines that record
 with a reason, and everything a column cannot hold (NUL, unpaired surrogates, over-long values)
 is refused before the database sees it. Should the database still refuse a batch for good
-(`monitor.failures.is_permanent_database_error`), its records are stored one at a time and the
+(`monitor.base.failures.is_permanent_database_error`), its records are stored one at a time and the
 ones it refuses are quarantined; `IntakeRefused` (caused by the refusal, so the same check holds
 for it) is raised only when even that fails. `is_database_unreachable` tells the errors worth a retry.
 """
@@ -33,9 +33,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from monitor.config import Config, Secret
-from monitor.db import IntakeCounter, IntakeCursor, QuarantinedRecord, Sample, SamplingBucket, utcnow
-from monitor.failures import is_permanent_database_error
+from monitor.base.config import Config, Secret
+from monitor.base.db import IntakeCounter, IntakeCursor, QuarantinedRecord, Sample, SamplingBucket, utcnow
+from monitor.base.failures import is_permanent_database_error
 from monitor.intake.language import LANGUAGES, detect_language
 from monitor.intake.records import RecordError, TrafficRecord, decode_line, parse_record
 from monitor.intake.redact import Redactor
@@ -75,7 +75,7 @@ class IntakeRefused(Exception):
     """The database refused a batch for a reason retrying cannot fix (a value or a statement it
     cannot take), and storing its records one at a time did not get around it either (it refuses
     the quarantine or the counters too). Raised from the database's error, so
-    `monitor.failures.is_permanent_database_error` is true of it: HTTP answers 422, not 503."""
+    `monitor.base.failures.is_permanent_database_error` is true of it: HTTP answers 422, not 503."""
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from sqlalchemy import CursorResult, Engine, delete
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Delete
 
-from monitor.config import RetentionConfig
-from monitor.db import QuarantinedRecord, Sample, SamplingBucket, utcnow
+from monitor.base.config import RetentionConfig
+from monitor.base.db import QuarantinedRecord, Sample, SamplingBucket, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import hmac
 import re
 from collections.abc import Iterable, Mapping
 
-from monitor.config import Secret
+from monitor.base.config import Secret
 from monitor.intake.redact import without_format_characters
 
 HASH_PREFIX = "h:"

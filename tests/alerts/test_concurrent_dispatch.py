@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session
 
 from alerts.lease import ReceiverLease
 from alerts.lifecycle import raise_findings
-from monitor.config import load_config
-from monitor.db import OutboxMessage
-from monitor.drift import Finding
+from monitor.base.config import load_config
+from monitor.base.db import OutboxMessage
+from monitor.evaluation.drift import Finding
 from tests.alerts.fake_slack import FakeSlack
 
 TOKEN = "xoxb-concurrent-test-token"
@@ -35,8 +35,8 @@ DISPATCH = """
 import json, logging, sys, time
 from pathlib import Path
 from alerts.outbox import dispatch
-from monitor.config import load_config
-from monitor.db import open_database
+from monitor.base.config import load_config
+from monitor.base.db import open_database
 
 logging.basicConfig(level=logging.WARNING)
 config = load_config(Path(sys.argv[1]))
@@ -185,7 +185,7 @@ def test_the_heartbeat_keeps_a_lease_past_its_ttl(engine: Engine) -> None:
 HOLD = """
 import os, sys
 from alerts.lease import ReceiverLease
-from monitor.db import create_db_engine
+from monitor.base.db import create_db_engine
 lease = ReceiverLease(create_db_engine(sys.argv[1]), "oncall")
 assert lease.acquire()
 print("held", flush=True)

@@ -18,9 +18,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from alerts.lifecycle import raise_findings
-from monitor.config import AlertsConfig
-from monitor.db import OutboxMessage
-from monitor.drift import Finding
+from monitor.base.config import AlertsConfig
+from monitor.base.db import OutboxMessage
+from monitor.evaluation.drift import Finding
 from tests.alerts.fake_slack import FakeSlack
 
 TOKEN = "xoxb-crash-test-token"
@@ -42,7 +42,7 @@ def write_config(tmp_path: Path, database_url: str, receiver: str) -> Path:
 
 
 def alerts_config(path: Path) -> AlertsConfig:
-    from monitor.config import load_config
+    from monitor.base.config import load_config
 
     return load_config(path).alerts
 

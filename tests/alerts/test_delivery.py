@@ -14,9 +14,9 @@ from sqlalchemy.orm import Session
 from alerts.lifecycle import raise_findings
 from alerts.outbox import dispatch, pending_count
 from alerts.queries import add_silence
-from monitor.config import AlertsConfig
-from monitor.db import OutboxMessage
-from monitor.drift import Finding
+from monitor.base.config import AlertsConfig
+from monitor.base.db import OutboxMessage
+from monitor.evaluation.drift import Finding
 from tests.alerts.fake_slack import FakeSlack
 
 TOKEN = "xoxb-delivery-test-token"

@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session
 from alerts.lifecycle import raise_findings
 from alerts.matchers import Matcher, MatcherError
 from alerts.queries import add_silence, alert_views, expire_silence
-from monitor.config import AlertsConfig
-from monitor.db import AlertRecord, NotificationLogEntry, OutboxMessage, Silence
-from monitor.drift import Finding
+from monitor.base.config import AlertsConfig
+from monitor.base.db import AlertRecord, NotificationLogEntry, OutboxMessage, Silence
+from monitor.evaluation.drift import Finding
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 EVALUATED = {"threshold", "change", "input_drift"}

@@ -20,7 +20,7 @@ from alerts.notifiers import (
     build_notifier,
 )
 from alerts.render import HEADER_LIMIT, SECTION_LIMIT, slack_blocks
-from monitor.config import ReceiverConfig, Secret
+from monitor.base.config import ReceiverConfig, Secret
 from tests.alerts.fake_slack import WEBHOOK_PATH, FakeSlack
 
 TOKEN = "xoxb-1111-2222-s3cr3t"

@@ -12,12 +12,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from alerts.lifecycle import raise_findings
-from monitor.config import Config, ModelsConfig
-from monitor.db import AlertRecord, OutboxMessage
-from monitor.drift import Finding
-from monitor.live_models import LiveModels, load_live_models
-from monitor.metrics import Metrics
-from monitor.replay_loop import ReplayLoop
+from monitor.base.config import Config, ModelsConfig
+from monitor.base.db import AlertRecord, OutboxMessage
+from monitor.evaluation.drift import Finding
+from monitor.replay.live_models import LiveModels, load_live_models
+from monitor.service.metrics import Metrics
+from monitor.service.replay_loop import ReplayLoop
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,7 +45,7 @@ def evaluated_and_sent(engine: Engine) -> tuple[bool, bool]:
 
 
 def daemon_loop(config: Config, engine: Engine, live: LiveModels) -> ReplayLoop:
-    from monitor.daemon import Daemon
+    from monitor.service.daemon import Daemon
 
     daemon = Daemon(config, Path("config.toml"))
     daemon.engine, daemon.metrics = engine, Metrics([])
@@ -62,6 +62,6 @@ def test_the_daemons_replay_loop_neither_evaluates_nor_dispatches(models_config:
 
 def test_a_follow_loop_evaluates_and_dispatches_on_its_first_round(models_config: Config, engine: Engine) -> None:
     queue_firing_alert(models_config, engine)
-    loop = ReplayLoop(models_config, engine, load_live_models(models_config.models), Metrics([]))
+    loop = ReplayLoop(models_config, engine, load_live_models(models_config.models), Metrics([]), evaluate=True)
     loop.step()
     assert evaluated_and_sent(engine) == (True, True)

@@ -15,7 +15,6 @@ from tests.decoder.conftest import KINDS
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-
 @pytest.fixture(scope="module")
 def english_batches(target: TargetModel) -> list:
     documents = split(dialog_documents("en"))[0][:200]

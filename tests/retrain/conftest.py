@@ -9,10 +9,10 @@ import pytest
 from sqlalchemy import Engine
 
 from decoder import TargetModel, load_target
-from monitor.config import Config, IntakeConfig, SamplingConfig, Secret
-from monitor.db import utcnow
-from monitor.demo_traffic import served, traffic
+from monitor.base.config import Config, IntakeConfig, SamplingConfig, Secret
+from monitor.base.db import utcnow
 from monitor.intake.pipeline import IntakePipeline, RawRecord
+from monitor.service.demo_traffic import served, traffic
 
 
 @pytest.fixture(scope="session")

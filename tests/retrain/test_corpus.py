@@ -7,18 +7,22 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from decoder import TargetModel
+from decoder import AcceptCounts, TargetModel
 from decoder.exchange import tokenize_exchange
-from monitor.config import Config, CorpusConfig, IntakeConfig, SamplingConfig, Secret
-from monitor.db import Sample
-from monitor.demo_traffic import traffic
+from monitor.base.config import Config, CorpusConfig, DriftConfig, IntakeConfig, SamplingConfig, Secret
+from monitor.base.db import Sample, utcnow
+from monitor.base.stats import Interval, SegmentStats
+from monitor.evaluation.drift import threshold_findings
 from monitor.intake.pipeline import IntakePipeline, RawRecord
+from monitor.service.demo_traffic import traffic
+from retrain import pipeline
 from retrain.corpus import (
     Corpus,
     CorpusError,
@@ -53,7 +57,13 @@ def records(count: int, start: datetime = NOW - timedelta(days=2), spacing_s: fl
 
 
 def build(engine: Engine, out: Path, config: CorpusConfig | None = None, **kw: Any) -> Corpus:
-    options: dict[str, Any] = {"segment_alpha": {}, "threshold": THRESHOLD, "seed": 0, "now": NOW, **kw}
+    options: dict[str, Any] = {
+        "segment_alpha": {},
+        "drift": DriftConfig(threshold=THRESHOLD),
+        "seed": 0,
+        "now": NOW,
+        **kw,
+    }
     return build_corpus(engine, config or CorpusConfig(holdout_fraction=0.3), out_dir=out, **options)
 
 
@@ -110,6 +120,43 @@ def test_a_low_alpha_segment_weighs_more_in_quota_and_training_stream(
     assert sum(s.segment == "lang=zh" for s in stream) == 2 * len(zh_train)
     assert len(stream) == len(corpus.train) + len(zh_train), "other segments once"
     assert all(stream[i] != stream[i + 1] for i in range(len(stream) - 1)), "copies are not adjacent"
+
+
+def test_corpus_weighting_and_alerting_agree_on_segments_below_threshold(
+    intake_config: Config, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One threshold policy (DriftConfig.threshold_for): the retrain pipeline's corpus weighs up exactly the
+    segments the threshold alert fires on, per-segment overrides included. lang=en at 0.68 is below its
+    override 0.7 (above the global 0.65); lang=zh at 0.55 is above its override 0.5 (below the global)."""
+    drift = DriftConfig(threshold=0.65, threshold_overrides={"lang=en": 0.7, "lang=zh": 0.5})
+    config = intake_config.model_copy(update={"drift": drift})
+    alphas = {"lang=en": 0.68, "lang=zh": 0.55}
+    ingest(config, engine, records(40, start=utcnow() - timedelta(hours=12)))
+    monkeypatch.setattr(pipeline, "live_segment_alphas", lambda engine, version, since: alphas)
+    job = SimpleNamespace(work_dir=tmp_path)
+    corpus = pipeline.prepare_corpus(config, engine, job, "live", target=None)  # type: ignore[arg-type]
+    weighted = {segment for segment, weight in corpus.manifest.weights.items() if weight > 1.0}
+
+    stats = [
+        SegmentStats(
+            segment=segment,
+            window="1h",
+            start=NOW - timedelta(hours=1),
+            end=NOW,
+            samples=100,
+            tokens=5000,
+            counts=AcceptCounts(),
+            alpha=alpha,
+            alpha_interval=Interval(alpha - 0.005, alpha + 0.005),
+            tau=2.0,
+            tau_interval=Interval(1.9, 2.1),
+            draft_acceptance_rate=alpha,
+        )
+        for segment, alpha in alphas.items()
+    ]
+    alerted = {finding.segment for finding in threshold_findings(stats, config.drift)}
+    assert weighted == alerted == {"lang=en"}
+    assert corpus.manifest.thresholds["lang=en"] == 0.7 and corpus.manifest.thresholds["lang=zh"] == 0.5
 
 
 def test_weights_and_quotas() -> None:

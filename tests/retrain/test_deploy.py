@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from monitor.config import DeployConfig
+from monitor.base.config import DeployConfig
 from retrain.deploy import run_deploy_hook, safe_url
 
 VERSION = "0123456789abcdef"

@@ -16,8 +16,8 @@ import torch
 
 from decoder import AcceptCounts, Draft, TargetModel, create_draft, load_draft
 from decoder.exchange import Exchange
-from monitor.config import GateConfig
-from monitor.demo_traffic import served, traffic
+from monitor.base.config import DriftConfig, GateConfig
+from monitor.service.demo_traffic import served, traffic
 from retrain.gate import GateDecision, draft_cost_ratio, paired_gain_interval, run_gate
 
 WINDOW = 3
@@ -71,8 +71,7 @@ def gate(target: TargetModel, live: Draft, candidate: Draft, holdout: list[Holdo
         holdout,
         CONFIG,
         window=WINDOW,
-        threshold=0.65,
-        threshold_overrides=OVERRIDES,
+        drift=DriftConfig(threshold=0.65, threshold_overrides=OVERRIDES),
         seed=seed,
     )
 

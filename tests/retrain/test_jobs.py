@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
-from monitor.db import RetrainJob, RetrainLock, utcnow
+from monitor.base.db import RetrainJob, RetrainLock, utcnow
 from retrain.jobs import JobLock, LockBusy, create_job, finish, get_job, mark_dead_jobs, resumable_job, set_progress
 
 

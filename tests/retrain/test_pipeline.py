@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from decoder import TargetModel, load_draft, read_manifest
-from monitor.config import (
+from monitor.base.config import (
     Config,
     CorpusConfig,
     ModelsConfig,
@@ -27,9 +27,10 @@ from monitor.config import (
     StatsConfig,
     TrainingConfig,
 )
-from monitor.db import HeadEvent, OutboxMessage
-from monitor.evaluate import evaluate
-from monitor.replay import Replayer, Versions
+from monitor.base.db import HeadEvent, OutboxMessage
+from monitor.evaluation.evaluate import evaluate
+from monitor.replay.replayer import Replayer, Versions
+from monitor.service.gate_notice import gate_decision_notifier
 from retrain.jobs import get_job
 from retrain.pipeline import execute_job
 from retrain.registry import HeadRegistry
@@ -91,7 +92,7 @@ def test_retrain_on_chinese_traffic_is_promoted_and_lifts_zh_above_the_threshold
 
     job = queue_job(config, engine, trigger="recapture", reason="test: zh below threshold")
     assert job is not None
-    outcome = execute_job(config, engine, job)
+    outcome = execute_job(config, engine, job, announce=gate_decision_notifier(config, engine))
     assert outcome.state == "succeeded", outcome.summary
     decision = outcome.decision or {}
     assert decision["overall"]["gain_low"] >= config.retrain.gate.min_alpha_gain
@@ -122,7 +123,7 @@ def test_a_worse_candidate_is_refused_and_the_live_head_stays(
     seed_version = replay_live(config, engine, target)
     job = queue_job(config, engine, trigger="manual", reason="test: a barely trained medusa")
     assert job is not None
-    outcome = execute_job(config, engine, job)
+    outcome = execute_job(config, engine, job, announce=gate_decision_notifier(config, engine))
     assert outcome.state == "refused", outcome.summary
     assert "gain" in outcome.summary
     registry = HeadRegistry(config.heads_dir)

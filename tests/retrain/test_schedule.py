@@ -12,9 +12,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from alerts.lifecycle import raise_findings
-from monitor.config import Config
-from monitor.db import RetrainJob, utcnow
-from monitor.drift import Finding
+from monitor.base.config import Config
+from monitor.base.db import RetrainJob, utcnow
+from monitor.evaluation.drift import Finding
 from retrain.jobs import finish
 from retrain.schedule import QUARTERLY_JOB_ID, quarterly_trigger, queue_job, recapture_due, start_scheduler
 

@@ -14,10 +14,19 @@ import torch
 from decoder import TargetModel, read_manifest
 from decoder.drafts import EagleConfig, EagleHead, MedusaConfig
 from decoder.training import FitCheckpoint
-from monitor.config import Config, CorpusConfig, IntakeConfig, SamplingConfig, Secret, StorageConfig, TrainingConfig
-from monitor.db import create_db_engine, upgrade
-from monitor.demo_traffic import traffic
+from monitor.base.config import (
+    Config,
+    CorpusConfig,
+    DriftConfig,
+    IntakeConfig,
+    SamplingConfig,
+    Secret,
+    StorageConfig,
+    TrainingConfig,
+)
+from monitor.base.db import create_db_engine, upgrade
 from monitor.intake.pipeline import IntakePipeline, RawRecord
+from monitor.service.demo_traffic import traffic
 from retrain.corpus import Corpus, build_corpus
 from retrain.trainer import (
     CHECKPOINT_FILE,
@@ -55,7 +64,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Corpus]:
         CorpusConfig(holdout_fraction=0.25),
         out_dir=root / "corpus",
         segment_alpha={"lang=zh": 0.3},
-        threshold=0.65,
+        drift=DriftConfig(threshold=0.65),
         seed=0,
         now=NOW,
     )

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import Engine
 
 from decoder import TargetModel, create_draft, load_draft, save_draft
-from monitor.config import Config, DeployConfig, ModelsConfig, RetrainConfig, WatchConfig
-from monitor.db import utcnow
-from monitor.health import deploy_rolled_back
-from monitor.replay import Replayer, Versions
+from monitor.base.config import Config, DeployConfig, ModelsConfig, RetrainConfig, WatchConfig
+from monitor.base.db import utcnow
+from monitor.evaluation.health import deploy_rolled_back
+from monitor.replay.replayer import Replayer, Versions
 from retrain.pipeline import deploy
 from retrain.registry import HeadRegistry
 from retrain.watch import deploy_under_watch, watch_latest_deploy

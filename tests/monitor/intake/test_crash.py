@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from monitor.db import QuarantinedRecord, Sample, create_db_engine, upgrade
+from monitor.base.db import QuarantinedRecord, Sample, create_db_engine, upgrade
 from tests.monitor.intake.traffic import line
 
 LINES = 20_000

@@ -8,8 +8,8 @@ from pathlib import Path
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from monitor.config import Config, FollowConfig, Secret
-from monitor.db import QuarantinedRecord, Sample
+from monitor.base.config import Config, FollowConfig, Secret
+from monitor.base.db import QuarantinedRecord, Sample
 from monitor.intake.follow import FileFollower, discover, fingerprint_of
 from monitor.intake.pipeline import IntakePipeline
 from tests.monitor.intake.traffic import line, write_log

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
-from monitor.config import Config, FollowConfig, HttpIntakeConfig, Secret
-from monitor.db import QuarantinedRecord, Sample
+from monitor.base.config import Config, FollowConfig, HttpIntakeConfig, Secret
+from monitor.base.db import QuarantinedRecord, Sample
 from monitor.intake.follow import FileFollower, import_logs
 from monitor.intake.http import IntakeHTTPServer
 from monitor.intake.pipeline import IngestReport, IntakePipeline

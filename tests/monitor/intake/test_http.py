@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.orm import Session
 
-from monitor.config import Config, HttpIntakeConfig, Secret
-from monitor.db import QuarantinedRecord, Sample
+from monitor.base.config import Config, HttpIntakeConfig, Secret
+from monitor.base.db import QuarantinedRecord, Sample
 from monitor.intake.http import ExposedWithoutToken, IntakeHTTPServer
 from monitor.intake.pipeline import IntakePipeline
 from tests.monitor.intake.traffic import line, record
@@ -239,7 +239,7 @@ def test_retry_after_on_the_concurrency_cap(config: Config, engine: Engine) -> N
 
 
 def test_database_down_answers_503_and_stores_nothing(config: Config, tmp_path: Any) -> None:
-    from monitor.db import create_db_engine
+    from monitor.base.db import create_db_engine
 
     missing = create_db_engine(f"sqlite:///{tmp_path / 'never-migrated.db'}")
     intake = serve(config, missing, token=None)
@@ -300,7 +300,7 @@ class PageLimit:
 
 
 def test_full_disk_answers_507_stores_nothing_then_resumes(config: Config, tmp_path: Any) -> None:
-    from monitor.db import create_db_engine, upgrade
+    from monitor.base.db import create_db_engine, upgrade
 
     engine = create_db_engine(f"sqlite:///{tmp_path / 'small.db'}")
     upgrade(engine)

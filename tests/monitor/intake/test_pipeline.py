@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
-from monitor.config import Config, SamplingConfig, SamplingRule, Secret
-from monitor.db import IntakeCounter, IntakeCursor, QuarantinedRecord, Sample
-from monitor.failures import is_database_unreachable, is_permanent_database_error
+from monitor.base.config import Config, SamplingConfig, SamplingRule, Secret
+from monitor.base.db import IntakeCounter, IntakeCursor, QuarantinedRecord, Sample
+from monitor.base.failures import is_database_unreachable, is_permanent_database_error
 from monitor.intake.pipeline import CursorAdvance, IntakePipeline, IntakeRefused, RawRecord
 from tests.monitor.intake.traffic import line, record
 

@@ -3,8 +3,8 @@ from datetime import timedelta
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
-from monitor.config import Config, RetentionConfig, Secret
-from monitor.db import QuarantinedRecord, Sample, utcnow
+from monitor.base.config import Config, RetentionConfig, Secret
+from monitor.base.db import QuarantinedRecord, Sample, utcnow
 from monitor.intake.pipeline import IntakePipeline, RawRecord
 from monitor.intake.retention import purge_expired
 from tests.monitor.intake.traffic import line

@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from monitor.db import Sample, create_db_engine
+from monitor.base.db import Sample, create_db_engine
 from tests.monitor.intake.traffic import record, write_log
 
 

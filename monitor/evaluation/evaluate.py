@@ -1,0 +1,233 @@
+"""Evaluation: replay results -> per-segment statistics -> drift findings, stored with evidence.
+
+results of the live draft version (scored mode)
+  -> segment_stats over the configured windows (bootstrap intervals over samples)
+  -> threshold findings (alpha confidently below 0.65), change findings (Page-Hinkley drop
+     from the segment's baseline), input drift (evidently, recent samples vs the reference)
+  + health findings (replay stalled, intake errors)
+  -> stored in `findings` and handed to `deliver_findings`, the one door to alerting (alerts/).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from alerts.lifecycle import raise_findings
+from decoder import AcceptCounts
+from monitor.base.config import Config, window_length
+from monitor.base.db import Sample, StoredFinding, utcnow
+from monitor.base.results import load_results, measured_cost_ratio
+from monitor.base.stats import ALL_SEGMENTS, SampleResult, SegmentStats, alpha_series, segment_stats
+from monitor.evaluation.drift import (
+    INPUT_DRIFT_REPORT,
+    REPORT_STAMP,
+    Finding,
+    change_findings,
+    input_drift_finding,
+    input_features,
+    threshold_findings,
+)
+from monitor.evaluation.health import HEALTH_DETECTORS, health_findings
+
+log = logging.getLogger(__name__)
+
+REPORTS_DIR = "reports"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    at: datetime
+    draft_version: str
+    stats: list[SegmentStats]
+    findings: list[Finding]
+    cost_ratio: float | None
+
+
+def baselines(results: Sequence[SampleResult], recent_since: datetime, min_samples: int) -> dict[str, float]:
+    """Each segment's (and all traffic's, "*") expected alpha: its own results before the recent
+    span (the previous week by default) when there are enough, else its first `min_samples`
+    results under this draft version (the head's alpha when it started serving that segment)."""
+    by_segment: dict[str, list[SampleResult]] = defaultdict(list)
+    for result in results:
+        by_segment[result.segment].append(result)
+        by_segment[ALL_SEGMENTS].append(result)
+    found = {}
+    for segment, items in by_segment.items():
+        earlier = [r for r in items if r.occurred_at <= recent_since]
+        reference = earlier if len(earlier) >= min_samples else items[:min_samples]
+        alpha = AcceptCounts.total(r.counts for r in reference).alpha
+        if alpha is not None and len(reference) >= min_samples:
+            found[segment] = alpha
+    return found
+
+
+def recent_rows(
+    engine: Engine, since: datetime, until: datetime | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Samples after `since` (and up to `until`) as input-drift rows, the newest `limit` of them."""
+    query = select(Sample.messages, Sample.completion, Sample.language, Sample.segment).where(
+        Sample.occurred_at > since
+    )
+    if until is not None:
+        query = query.where(Sample.occurred_at <= until)
+    if limit is not None:
+        query = query.order_by(Sample.occurred_at.desc()).limit(limit)
+    with Session(engine) as session:
+        return [
+            {"prompt": _prompt(messages), "completion": completion, "language": language, "segment": segment}
+            for messages, completion, language, segment in session.execute(query)
+        ]
+
+
+def input_drift_reports(data_dir: Path) -> list[Path]:
+    """evidently's input-drift reports under <data_dir>/reports, newest first."""
+    directory = data_dir / REPORTS_DIR
+    return sorted(directory.glob(f"{INPUT_DRIFT_REPORT}-*.html"), reverse=True) if directory.is_dir() else []
+
+
+def report_time(path: Path) -> datetime | None:
+    stamp = path.stem.removeprefix(f"{INPUT_DRIFT_REPORT}-")
+    try:
+        return datetime.strptime(stamp, REPORT_STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def input_drift_due(config: Config, now: datetime) -> bool:
+    """The last input-drift report is older than drift.input_interval (or from a clock that went back)."""
+    reports = input_drift_reports(config.storage.data_dir)
+    last = report_time(reports[0]) if reports else None
+    return last is None or not (now - window_length(config.drift.input_interval) < last <= now)
+
+
+def prune_input_drift_reports(config: Config) -> None:
+    for old in input_drift_reports(config.storage.data_dir)[config.drift.keep_input_reports :]:
+        old.unlink(missing_ok=True)
+
+
+def reference_rows(path: Path) -> list[dict[str, Any]]:
+    """The live head's training corpus as JSONL rows with prompt/completion (or messages), language, segment."""
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                item = json.loads(line)
+                if "prompt" not in item and "messages" in item:
+                    item["prompt"] = _prompt(item["messages"])
+                rows.append(item)
+    return rows
+
+
+def _prompt(messages: list[dict[str, str]]) -> str:
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
+def detect_input_drift(config: Config, engine: Engine, now: datetime) -> tuple[list[Finding], bool]:
+    """Input-drift findings, and whether the check ran (it needs enough rows on both sides)."""
+    drift = config.drift
+    if not input_drift_due(config, now):
+        return [], False
+    since = now - window_length(drift.input_window)
+    current = recent_rows(engine, since, now, limit=drift.input_max_rows)
+    if drift.reference_corpus is not None:
+        reference = reference_rows(drift.reference_corpus)[: drift.input_max_rows]
+    else:
+        reference = recent_rows(engine, since - window_length(drift.change_window), since, limit=drift.input_max_rows)
+    finding, report = input_drift_finding(
+        input_features(reference),
+        input_features(current),
+        drift_share=drift.input_drift_share,
+        report_dir=config.storage.data_dir / REPORTS_DIR,
+        now=now,
+        min_rows=drift.input_min_rows,
+        window=drift.input_window,
+    )
+    if report.reason:
+        log.info("input drift not checked: %s", report.reason)
+    else:
+        prune_input_drift_reports(config)
+    return ([finding] if finding else []), not report.reason
+
+
+def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime | None = None) -> Evaluation:
+    now = now or utcnow()
+    windows = {name: window_length(name) for name in config.stats.windows}
+    change_span = window_length(config.drift.change_window)
+    lookback = max([*windows.values(), change_span * 2])
+    results = load_results(engine, draft_version, now - lookback)
+    cost_ratio = config.stats.cost_ratio
+    if cost_ratio is None:
+        cost_ratio = measured_cost_ratio(engine, draft_version, config.replay.window)
+    stats = segment_stats(
+        results,
+        windows,
+        now,
+        window_k=config.replay.window,
+        cost_ratio=cost_ratio,
+        confidence=config.stats.confidence,
+        resamples=config.stats.resamples,
+    )
+    drift = config.drift
+    findings = threshold_findings(stats, drift)
+    recent_since = now - change_span
+    recent = [r for r in results if r.occurred_at > recent_since]
+    series = {segment: alpha_series(recent, segment) for segment in {r.segment for r in recent} | {ALL_SEGMENTS}}
+    findings += change_findings(
+        series,
+        baselines(results, recent_since, drift.min_samples),
+        delta=drift.change_delta,
+        threshold=drift.change_threshold,
+        min_samples=drift.min_samples,
+        window=drift.change_window,
+    )
+    input_drift, input_checked = detect_input_drift(config, engine, now)
+    findings += input_drift
+    findings += health_findings(config, engine, draft_version, now)
+    evaluation = Evaluation(now, draft_version, stats, findings, cost_ratio)
+    store_findings(engine, evaluation)
+    evaluated = {"threshold", "change", *HEALTH_DETECTORS, *(["input_drift"] if input_checked else [])}
+    deliver_findings(config, engine, evaluation.findings, evaluated, now)
+    return evaluation
+
+
+def store_findings(engine: Engine, evaluation: Evaluation) -> None:
+    with Session(engine) as session, session.begin():
+        session.add_all(
+            StoredFinding(
+                created_at=evaluation.at,
+                draft_version=evaluation.draft_version,
+                detector=finding.detector,
+                segment=finding.segment,
+                window=finding.window,
+                severity=finding.severity,
+                summary=finding.summary,
+                evidence=finding.evidence,
+            )
+            for finding in evaluation.findings
+        )
+
+
+def deliver_findings(
+    config: Config, engine: Engine, findings: Sequence[Finding], evaluated: Collection[str], now: datetime
+) -> None:
+    """The one door from detection to alerting: what the detectors in `evaluated` found now. Alerts
+    fire, resolve and queue notifications in alerts/; the outbox is sent by `dispatch_alerts`."""
+    for finding in findings:
+        log.info("finding [%s] %s: %s", finding.severity, finding.detector, finding.summary)
+    raise_findings(config.alerts, engine, findings, evaluated, now)
+
+
+def latest_findings(engine: Engine, limit: int = 50) -> list[StoredFinding]:
+    with Session(engine) as session:
+        query = select(StoredFinding).order_by(StoredFinding.created_at.desc(), StoredFinding.id).limit(limit)
+        return list(session.scalars(query))

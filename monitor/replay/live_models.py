@@ -1,0 +1,58 @@
+"""The live target and draft named in config, loaded once, with the versions results are kept under."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from decoder import Draft, TargetModel, draft_version, load_draft, load_target
+from monitor.base.config import Config, ModelsConfig
+from monitor.replay.replayer import Versions
+
+log = logging.getLogger(__name__)
+
+
+class ModelsUnavailable(Exception):
+    """A configured model directory is missing or unusable; the message names the path."""
+
+
+@dataclass(frozen=True)
+class LiveModels:
+    target: TargetModel
+    draft: Draft
+    versions: Versions
+
+
+def require_directory(path: Path | None, key: str) -> Path:
+    if path is None:
+        raise ModelsUnavailable(
+            f"{key} is not set: point it at a model directory "
+            "(or build reference models: specwatch models build-reference)"
+        )
+    if not path.is_dir():
+        raise ModelsUnavailable(f"{key} = {path}: no such directory")
+    return path
+
+
+def live_draft_dir(config: Config) -> Path | None:
+    """The live head: the head registry's live pointer once a retrain deployed one (or a rollback
+    moved it), else `models.draft`."""
+    from retrain.registry import HeadRegistry, RegistryError
+
+    try:
+        live = HeadRegistry(config.heads_dir).live_path()
+    except RegistryError as error:
+        raise ModelsUnavailable(str(error)) from None
+    return live or config.models.draft
+
+
+def load_live_models(config: ModelsConfig, draft_dir: Path | None = None) -> LiveModels:
+    """The target and the live draft (`draft_dir` when given, e.g. from live_draft_dir, else models.draft)."""
+    target_dir = require_directory(config.target, "models.target")
+    draft_dir = require_directory(draft_dir or config.draft, "models.draft")
+    target = load_target(target_dir, device=config.device)
+    draft = load_draft(draft_dir, target)
+    versions = Versions(target=target.fingerprint[:16], draft=draft_version(draft_dir))
+    log.info("live models: target %s (%s), draft %s (%s)", target_dir, versions.target, draft_dir, versions.draft)
+    return LiveModels(target, draft, versions)

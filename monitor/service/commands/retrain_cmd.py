@@ -1,0 +1,229 @@
+"""`specwatch retrain [--now] [--kind K] [--detach]`, `retrain status`, `heads list|export`,
+`rollback [VERSION]`: retraining and the head registry by hand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from monitor.service.commands.common import CommandError, add_config_argument, load_config, open_database, print_json
+
+KINDS = ["live", "eagle", "medusa", "draft_model"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    retrain = subparsers.add_parser(
+        "retrain", help="retrain the draft head: resume an interrupted job, run a due one, or --now"
+    )
+    add_config_argument(retrain)
+    retrain.add_argument("--now", action="store_true", help="retrain now even if none is due")
+    retrain.add_argument("--kind", choices=KINDS, default=None, help="draft kind (default: retrain.training.kind)")
+    retrain.add_argument("--detach", action="store_true", help="run the job in the background; print its id")
+    retrain.add_argument("--json", action="store_true", help="machine-readable output")
+    retrain.set_defaults(handler=retrain_command)
+    actions = retrain.add_subparsers(dest="retrain_command", metavar="ACTION")
+    status = actions.add_parser("status", help="recent retrain jobs: state, stage, progress, heartbeat, decision")
+    status.add_argument("--limit", type=int, default=10)
+    status.set_defaults(handler=status_command)
+    run_job = actions.add_parser("run-job", help="run one queued or interrupted job (used by the scheduler)")
+    run_job.add_argument("job_id", type=int)
+    run_job.set_defaults(handler=run_job_command)
+    watch = actions.add_parser("watch", help="judge the latest deploy against the head it replaced; roll back")
+    watch.set_defaults(handler=watch_command)
+    for action in (status, run_job, watch):
+        add_config_argument(action)
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+
+    heads = subparsers.add_parser("heads", help="the head registry: versions, the live one, export")
+    head_actions = heads.add_subparsers(dest="heads_command", metavar="ACTION", required=True)
+    listing = head_actions.add_parser("list", help="registered heads, newest first; the live one marked")
+    listing.set_defaults(handler=heads_list_command)
+    export = head_actions.add_parser("export", help="write an eagle head in vLLM's speculators format")
+    export.add_argument("version", help="version or unique prefix (default: the live head)", nargs="?")
+    export.add_argument("--out", required=True, type=Path, help="output directory")
+    export.set_defaults(handler=heads_export_command)
+    for action in (listing, export):
+        add_config_argument(action)
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+
+    rollback = subparsers.add_parser("rollback", help="make an earlier head live again (default: the previous one)")
+    rollback.add_argument("version", nargs="?", help="version or unique prefix")
+    rollback.add_argument("--reason", default="by hand", help="recorded with the rollback")
+    add_config_argument(rollback)
+    rollback.add_argument("--json", action="store_true", help="machine-readable output")
+    rollback.set_defaults(handler=rollback_command)
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    from monitor.base.config import default_config_path
+
+    return (Path(args.config) if args.config else default_config_path()).resolve()
+
+
+def retrain_command(args: argparse.Namespace) -> int:
+    from retrain.jobs import mark_dead_jobs, resumable_job
+    from retrain.schedule import queue_job, recapture_due
+
+    config = load_config(args)
+    engine = open_database(config)
+    mark_dead_jobs(engine, config.retrain.stale_after_s)
+    job = resumable_job(engine)
+    if job is None:
+        reason = "by hand (--now)" if args.now else recapture_due(config, engine)
+        if reason is None:
+            engine.dispose()
+            print("no retrain due: no breach or drop alert has fired long enough (or in cooldown); use --now")
+            return 0
+        job = queue_job(config, engine, trigger="manual" if args.now else "recapture", reason=reason, kind=args.kind)
+        if job is None:
+            engine.dispose()
+            raise CommandError("a retrain is already queued or running; see `specwatch retrain status`")
+    else:
+        print(f"resuming interrupted retrain job {job.id} from {job.work_dir}", file=sys.stderr if args.json else None)
+    return launch(args, config, engine, job)
+
+
+def launch(args: argparse.Namespace, config: Any, engine: Any, job: Any) -> int:
+    from monitor.service.gate_notice import gate_decision_notifier
+    from retrain.jobs import LockBusy
+    from retrain.pipeline import execute_job
+    from retrain.schedule import spawn_job
+
+    if args.detach:
+        process = spawn_job(config_path(args), job)
+        engine.dispose()
+        result = {"job": job.id, "pid": process.pid, "log": str(job.work_dir / "job.log")}
+        print_json(result) if args.json else print(f"retrain job {job.id} started (pid {process.pid}): {result['log']}")
+        return 0
+    try:
+        outcome = execute_job(config, engine, job, announce=gate_decision_notifier(config, engine))
+    except LockBusy as busy:
+        raise CommandError(str(busy)) from None
+    finally:
+        engine.dispose()
+    if args.json:
+        print_json(outcome.__dict__)
+    else:
+        print(f"retrain job {outcome.job_id} {outcome.state}: {outcome.summary}")
+    return 0 if outcome.state in ("succeeded", "refused") else 1
+
+
+def run_job_command(args: argparse.Namespace) -> int:
+    from retrain.jobs import get_job
+
+    config = load_config(args)
+    engine = open_database(config)
+    job = get_job(engine, args.job_id)
+    if job is None:
+        raise CommandError(f"no retrain job {args.job_id}")
+    if job.state not in ("queued", "interrupted", "running"):
+        raise CommandError(f"retrain job {job.id} is {job.state}; nothing to run")
+    args.detach = False
+    return launch(args, config, engine, job)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from monitor.base.db import utcnow
+    from retrain.jobs import mark_dead_jobs, recent_jobs
+
+    config = load_config(args)
+    engine = open_database(config)
+    mark_dead_jobs(engine, config.retrain.stale_after_s)
+    jobs = recent_jobs(engine, args.limit)
+    engine.dispose()
+    if args.json:
+        print_json([job.to_dict() for job in jobs])
+        return 0
+    if not jobs:
+        print("no retrain jobs yet")
+    now = utcnow()
+    for job in jobs:
+        progress = job.progress
+        stage = progress.get("stage", "-")
+        if stage == "train" and progress.get("steps"):
+            stage = f"train {progress.get('step', 0)}/{progress['steps']} loss {progress.get('loss', '-')}"
+        beat = ""
+        if job.state == "running" and job.heartbeat_at is not None:
+            beat = f", heartbeat {(now - job.heartbeat_at).total_seconds():.0f}s ago"
+        print(f"job {job.id:>4} {job.state:<11} {job.trigger:<9} {job.kind:<11} {stage}{beat}")
+        detail = (job.decision or {}).get("summary") or job.error or job.reason
+        print(f"          {str(detail)[:160]}")
+    return 0
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    from retrain.watch import watch_latest_deploy
+
+    config = load_config(args)
+    engine = open_database(config)
+    verdict = watch_latest_deploy(config, engine)
+    engine.dispose()
+    if verdict is None:
+        print("no deploy under watch")
+        return 0
+    print_json(verdict.to_dict()) if args.json else print(verdict.summary)
+    return 0
+
+
+def registry(config: Any) -> Any:
+    from retrain.registry import HeadRegistry
+
+    return HeadRegistry(config.heads_dir)
+
+
+def heads_list_command(args: argparse.Namespace) -> int:
+    config = load_config(args)
+    heads = registry(config).list()
+    if args.json:
+        print_json([head.model_dump(mode="json") for head in heads])
+        return 0
+    if not heads:
+        print(f"no heads registered under {config.heads_dir} (the first retrain registers models.draft as the seed)")
+    for head in heads:
+        marker = "*" if head.state == "live" else " "
+        gate = (head.gate or {}).get("summary", "")
+        print(
+            f"{marker} {head.version} {head.kind:<11} {head.state:<11} {head.created_at:%Y-%m-%d %H:%M} "
+            f"parent {head.parent or '-':<16} {head.source}"
+        )
+        if gate:
+            print(f"    gate: {gate[:160]}")
+    return 0
+
+
+def heads_export_command(args: argparse.Namespace) -> int:
+    from retrain.export import ExportError, export_speculators
+    from retrain.registry import RegistryError
+
+    config = load_config(args)
+    heads = registry(config)
+    try:
+        head = heads.get(args.version) if args.version else heads.live()
+        if head is None or config.models.target is None:
+            raise CommandError("no live head and no version given (or models.target unset)")
+        report = export_speculators(heads.draft_dir(head.version), config.models.target, args.out)
+    except (RegistryError, ExportError) as error:
+        raise CommandError(str(error)) from None
+    print_json(report.to_dict()) if args.json else print(f"exported {head.version} to {args.out}")
+    return 0
+
+
+def rollback_command(args: argparse.Namespace) -> int:
+    from retrain.registry import RegistryError
+    from retrain.watch import roll_back
+
+    config = load_config(args)
+    engine = open_database(config)
+    try:
+        result = roll_back(config, engine, args.version, reason=args.reason)
+    except RegistryError as error:
+        raise CommandError(str(error)) from None
+    finally:
+        engine.dispose()
+    print_json(result) if args.json else print(f"live head is {result['live']} again (was {result['was']})")
+    if not result["hook"]["ok"]:
+        print(f"deploy hook failed: {result['hook']['detail']}", file=sys.stderr)
+        return 1
+    return 0

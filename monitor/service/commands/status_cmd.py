@@ -1,0 +1,126 @@
+"""`specwatch evaluate`, `specwatch status` and `specwatch findings`: the numbers and what they mean."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from monitor.service.commands.common import CommandError, add_config_argument, load_config, open_database, print_json
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    evaluate = subparsers.add_parser(
+        "evaluate", help="compute per-segment statistics, run the detectors, raise and send alerts"
+    )
+    add_config_argument(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="machine-readable output")
+    evaluate.set_defaults(handler=evaluate_command)
+
+    status = subparsers.add_parser("status", help="per segment: alpha with interval, tau, samples, trend, state")
+    add_config_argument(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--window", default=None, help="window to show (default: the longest configured)")
+    status.set_defaults(handler=status_command)
+
+    findings = subparsers.add_parser("findings", help="the drift detectors' latest findings with their evidence")
+    add_config_argument(findings)
+    findings.add_argument("--json", action="store_true", help="machine-readable output")
+    findings.add_argument("--limit", type=int, default=20, help="newest N findings")
+    findings.set_defaults(handler=findings_command)
+
+
+def live_draft_version(args: argparse.Namespace) -> str:
+    from decoder import draft_version
+    from monitor.replay.live_models import ModelsUnavailable, live_draft_dir
+
+    config = load_config(args)
+    try:
+        draft = live_draft_dir(config)
+    except ModelsUnavailable as error:
+        raise CommandError(str(error)) from None
+    if draft is None or not draft.is_dir():
+        raise CommandError(f"models.draft = {draft}: not a directory; the live draft names the results")
+    return draft_version(draft)
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from alerts.outbox import dispatch
+    from monitor.evaluation.evaluate import evaluate
+
+    config = load_config(args)
+    engine = open_database(config)
+    evaluation = evaluate(config, engine, live_draft_version(args))
+    dispatch(config.alerts, engine)
+    engine.dispose()
+    if args.json:
+        print_json({"findings": [f.to_dict() for f in evaluation.findings]})
+    else:
+        print(f"{len(evaluation.stats)} segment windows evaluated, {len(evaluation.findings)} findings")
+        for finding in evaluation.findings:
+            print(f"  [{finding.severity}] {finding.detector}: {finding.summary}")
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from monitor.base.config import window_length
+    from monitor.base.db import utcnow
+    from monitor.base.results import load_results
+    from monitor.base.stats import segment_stats
+    from monitor.evaluation.status import render_table, segment_statuses
+
+    config = load_config(args)
+    windows = {name: window_length(name) for name in config.stats.windows}
+    window = args.window or max(windows, key=lambda name: windows[name])
+    if window not in windows:
+        raise CommandError(f"--window {window}: not one of the configured windows {list(windows)}")
+    trend_window = min(windows, key=lambda name: windows[name])
+    engine = open_database(config)
+    now = utcnow()
+    results = load_results(engine, live_draft_version(args), now - max(windows.values()))
+    engine.dispose()
+    stats = segment_stats(
+        results,
+        windows,
+        now,
+        window_k=config.replay.window,
+        cost_ratio=config.stats.cost_ratio,
+        confidence=config.stats.confidence,
+        resamples=config.stats.resamples,
+    )
+    statuses = segment_statuses(stats, window, trend_window, config.drift)
+    if args.json:
+        print_json([status.to_dict() for status in statuses])
+    elif not statuses:
+        print(f"no replayed samples in the last {window}")
+    else:
+        print(f"window {window}, trend against {trend_window}, threshold {config.drift.threshold}")
+        print(render_table(statuses, colour=sys.stdout.isatty()))
+    return 0
+
+
+def findings_command(args: argparse.Namespace) -> int:
+    from monitor.evaluation.evaluate import latest_findings
+
+    engine = open_database(load_config(args))
+    rows = latest_findings(engine, args.limit)
+    engine.dispose()
+    items = [
+        {
+            "created_at": row.created_at.isoformat(),
+            "detector": row.detector,
+            "segment": row.segment,
+            "window": row.window,
+            "severity": row.severity,
+            "summary": row.summary,
+            "evidence": row.evidence,
+        }
+        for row in rows
+    ]
+    if args.json:
+        print_json(items)
+    elif not items:
+        print("no findings")
+    else:
+        for row in rows:
+            print(f"{row.created_at:%Y-%m-%d %H:%M:%S}  [{row.severity}] {row.detector}: {row.summary}")
+    return 0

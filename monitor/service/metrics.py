@@ -1,0 +1,263 @@
+"""Metrics: what specwatch measures, as OpenTelemetry instruments, scraped by Prometheus at /metrics.
+
+    from prometheus_client import CollectorRegistry
+    registry = CollectorRegistry()
+    metrics = Metrics([prometheus_reader(registry)], service_name="specwatch")
+    server = serve_prometheus("127.0.0.1", 9464, registry=registry)  # curl http://127.0.0.1:9464/metrics
+    metrics.observe_evaluation(evaluation)
+    server.stop(); metrics.shutdown()
+
+`Metrics` owns its MeterProvider (never the global one), so tests and several services in one
+process each get their own. The README's "Metrics" section lists every instrument; Prometheus
+renders a counter named `specwatch_samples_ingested` as `specwatch_samples_ingested_total`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CollectorRegistry, make_asgi_app
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from monitor.base.config import MetricsConfig
+from monitor.base.results import SCORED
+from monitor.base.serving import ThreadedServer
+from monitor.replay.replayer import ReplayReport, Versions
+
+if TYPE_CHECKING:
+    from monitor.evaluation.evaluate import Evaluation
+    from monitor.intake.pipeline import IngestReport
+
+log = logging.getLogger(__name__)
+
+METER_NAME = "specwatch"
+ACCEPTED_LENGTH_BOUNDARIES = [float(length) for length in range(17)]  # tokens accepted per verify step: 0..16
+OTLP_PACKAGE = "opentelemetry-exporter-otlp"
+
+Attributes = tuple[tuple[str, str], ...]
+
+
+class MetricsUnavailable(Exception):
+    """The metrics configuration asks for something this installation cannot do."""
+
+
+class _Readings:
+    """The current values of one observable gauge, keyed by attributes; its callback reports them."""
+
+    def __init__(self) -> None:
+        self._values: dict[Attributes, float] = {}
+        self._lock = threading.Lock()
+
+    def replace(self, values: Mapping[Attributes, float]) -> None:
+        """All series at once: a series not in `values` disappears from the next collection."""
+        with self._lock:
+            self._values = dict(values)
+
+    def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            return [Observation(value, dict(attributes)) for attributes, value in self._values.items()]
+
+
+class MetricsServer:
+    """A running /metrics endpoint (the daemon's also serves /healthz and /readyz)."""
+
+    def __init__(self, server: ThreadedServer) -> None:
+        self.server = server
+        self.host, self.port = server.host, server.port
+
+    @property
+    def url(self) -> str:
+        return f"{self.server.url}/metrics"
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+class PrometheusEndpoint:
+    """prometheus_client's ASGI app on a registry, as a route's endpoint (starlette would take a plain
+    function for a request handler)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.app = make_asgi_app(registry)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def metrics_route(registry: CollectorRegistry) -> Route:
+    return Route("/metrics", PrometheusEndpoint(registry), methods=["GET"])
+
+
+def prometheus_reader(registry: CollectorRegistry) -> PrometheusMetricReader:
+    """A reader that exposes the metrics in `registry` (not prometheus_client's global one)."""
+    return PrometheusMetricReader(registry=registry, scope_info_enabled=False)
+
+
+def serve_prometheus(host: str = "127.0.0.1", port: int = 9464, *, registry: CollectorRegistry) -> MetricsServer:
+    """Serve `registry` at http://host:port/metrics from a daemon thread; port 0 picks a free port."""
+    server = ThreadedServer(Starlette(routes=[metrics_route(registry)]), host, port, name="metrics-http")
+    server.start()
+    served = MetricsServer(server)
+    log.info("metrics at %s", served.url)
+    return served
+
+
+def _otlp_url(endpoint: str, signal_path: str) -> str:
+    """OTLP/HTTP wants the full URL per signal; a bare collector address gets the standard path."""
+    base = endpoint.rstrip("/")
+    return base if base.endswith(signal_path) else base + signal_path
+
+
+def _otlp_missing(endpoint: str) -> MetricsUnavailable:
+    return MetricsUnavailable(
+        f"metrics.otlp_endpoint = {endpoint!r} needs the OTLP exporter: pip install {OTLP_PACKAGE}"
+    )
+
+
+def otlp_metric_reader(endpoint: str, interval_s: float = 60.0) -> MetricReader:
+    """A reader pushing metrics to an OTLP/HTTP collector; the exporter package is optional."""
+    try:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    except ImportError:
+        raise _otlp_missing(endpoint) from None
+    exporter = OTLPMetricExporter(endpoint=_otlp_url(endpoint, "/v1/metrics"))
+    return PeriodicExportingMetricReader(exporter, export_interval_millis=interval_s * 1000)
+
+
+def tracer_provider(config: MetricsConfig) -> TracerProvider:
+    """A TracerProvider for the replay spans; exports to OTLP when an endpoint is configured.
+
+    Hand `provider.get_tracer("monitor.replay.replayer")` to `Replayer(tracer=...)`, or make it the global
+    provider in the daemon; without either, spans are no-ops.
+    """
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: config.service_name}))
+    if config.otlp_endpoint:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise _otlp_missing(config.otlp_endpoint) from None
+        exporter = OTLPSpanExporter(endpoint=_otlp_url(config.otlp_endpoint, "/v1/traces"))
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _attributes(**labels: str) -> Attributes:
+    return tuple(sorted(labels.items()))
+
+
+class Metrics:
+    """specwatch's instruments on a MeterProvider of its own, fed by the replay/evaluation loop."""
+
+    def __init__(
+        self, readers: Sequence[MetricReader] = (), *, service_name: str = "specwatch", otlp_endpoint: str = ""
+    ) -> None:
+        readers = list(readers)
+        if otlp_endpoint:
+            readers.append(otlp_metric_reader(otlp_endpoint))
+        self.provider = MeterProvider(metric_readers=readers, resource=Resource.create({SERVICE_NAME: service_name}))
+        self._readings = {name: _Readings() for name in ("alpha", "tau", "low", "high", "live")}
+        self._histogram_carry: dict[int, float] = defaultdict(float)
+        self._carry_lock = threading.Lock()
+        self._create_instruments()
+
+    def _create_instruments(self) -> None:
+        meter = self.provider.get_meter(METER_NAME)
+        gauges = {
+            "alpha": ("specwatch_alpha", "acceptance rate A / (A + R) of the live draft per segment and window"),
+            "tau": ("specwatch_tau", "emitted tokens per verify step (A + S - E) / S"),
+            "low": ("specwatch_alpha_interval_low", "lower end of alpha's bootstrap confidence interval"),
+            "high": ("specwatch_alpha_interval_high", "upper end of alpha's bootstrap confidence interval"),
+            "live": ("specwatch_live_draft_info", "1 for the live (draft_version, target_version) pair"),
+        }
+        for key, (name, description) in gauges.items():
+            meter.create_observable_gauge(name, callbacks=[self._readings[key].observe], description=description)
+        self._accepted_length = meter.create_histogram(
+            "specwatch_accepted_length",
+            description="drafted tokens accepted per verify step (scored replays)",
+            explicit_bucket_boundaries_advisory=ACCEPTED_LENGTH_BOUNDARIES,
+        )
+        self._ingested = meter.create_counter("specwatch_samples_ingested", description="samples stored by intake")
+        self._quarantined = meter.create_counter(
+            "specwatch_samples_quarantined", description="records intake could not use (see specwatch intake errors)"
+        )
+        self._replayed = meter.create_counter("specwatch_samples_replayed", description="replay results stored")
+        self._tokens_per_second = meter.create_gauge(
+            "specwatch_replay_tokens_per_second", description="target tokens scored per second in the last round"
+        )
+        self._pending = meter.create_gauge(
+            "specwatch_replay_pending_samples", description="samples without a scored result for the live versions"
+        )
+        self._lag = meter.create_gauge(
+            "specwatch_replay_lag_seconds", unit="s", description="how long the oldest pending sample has waited"
+        )
+
+    def observe_evaluation(self, evaluation: Evaluation) -> None:
+        """alpha, tau and alpha's interval per (segment, window) from the latest evaluation."""
+        values: dict[str, dict[Attributes, float]] = {"alpha": {}, "tau": {}, "low": {}, "high": {}}
+        for stats in evaluation.stats:
+            key = _attributes(segment=stats.segment, window=stats.window)
+            if stats.alpha is not None:
+                values["alpha"][key] = stats.alpha
+            if stats.tau is not None:
+                values["tau"][key] = stats.tau
+            if stats.alpha_interval is not None:
+                values["low"][key] = stats.alpha_interval.low
+                values["high"][key] = stats.alpha_interval.high
+        for name, series in values.items():
+            self._readings[name].replace(series)
+
+    def observe_live_draft(self, versions: Versions) -> None:
+        self._readings["live"].replace({_attributes(draft_version=versions.draft, target_version=versions.target): 1})
+
+    def record_intake(self, source: str, report: IngestReport) -> None:
+        self._ingested.add(report.stored, {"source": source})
+        self._quarantined.add(report.quarantined, {"source": source})
+
+    def record_replay(self, rows: Iterable[Mapping[str, Any]], report: ReplayReport | None = None) -> None:
+        """Results as the Replayer stores them (keys mode, counts, skipped), and the round's throughput."""
+        for row in rows:
+            self._replayed.add(1, {"mode": row["mode"]})
+            if row["mode"] == SCORED and not row.get("skipped"):
+                self._record_accepted_lengths(row["counts"].get("accept_histogram", []))
+        if report is not None and report.seconds > 0:
+            self._tokens_per_second.set(report.tokens / report.seconds)
+
+    def _record_accepted_lengths(self, histogram: Sequence[float]) -> None:
+        """One observation per verify step. Sampled (temperature > 0) scoring gives expected, fractional
+        step counts: their fractions are carried over and recorded once they add up to whole steps."""
+        with self._carry_lock:
+            for accepted, steps in enumerate(histogram):
+                self._histogram_carry[accepted] += steps
+                whole = math.floor(self._histogram_carry[accepted] + 1e-9)
+                self._histogram_carry[accepted] -= whole
+                for _ in range(whole):
+                    self._accepted_length.record(accepted)
+
+    def observe_backlog(self, pending: int, lag_s: float) -> None:
+        self._pending.set(pending)
+        self._lag.set(lag_s)
+
+    def shutdown(self) -> None:
+        self.provider.shutdown()
+
+
+def start_metrics(config: MetricsConfig) -> tuple[Metrics, MetricsServer | None]:
+    """The service's wiring: instruments, the /metrics endpoint when enabled, OTLP when configured."""
+    registry = CollectorRegistry()
+    readers = [prometheus_reader(registry)] if config.enabled else []
+    metrics = Metrics(readers, service_name=config.service_name, otlp_endpoint=config.otlp_endpoint)
+    server = serve_prometheus(config.host, config.port, registry=registry) if config.enabled else None
+    return metrics, server

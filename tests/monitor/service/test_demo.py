@@ -1,0 +1,78 @@
+"""The demo, run as a user runs it: a real daemon subprocess on the tiny reference models, traffic streamed
+into its followed log. The loop must close up to the gate's decision: the zh breach alert goes out, a
+recapture retrain runs, the gate decides, the daemon drains on SIGTERM and the report is written. With
+the tiny models the gate may refuse the candidate (their small head tends to lose a segment while it
+learns Chinese); when it deploys, the new head's zh alpha on fresh traffic must be measured.
+
+    SPECWATCH_TEST_REFERENCE_DIR=/tmp/tiny-ref .venv/bin/pytest tests/monitor/service/test_demo.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from monitor.base.config import load_config
+from monitor.base.db import AlertRecord, HeadEvent, RetrainJob, create_db_engine
+from monitor.service.demo import DemoPlan, LogTail, demo_config, run_demo, write_config
+from monitor.service.demo_traffic import traffic
+
+
+def test_traffic_shifts_with_the_mix_and_is_seeded() -> None:
+    english = [r["metadata"]["route"] for r in traffic(50, {"en": 1.0}, seed=3)]
+    assert set(english) == {"chat"}
+    assert list(traffic(5, {"zh": 0.5, "code": 0.5}, seed=3)) == list(traffic(5, {"zh": 0.5, "code": 0.5}, seed=3))
+    code = next(iter(traffic(1, {"code": 1.0})))
+    assert code["metadata"]["route"] == "code-assist"
+
+
+def test_demo_config_round_trips_through_its_toml(tmp_path: Path) -> None:
+    config = demo_config(tmp_path / "data", tmp_path / "models", recapture_after="30s")
+    loaded = load_config(write_config(config, tmp_path / "config.toml"))
+    assert loaded == config
+    assert loaded.retrain.recapture_after == "30s" and loaded.intake.follow.paths == [tmp_path / "data" / "logs"]
+
+
+def test_log_tail_returns_only_complete_new_lines(tmp_path: Path) -> None:
+    path = tmp_path / "daemon.log"
+    tail = LogTail(path)
+    assert tail.new_lines() == []
+    path.write_text("one\ntw")
+    assert tail.new_lines() == ["one"]
+    with path.open("a") as handle:
+        handle.write("o\nthree\n")
+    assert tail.new_lines() == ["two", "three"]
+
+
+@pytest.mark.slow
+def test_demo_closes_the_loop_on_a_real_daemon(
+    tmp_path: Path, reference_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plan = DemoPlan(baseline=80, shifted=900, records_per_s=10.0, recapture_after="15s", timeout_s=400.0)
+    result = run_demo(tmp_path / "demo", models_dir=reference_models, models_size="tiny", plan=plan)
+    out = capsys.readouterr().out
+    assert result.daemon_exit == 0, out[-3000:]
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'demo' / 'specwatch.db'}")
+    with Session(engine) as session:
+        alerts = {(a.alertname, a.labels.get("segment")) for a in session.scalars(select(AlertRecord))}
+        jobs = list(session.scalars(select(RetrainJob)))
+        events = [event.event for event in session.scalars(select(HeadEvent))]
+    engine.dispose()
+    assert ("AcceptanceBelowThreshold", "lang=zh") in alerts, out[-3000:]
+    assert "NOTIFY [firing] AcceptanceBelowThreshold segment=lang=zh" in out
+    assert [job.trigger for job in jobs] == ["recapture"] and jobs[0].state in ("succeeded", "refused"), out[-3000:]
+    assert jobs[0].decision and jobs[0].decision["overall"]["samples"] > 0
+    assert result.zh_before is not None and result.zh_before < 0.65
+    if jobs[0].state == "succeeded":
+        assert events == ["deployed"] and result.deployed == jobs[0].candidate_version
+        assert result.zh_after is not None, out[-3000:]
+    else:
+        assert events == ["refused"] and result.deployed is None
+    assert result.samples_per_language.get("zh", 0) > 30
+    assert result.report is not None and result.report.exists() and "<svg" in result.report.read_text()
+    summary = json.loads(out.strip().splitlines()[-2])
+    assert summary["deployed"] == result.deployed

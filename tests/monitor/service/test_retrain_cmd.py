@@ -1,0 +1,60 @@
+"""`specwatch heads list`, `rollback`, `retrain` and `retrain status` on a real registry and database."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from monitor.base.db import HeadEvent
+from monitor.service.cli import main
+from retrain.registry import HeadRegistry
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, database_url: str, engine: Engine, reference_models: Path) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
+        f'[models]\ntarget = "{reference_models / "target"}"\ndraft = "{reference_models / "drafts" / "eagle"}"\n'
+    )
+    return path
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_heads_list_and_rollback(
+    config_path: Path, tmp_path: Path, engine: Engine, reference_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "no heads registered" in run(capsys, "heads", "list", "--config", str(config_path))[1]
+    registry = HeadRegistry(tmp_path / "data" / "heads")
+    seed = registry.ensure_seed(reference_models / "drafts" / "eagle")
+    other = registry.register(reference_models / "drafts" / "medusa", parent=seed.version, source="test")
+    registry.switch(other.version, reason="test deploy")
+
+    code, out, _ = run(capsys, "heads", "list", "--json", "--config", str(config_path))
+    heads = {head["version"]: head["state"] for head in json.loads(out)}
+    assert code == 0 and heads == {seed.version: "retired", other.version: "live"}
+
+    code, out, _ = run(capsys, "rollback", "--reason", "on-call", "--json", "--config", str(config_path))
+    assert code == 0 and json.loads(out)["live"] == seed.version
+    assert registry.live_version() == seed.version and registry.get(other.version).state == "rolled_back"
+    with Session(engine) as session:
+        [event] = session.scalars(select(HeadEvent))
+        assert (event.event, event.version, event.previous_version) == ("rolled_back", seed.version, other.version)
+    code, _, err = run(capsys, "rollback", "--config", str(config_path))
+    assert code == 2 and "no earlier head" in err
+
+
+def test_retrain_without_a_due_reason_does_nothing(config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "retrain", "--config", str(config_path))
+    assert code == 0 and "no retrain due" in out
+    code, out, _ = run(capsys, "retrain", "status", "--json", "--config", str(config_path))
+    assert code == 0 and json.loads(out) == []
