@@ -41,7 +41,7 @@ from decoder import (
     score_batch,
 )
 from decoder.reference import build_reference
-from decoder.reference_corpus import code_documents, dialog_documents, split
+from decoder.reference.corpus import code_documents, dialog_documents, split
 
 KINDS = tuple(DRAFT_KINDS)
 

@@ -16,6 +16,8 @@ With temperature > 0 scored mode returns the expected counts given the continuat
 sampled from the target at that temperature their mean is exact mode's (`decoder.scored`); on
 other text they are an estimate.
 Metrics (alpha, tau, draft acceptance rate, per-position rates) are defined in decoder.metrics.
+Draft kinds are registered in one place, `DRAFT_KINDS` (decoder.drafts). The offline reference-model
+builder, `decoder.reference` (demo, tests, benchmarks), is not imported here nor by any runtime module.
 This package imports only torch, transformers, tokenizers, safetensors, pydantic, numpy and the
 standard library.
 """

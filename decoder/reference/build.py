@@ -40,7 +40,7 @@ from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from decoder.drafts import DRAFT_KINDS, create_draft, kind_objective, save_draft
 from decoder.metrics import AcceptCounts
-from decoder.reference_corpus import CODE, Document, code_documents, dialog_documents, split
+from decoder.reference.corpus import CODE, Document, code_documents, dialog_documents, split
 from decoder.samples import TokenizedSample
 from decoder.scored import score_batch, target_agreement
 from decoder.target import TargetModel
