@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from decoder import (
+    DRAFT_KINDS,
     AcceptCounts,
     Draft,
     DraftModel,
@@ -40,9 +41,9 @@ from decoder import (
     score_batch,
 )
 from decoder.reference import build_reference
-from decoder.reference_corpus import code_documents, dialog_documents, split
+from decoder.reference.corpus import code_documents, dialog_documents, split
 
-KINDS = ("draft_model", "medusa", "eagle")
+KINDS = tuple(DRAFT_KINDS)
 
 
 def traffic(target: TargetModel, count: int, new_tokens: int) -> list[TokenizedSample]:

@@ -22,7 +22,16 @@ from pathlib import Path
 
 import torch
 
-from decoder import AcceptCounts, TokenizedSample, exact_generate, generate, load_draft, load_target, score_batch
+from decoder import (
+    DRAFT_KINDS,
+    AcceptCounts,
+    TokenizedSample,
+    exact_generate,
+    generate,
+    load_draft,
+    load_target,
+    score_batch,
+)
 
 log = logging.getLogger("measure_eos")
 
@@ -55,7 +64,7 @@ def main() -> None:
         args.cap,
         args.window,
     )
-    for kind in ("draft_model", "medusa", "eagle"):
+    for kind in DRAFT_KINDS:
         draft = load_draft(args.models / "drafts" / kind, target)
         scores = score_batch(target, draft, samples, window=args.window)
         exact, agree, emitted = [], 0, 0

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from decoder import (
+    DRAFT_KINDS,
     AcceptCounts,
     Draft,
     TargetModel,
@@ -189,7 +190,7 @@ def main() -> None:
     parser.add_argument("--cap", type=int, default=32)
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[0.7, 1.0])
-    parser.add_argument("--kinds", nargs="+", default=["draft_model", "medusa", "eagle"])
+    parser.add_argument("--kinds", nargs="+", default=list(DRAFT_KINDS), choices=list(DRAFT_KINDS))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(1)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from decoder import AcceptCounts, exact_generate, load_draft, load_target, score_batch
+from decoder import DRAFT_KINDS, AcceptCounts, exact_generate, load_draft, load_target, score_batch
 from decoder.exchange import Exchange, tokenize_exchange
 
 log = logging.getLogger("token_ids_vs_text")
@@ -59,7 +59,7 @@ def main() -> None:
     log.info(
         "%d prompts (cap %d, window %d): %d re-tokenize to other ids", len(prompts), args.cap, args.window, differs
     )
-    for kind in ("draft_model", "medusa", "eagle"):
+    for kind in DRAFT_KINDS:
         draft = load_draft(args.models / "drafts" / kind, target)
         id_scores = score_batch(target, draft, [t.sample(str(i)) for i, t in enumerate(from_ids)], window=args.window)
         text_scores = score_batch(

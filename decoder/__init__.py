@@ -16,6 +16,8 @@ With temperature > 0 scored mode returns the expected counts given the continuat
 sampled from the target at that temperature their mean is exact mode's (`decoder.scored`); on
 other text they are an estimate.
 Metrics (alpha, tau, draft acceptance rate, per-position rates) are defined in decoder.metrics.
+Draft kinds are registered in one place, `DRAFT_KINDS` (decoder.drafts). The offline reference-model
+builder, `decoder.reference` (demo, tests, benchmarks), is not imported here nor by any runtime module.
 This package imports only torch, transformers, tokenizers, safetensors, pydantic, numpy and the
 standard library.
 """
@@ -31,6 +33,7 @@ from decoder.drafts import (
     MedusaHeads,
     create_draft,
     draft_version,
+    kind_objective,
     load_draft,
     read_manifest,
     register_draft,
@@ -77,6 +80,7 @@ __all__ = [
     "fit_draft",
     "fit_prompt",
     "generate",
+    "kind_objective",
     "load_draft",
     "load_target",
     "map_in_batches",

@@ -29,10 +29,9 @@ from typing import Any
 
 import torch
 
-from decoder.drafts import DRAFT_KINDS, Draft, EagleHead, create_draft, load_draft, save_draft
+from decoder.drafts import DRAFT_KINDS, Draft, EagleHead, create_draft, kind_objective, load_draft, save_draft
 from decoder.errors import DecoderError
 from decoder.exchange import tokenize_exchange
-from decoder.reference import kind_objective
 from decoder.target import TargetModel
 from decoder.training import (
     CheckpointError,

@@ -28,18 +28,28 @@ from decoder.drafts.base import (
     DraftInputs,
     DraftSession,
     Proposal,
+    kind_objective,
     register_draft,
 )
+
+# isort: off
+# Importing a kind registers it: this order is DRAFT_KINDS' order, the order the reference build
+# creates and trains its drafts in (their initial weights come from one seeded RNG, in turn).
 from decoder.drafts.draft_model import DraftModel, DraftModelConfig
-from decoder.drafts.eagle import EagleConfig, EagleHead
 from decoder.drafts.medusa import MedusaConfig, MedusaHeads
+from decoder.drafts.eagle import EagleConfig, EagleHead
+
+# isort: on
 from decoder.errors import DraftFormatError, DraftTargetMismatchError, TokenizerMismatchError
 from decoder.target import TargetModel, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
+# The config of any registered kind (a static union, for pydantic's discriminator and for type
+# checkers; tests/decoder/test_drafts.py checks that it covers DRAFT_KINDS).
 DraftConfig = Annotated[DraftModelConfig | MedusaConfig | EagleConfig, Field(discriminator="kind")]
-DraftKind = Literal["draft_model", "medusa", "eagle"]
+DraftKind = str
+"""A draft kind's name: a key of DRAFT_KINDS."""
 
 MANIFEST_FORMAT = "specwatch-draft"
 MANIFEST_FILE = "config.json"
@@ -176,6 +186,7 @@ __all__ = [
     "MedusaHeads",
     "Proposal",
     "create_draft",
+    "kind_objective",
     "load_draft",
     "read_manifest",
     "register_draft",

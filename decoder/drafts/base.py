@@ -78,6 +78,8 @@ class Draft(nn.Module, ABC):
 
     kind: ClassVar[str]
     config_class: ClassVar[type[DraftConfigBase]]
+    objective: ClassVar[str]
+    """What `training_loss` optimizes, in words (recorded in a trained draft's metadata)."""
 
     def __init__(self, config: DraftConfigBase) -> None:
         super().__init__()
@@ -151,6 +153,11 @@ def register_draft(cls: type[DraftT]) -> type[DraftT]:
     """Class decorator: makes a draft kind loadable by its `kind` name."""
     DRAFT_KINDS[cls.kind] = cls
     return cls
+
+
+def kind_objective(kind: str) -> str:
+    """The training objective of a registered draft kind, in words (KeyError for an unknown kind)."""
+    return DRAFT_KINDS[kind].objective
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -45,6 +45,7 @@ def build_causal_lm(lm_config: dict[str, Any]) -> PreTrainedModel:
 class DraftModel(Draft):
     kind = "draft_model"
     config_class = DraftModelConfig
+    objective = "KL(target || draft) per position"
 
     def __init__(self, config: DraftModelConfig, lm: PreTrainedModel | None = None) -> None:
         super().__init__(config)

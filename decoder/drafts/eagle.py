@@ -162,6 +162,7 @@ def default_feature_layers(num_layers: int) -> tuple[int, int, int]:
 class EagleHead(Draft):
     kind = "eagle"
     config_class = EagleConfig
+    objective = "cross-entropy on the target's distribution over an unrolled chain + feature regression"
 
     def __init__(self, config: EagleConfig) -> None:
         super().__init__(config)

@@ -55,6 +55,7 @@ class ResidualBlock(nn.Module):
 class MedusaHeads(Draft):
     kind = "medusa"
     config_class = MedusaConfig
+    objective = "per-head cross-entropy on the target's distribution"
 
     def __init__(self, config: MedusaConfig) -> None:
         super().__init__(config)

@@ -577,8 +577,20 @@ class CorpusConfig(Section):
     max_new_tokens: int = Field(default=128, ge=1, description="tokens per regenerated answer")
 
 
+def check_draft_kind(kind: str) -> str:
+    """`kind` if it is "live" or a registered draft kind (decoder.drafts.DRAFT_KINDS), else ValueError
+    naming the known kinds. Only a kind other than "live" imports the registry (and with it torch)."""
+    if kind == "live":
+        return kind
+    from decoder.drafts import DRAFT_KINDS
+
+    if kind not in DRAFT_KINDS:
+        raise ValueError(f"unknown draft kind {kind!r}; known kinds: live, {', '.join(DRAFT_KINDS)}")
+    return kind
+
+
 class TrainingConfig(Section):
-    kind: Literal["live", "eagle", "medusa", "draft_model"] = Field(
+    kind: str = Field(
         default="live", description="draft kind to train; live = the live head's kind (and warm start from it)"
     )
     steps: int = Field(default=300, ge=1, description="optimizer steps")
@@ -595,6 +607,11 @@ class TrainingConfig(Section):
         "fresh or warm-started; a step runs the head this many times",
     )
     device: str = Field(default="auto", description="auto = the GPU when present, else cpu")
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        return check_draft_kind(kind)
 
 
 class GateConfig(Section):

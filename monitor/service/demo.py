@@ -157,7 +157,7 @@ def write_config(config: Config, path: Path) -> Path:
 
 def write_training_corpus(path: Path, per_kind: int = 300, code_bytes: int = 200_000) -> Path:
     """The drafts' training traffic (English dialogs, stdlib code): the input-drift reference."""
-    from decoder.reference_corpus import code_documents, dialog_documents, split
+    from decoder.reference.corpus import code_documents, dialog_documents, split
 
     documents = split(dialog_documents("en"))[0][:per_kind] + split(code_documents(code_bytes))[0][:per_kind]
     with path.open("w", encoding="utf-8") as handle:

@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from decoder.reference_corpus import Document, code_documents, dialog_documents
+from decoder.reference.corpus import Document, code_documents, dialog_documents
 
 if TYPE_CHECKING:
     from decoder.target import TargetModel

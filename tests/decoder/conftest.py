@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from decoder import Draft, TargetModel, TokenizedSample, load_draft, load_target
+from decoder import DRAFT_KINDS, Draft, TargetModel, TokenizedSample, load_draft, load_target
 from decoder.reference import ReferenceReport, build_reference
-from decoder.reference_corpus import CODE, code_documents, dialog_documents, split
+from decoder.reference.corpus import CODE, code_documents, dialog_documents, split
 
-KINDS = ("draft_model", "medusa", "eagle")
+KINDS = tuple(DRAFT_KINDS)
 GREEDY_MAX_NEW_TOKENS = 20
 
 

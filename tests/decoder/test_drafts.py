@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
@@ -12,12 +13,14 @@ from transformers import PreTrainedTokenizerFast
 from decoder import (
     DRAFT_KINDS,
     Draft,
+    DraftConfig,
     DraftFormatError,
     DraftTargetMismatchError,
     TargetModel,
     TokenizedSample,
     TokenizerMismatchError,
     create_draft,
+    kind_objective,
     load_draft,
     load_target,
     read_manifest,
@@ -29,7 +32,24 @@ from tests.decoder.conftest import KINDS
 
 
 def test_all_kinds_are_registered() -> None:
-    assert set(KINDS) <= set(DRAFT_KINDS)
+    # registration order is the reference build's training order (tests/decoder/conftest.KINDS)
+    assert list(DRAFT_KINDS) == ["draft_model", "medusa", "eagle"]
+    assert tuple(DRAFT_KINDS) == KINDS
+
+
+def test_the_manifest_config_union_covers_the_registry() -> None:
+    members = get_args(get_args(DraftConfig)[0])
+    assert {member.model_fields["kind"].default for member in members} == set(DRAFT_KINDS)
+    assert {kind: cls.config_class for kind, cls in DRAFT_KINDS.items()} == {
+        member.model_fields["kind"].default: member for member in members
+    }
+
+
+def test_every_kind_names_its_training_objective() -> None:
+    assert kind_objective("draft_model") == "KL(target || draft) per position"
+    assert all(kind_objective(kind) for kind in DRAFT_KINDS)
+    with pytest.raises(KeyError):
+        kind_objective("nonesuch")
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -8,7 +8,7 @@ import torch
 
 from decoder import FitConfig, TargetModel, create_draft, fit_draft, pack_token_batches
 from decoder.reference import encode_documents
-from decoder.reference_corpus import dialog_documents, split
+from decoder.reference.corpus import dialog_documents, split
 from decoder.training import CheckpointError, CheckpointMismatchError, FitCheckpoint
 from tests.decoder.conftest import KINDS
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from decoder import draft_version
+from decoder import DRAFT_KINDS, draft_version
 from retrain.registry import HeadRegistry, RegistryError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def registry(tmp_path: Path) -> HeadRegistry:
 
 
 def test_version_is_the_drafts_content_hash(reference_models: Path, registry: HeadRegistry) -> None:
-    for kind in ("eagle", "medusa", "draft_model"):
+    for kind in DRAFT_KINDS:
         directory = reference_models / "drafts" / kind
         head = registry.register(directory, parent=None, source=f"test {kind}")
         assert head.kind == kind

@@ -10,7 +10,15 @@ from typing import Any
 
 from monitor.service.commands.common import CommandError, add_config_argument, load_config, open_database, print_json
 
-KINDS = ["live", "eagle", "medusa", "draft_model"]
+
+def draft_kind_argument(kind: str) -> str:
+    """--kind: "live" or a registered draft kind (checked against decoder's registry)."""
+    from monitor.base.config import check_draft_kind
+
+    try:
+        return check_draft_kind(kind)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,7 +27,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_config_argument(retrain)
     retrain.add_argument("--now", action="store_true", help="retrain now even if none is due")
-    retrain.add_argument("--kind", choices=KINDS, default=None, help="draft kind (default: retrain.training.kind)")
+    retrain.add_argument(
+        "--kind",
+        type=draft_kind_argument,
+        default=None,
+        metavar="KIND",
+        help="live or a registered draft kind (default: retrain.training.kind)",
+    )
     retrain.add_argument("--detach", action="store_true", help="run the job in the background; print its id")
     retrain.add_argument("--json", action="store_true", help="machine-readable output")
     retrain.set_defaults(handler=retrain_command)

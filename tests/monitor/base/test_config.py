@@ -45,6 +45,24 @@ def test_unknown_key_is_a_problem() -> None:
     ]
 
 
+def test_training_kind_is_live_or_a_registered_draft_kind() -> None:
+    from decoder.drafts import DRAFT_KINDS
+
+    for kind in ["live", *DRAFT_KINDS]:
+        config = parse_config(f'[retrain.training]\nkind = "{kind}"\n', Path("/etc/specwatch/config.toml"))
+        assert config.retrain.training.kind == kind
+    (problem,) = problems_of('[retrain.training]\nkind = "lookahead"\n')
+    assert problem.startswith("retrain.training.kind:")
+    assert "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle" in problem
+
+
+def test_retrain_kind_argument_is_checked_against_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["retrain", "--now", "--kind", "lookahead"])
+    assert exited.value.code == 2
+    assert "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle" in capsys.readouterr().err
+
+
 def test_toml_syntax_error_is_reported() -> None:
     assert problems_of("[storage\n")[0].startswith("(syntax):")
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from decoder import AcceptCounts, TargetModel, exact_generate, score_batch
-from decoder.reference_corpus import code_documents, dialog_documents, split
+from decoder.reference.corpus import code_documents, dialog_documents, split
 from monitor.base.config import Config, ModelsConfig, ReplayConfig, Secret
 from monitor.base.db import ReplayClaim, ReplayResult, Sample, utcnow
 from monitor.base.results import EXACT, SCORED, load_results

@@ -38,9 +38,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from decoder.drafts import create_draft, save_draft
+from decoder.drafts import DRAFT_KINDS, create_draft, kind_objective, save_draft
 from decoder.metrics import AcceptCounts
-from decoder.reference_corpus import CODE, Document, code_documents, dialog_documents, split
+from decoder.reference.corpus import CODE, Document, code_documents, dialog_documents, split
 from decoder.samples import TokenizedSample
 from decoder.scored import score_batch, target_agreement
 from decoder.target import TargetModel
@@ -350,7 +350,9 @@ def _draft_overrides(kind: str, spec: ReferenceSpec) -> dict[str, Any]:
         }
     if kind == "medusa":
         return {"num_heads": spec.medusa_heads, "num_residual_blocks": spec.medusa_blocks}
-    return {"train_depth": spec.eagle_train_depth}
+    if kind == "eagle":
+        return {"train_depth": spec.eagle_train_depth}
+    return {}  # another registered kind: its default config for the target
 
 
 @dataclass
@@ -486,7 +488,7 @@ def build_reference(
         heldout_loss_before_chat_tuning=pretrained_losses,
         window=spec.window,
     )
-    for kind in ("draft_model", "medusa", "eagle"):
+    for kind in DRAFT_KINDS:
         draft = create_draft(kind, target, **_draft_overrides(kind, spec))
         settings = FitConfig(
             steps=spec.draft_steps, learning_rate=spec.draft_learning_rate, warmup_steps=10, seed=seed, log_every=100
@@ -520,14 +522,6 @@ def _heldout_losses(target: TargetModel, corpus: ReferenceCorpus, spec: Referenc
         lang: heldout_loss(target, encode_documents(target.tokenizer, corpus.heldout[lang]), spec.context_length)
         for lang in corpus.languages
     }
-
-
-def kind_objective(kind: str) -> str:
-    return {
-        "draft_model": "KL(target || draft) per position",
-        "medusa": "per-head cross-entropy on the target's distribution",
-        "eagle": "cross-entropy on the target's distribution over an unrolled chain + feature regression",
-    }[kind]
 
 
 def render_plain(document: Document) -> str:

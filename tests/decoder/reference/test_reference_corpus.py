@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from decoder.reference_corpus import (
+from decoder.reference.corpus import (
     CHATTERBOT_LANGUAGES,
     chatterbot_data_dir,
     code_documents,
