@@ -148,7 +148,7 @@ def status_command(args: argparse.Namespace) -> int:
         if job.state == "running" and job.heartbeat_at is not None:
             beat = f", heartbeat {(now - job.heartbeat_at).total_seconds():.0f}s ago"
         print(f"job {job.id:>4} {job.state:<11} {job.trigger:<9} {job.kind:<11} {stage}{beat}")
-        detail = (job.decision or {}).get("summary") or job.error or job.reason
+        detail = job.error or job.reason  # the stored decision has no summary line (GateDecision.summary())
         print(f"          {str(detail)[:160]}")
     return 0
 
