@@ -51,6 +51,10 @@ class JobOutcome:
     candidate_version: str | None = None
     decision: GateDecision | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, the decision in its stored shape (`specwatch retrain --json`)."""
+        return {**self.__dict__, "decision": self.decision.to_dict() if self.decision else None}
+
 
 def live_segment_alphas(engine: Engine, version: str, since: datetime) -> dict[str, float]:
     """Each segment's alpha under the live head since `since`: low-alpha segments weigh more."""

@@ -22,6 +22,8 @@ from monitor.base.config import DriftConfig, GateConfig
 from monitor.service.demo_traffic import served, traffic
 from retrain.gate import GateOptions, draft_cost_ratio, paired_gain_interval, run_gate
 from retrain.gate_decision import GateDecision, LosslessResult, OverallResult, SegmentResult
+from retrain.pipeline import JobOutcome
+from tests.retrain.stored_decision import STORED_BEFORE_TYPING
 
 WINDOW = 3
 CONFIG = GateConfig(segment_min_samples=15, lossless_samples=3, lossless_max_new_tokens=24)
@@ -168,59 +170,6 @@ def test_the_paired_interval_cancels_what_both_heads_share() -> None:
     assert paired_gain_interval(live[:1], shifted[:1], confidence=0.95, resamples=200, seed=0) is None
 
 
-# A decision as the gate stored it before it was typed (job rows, head.json, head events): the same shape
-# must still load, and a typed decision must store the same shape.
-STORED_BEFORE_TYPING: dict[str, Any] = {
-    "promote": True,
-    "reasons": ["overall alpha gain +0.120 (0.610 -> 0.730; 95% CI +0.080..+0.160, 44 samples): ..."],
-    "overall": {
-        "live_alpha": 0.61,
-        "candidate_alpha": 0.73,
-        "gain": 0.12,
-        "gain_low": 0.08,
-        "gain_high": 0.16,
-        "samples": 44,
-        "confidence": 0.95,
-        "skipped": 0,
-    },
-    "segments": {
-        "lang=en": {
-            "samples": 20,
-            "live_alpha": 0.8,
-            "candidate_alpha": 0.81,
-            "delta": 0.01,
-            "threshold": 0.65,
-            "threshold_source": "default",
-            "judged": True,
-            "ok": True,
-        },
-        "lang=ja": {
-            "samples": 4,
-            "live_alpha": None,
-            "candidate_alpha": None,
-            "delta": None,
-            "threshold": 0.65,
-            "threshold_source": "default",
-            "judged": False,
-            "ok": None,
-        },
-    },
-    "lossless": {"checked": 3, "equal": True, "first_mismatch": None},
-    "speedup": {
-        "live": 1.9,
-        "candidate": 2.2,
-        "cost_ratio_live": 0.05,
-        "cost_ratio_candidate": 0.05,
-        "live_tau": 2.1,
-        "candidate_tau": 2.5,
-        "drafted_live": 3,
-        "drafted_candidate": 3,
-        "method": "flops: ...",
-    },
-    "seconds": 12.5,
-}
-
-
 def test_a_decision_stored_before_typing_loads_and_stores_the_same_shape() -> None:
     decision = GateDecision.from_dict(json.loads(json.dumps(STORED_BEFORE_TYPING)))
     assert decision.overall == OverallResult(0.61, 0.73, 0.12, 0.08, 0.16, samples=44, confidence=0.95, skipped=0)
@@ -239,3 +188,15 @@ def test_a_decision_round_trips_through_its_stored_json(better: GateDecision, wo
         assert list(stored["speedup"]) == list(STORED_BEFORE_TYPING["speedup"])
         for segment in stored["segments"].values():
             assert list(segment) == list(STORED_BEFORE_TYPING["segments"]["lang=en"])
+
+
+def test_a_job_outcome_prints_the_decision_in_its_stored_shape() -> None:
+    decision = GateDecision.from_dict(STORED_BEFORE_TYPING)
+    outcome = JobOutcome(7, "succeeded", "deployed", "v1", decision)
+    assert outcome.to_dict() == {
+        "job_id": 7,
+        "state": "succeeded",
+        "summary": "deployed",
+        "candidate_version": "v1",
+        "decision": STORED_BEFORE_TYPING,
+    }

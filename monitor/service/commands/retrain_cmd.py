@@ -104,7 +104,7 @@ def launch(args: argparse.Namespace, config: Any, engine: Any, job: Any) -> int:
     finally:
         engine.dispose()
     if args.json:
-        print_json(outcome.__dict__)
+        print_json(outcome.to_dict())
     else:
         print(f"retrain job {outcome.job_id} {outcome.state}: {outcome.summary}")
     return 0 if outcome.state in ("succeeded", "refused") else 1
