@@ -1,9 +1,9 @@
 """The promotion gate: does a retrained candidate head replace the live one?
 
-    from retrain.gate import run_gate
-    decision = run_gate(target, live_draft, candidate_draft, corpus.holdout, config.retrain.gate,
-                        window=config.replay.window, drift=config.drift, seed=0)
-    decision.promote, decision.reasons, decision.summary(), decision.to_dict()
+    from retrain.gate import GateOptions, run_gate
+    decision = run_gate(target, live_draft, candidate_draft, corpus.holdout, GateOptions.from_config(config))
+    decision.promote, decision.reasons, decision.summary(), decision.overall.gain_low, decision.segments["lang=zh"].ok
+    decision.to_dict()      # the stored JSON (retrain.gate_decision: the types, from_dict)
 
 Both heads are scored (teacher-forced, greedy) on the same holdout samples, tokenized once; a sample
 either head skips is left out of both. The candidate is promoted only when every check passes:
@@ -36,7 +36,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -47,7 +47,7 @@ from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_gen
 from decoder.exact import propose, update, verify
 from decoder.exchange import Exchange, tokenize_exchange
 from decoder.metrics import draft_budget
-from monitor.base.config import DriftConfig, GateConfig
+from monitor.base.config import Config, DriftConfig, GateConfig
 from monitor.base.stats import (
     Interval,
     estimated_speedup,
@@ -55,6 +55,7 @@ from monitor.base.stats import (
     percentile_interval,
     resampled_sums,
 )
+from retrain.gate_decision import GateDecision, LosslessResult, OverallResult, SegmentResult, SpeedupResult
 
 log = logging.getLogger(__name__)
 
@@ -81,39 +82,31 @@ class HoldoutSample(Protocol):
     def exchange(self) -> Exchange: ...
 
 
-@dataclass
-class GateDecision:
-    """The gate's verdict with the numbers behind every check (all JSON-ready)."""
+@dataclass(frozen=True)
+class GateOptions:
+    """What run_gate needs besides the models and the holdout: the gate's thresholds, the drift
+    thresholds per segment, scoring (window, batching), the bootstrap's resamples, and the seed of the
+    bootstrap and of exact-mode sampling."""
 
-    promote: bool
-    reasons: list[str]
-    overall: dict[str, Any]
-    """live_alpha, candidate_alpha, gain, gain_low, gain_high, samples, skipped, confidence"""
-    segments: dict[str, dict[str, Any]]
-    """segment -> samples, live_alpha, candidate_alpha, delta, threshold, threshold_source, judged, ok
-    (ok is None when not judged)"""
-    lossless: dict[str, Any]
-    """checked, equal, first_mismatch (sample_id or None)"""
-    speedup: dict[str, Any]
-    """live, candidate (estimated speedups), cost_ratio_live, cost_ratio_candidate, live_tau, candidate_tau,
-    drafted_live, drafted_candidate (k: tokens drafted per step), method"""
-    seconds: float = 0.0
+    gate: GateConfig
+    drift: DriftConfig
+    window: int
+    batch_size: int = 16
+    max_batch_tokens: int = 16384
+    seed: int = 0
+    resamples: int = RESAMPLES
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        """One line for a notification."""
-        if not self.promote:
-            return "refused: " + "; ".join(self.reasons)
-        overall, speedup = self.overall, self.speedup
-        judged = [s for s in self.segments.values() if s["judged"]]
-        return (
-            f"promoted: alpha {overall['live_alpha']:.3f} -> {overall['candidate_alpha']:.3f} "
-            f"({overall['gain']:+.3f}, {overall['confidence']:.0%} CI {overall['gain_low']:+.3f}.."
-            f"{overall['gain_high']:+.3f}, {overall['samples']} samples); {len(judged)} segments judged ok; "
-            f"lossless {self.lossless['checked']}/{self.lossless['checked']}; "
-            f"est. speedup {speedup['live']:.2f} -> {speedup['candidate']:.2f}"
+    @classmethod
+    def from_config(cls, config: Config) -> GateOptions:
+        """The service's settings: [retrain.gate], [drift], [replay] scoring, [stats] resamples, the training seed."""
+        return cls(
+            gate=config.retrain.gate,
+            drift=config.drift,
+            window=config.replay.window,
+            batch_size=config.replay.batch_size,
+            max_batch_tokens=config.replay.max_batch_tokens,
+            seed=config.retrain.training.seed,
+            resamples=config.stats.resamples,
         )
 
 
@@ -134,30 +127,19 @@ class _Check:
 
 
 def run_gate(
-    target: TargetModel,
-    live: Draft,
-    candidate: Draft,
-    holdout: Sequence[HoldoutSample],
-    config: GateConfig,
-    *,
-    window: int,
-    drift: DriftConfig,
-    batch_size: int = 16,
-    max_batch_tokens: int = 16384,
-    seed: int = 0,
-    resamples: int = RESAMPLES,
+    target: TargetModel, live: Draft, candidate: Draft, holdout: Sequence[HoldoutSample], options: GateOptions
 ) -> GateDecision:
     """Scores both heads on the holdout and decides whether the candidate replaces live."""
     started = time.perf_counter()
+    config = options.gate
     ordered = sorted(holdout, key=lambda sample: sample.sample_id)
     tokenized = [_tokenize(target, sample) for sample in ordered]
-    scored = _score_both(target, live, candidate, ordered, tokenized, window, batch_size, max_batch_tokens)
-    overall = _overall(scored, config, resamples, seed)
-    overall["skipped"] = len(ordered) - len(scored)
-    segments = _segments(scored, config, drift)
+    scored = _score_both(target, live, candidate, ordered, tokenized, options)
+    overall = _overall(scored, options, skipped=len(ordered) - len(scored))
+    segments = _segments(scored, config, options.drift)
     lossless_prompts = _lossless_prompts(target, ordered, tokenized, config)
-    lossless = _lossless(target, candidate, lossless_prompts, config, window, seed)
-    speedup = _speedup(target, live, candidate, scored, lossless_prompts, window)
+    lossless = _lossless(target, candidate, lossless_prompts, options)
+    speedup = _speedup(target, live, candidate, scored, lossless_prompts, options.window)
     checks = [
         _overall_check(overall, config),
         _segment_check(segments, config),
@@ -185,14 +167,16 @@ def _score_both(
     candidate: Draft,
     holdout: Sequence[HoldoutSample],
     tokenized: Sequence[TokenizedSample],
-    window: int,
-    batch_size: int,
-    max_batch_tokens: int,
+    options: GateOptions,
 ) -> list[_Scored]:
     """Per-sample counts of both heads on the same samples; a sample either head skipped is dropped."""
-    options: dict[str, Any] = {"window": window, "batch_size": batch_size, "max_batch_tokens": max_batch_tokens}
-    live_scores = score_batch(target, live, tokenized, **options)
-    candidate_scores = score_batch(target, candidate, tokenized, **options)
+    scoring: dict[str, Any] = {
+        "window": options.window,
+        "batch_size": options.batch_size,
+        "max_batch_tokens": options.max_batch_tokens,
+    }
+    live_scores = score_batch(target, live, tokenized, **scoring)
+    candidate_scores = score_batch(target, candidate, tokenized, **scoring)
     return [
         _Scored(sample.sample_id, sample.segment, live_score.counts, candidate_score.counts)
         for sample, live_score, candidate_score in zip(holdout, live_scores, candidate_scores, strict=True)
@@ -225,35 +209,36 @@ def paired_gain_interval(
     return percentile_interval(gains, expanded_levels(len(live), confidence))
 
 
-def _overall(scored: Sequence[_Scored], config: GateConfig, resamples: int, seed: int) -> dict[str, Any]:
+def _overall(scored: Sequence[_Scored], options: GateOptions, *, skipped: int) -> OverallResult:
     live_alpha = AcceptCounts.total(s.live for s in scored).alpha
     candidate_alpha = AcceptCounts.total(s.candidate for s in scored).alpha
     gain = None if live_alpha is None or candidate_alpha is None else candidate_alpha - live_alpha
     interval = paired_gain_interval(
         [s.live for s in scored],
         [s.candidate for s in scored],
-        confidence=config.confidence,
-        resamples=resamples,
-        seed=seed,
+        confidence=options.gate.confidence,
+        resamples=options.resamples,
+        seed=options.seed,
     )
-    return {
-        "live_alpha": live_alpha,
-        "candidate_alpha": candidate_alpha,
-        "gain": gain,
-        "gain_low": interval.low if interval else None,
-        "gain_high": interval.high if interval else None,
-        "samples": len(scored),
-        "confidence": config.confidence,
-    }
+    return OverallResult(
+        live_alpha=live_alpha,
+        candidate_alpha=candidate_alpha,
+        gain=gain,
+        gain_low=interval.low if interval else None,
+        gain_high=interval.high if interval else None,
+        samples=len(scored),
+        confidence=options.gate.confidence,
+        skipped=skipped,
+    )
 
 
-def _overall_check(overall: dict[str, Any], config: GateConfig) -> _Check:
-    low, high, gain = overall["gain_low"], overall["gain_high"], overall["gain"]
+def _overall_check(overall: OverallResult, config: GateConfig) -> _Check:
+    low, high, gain = overall.gain_low, overall.gain_high, overall.gain
     if gain is None or low is None:
-        return _Check(False, [f"overall alpha gain cannot be estimated from {overall['samples']} scored samples"])
+        return _Check(False, [f"overall alpha gain cannot be estimated from {overall.samples} scored samples"])
     numbers = (
-        f"overall alpha gain {gain:+.3f} ({overall['live_alpha']:.3f} -> {overall['candidate_alpha']:.3f}; "
-        f"{overall['confidence']:.0%} CI {low:+.3f}..{high:+.3f}, {overall['samples']} samples)"
+        f"overall alpha gain {gain:+.3f} ({overall.live_alpha:.3f} -> {overall.candidate_alpha:.3f}; "
+        f"{overall.confidence:.0%} CI {low:+.3f}..{high:+.3f}, {overall.samples} samples)"
     )
     if low >= config.min_alpha_gain:
         return _Check(True, [f"{numbers}: lower end reaches the required {config.min_alpha_gain:+.3f}"])
@@ -263,14 +248,14 @@ def _overall_check(overall: dict[str, Any], config: GateConfig) -> _Check:
 # ---- segments -----------------------------------------------------------------------------------
 
 
-def _segments(scored: Sequence[_Scored], config: GateConfig, drift: DriftConfig) -> dict[str, dict[str, Any]]:
+def _segments(scored: Sequence[_Scored], config: GateConfig, drift: DriftConfig) -> dict[str, SegmentResult]:
     groups: dict[str, list[_Scored]] = defaultdict(list)
     for item in scored:
         groups[item.segment].append(item)
     return {segment: _segment(groups[segment], config, *drift.threshold_for(segment)) for segment in sorted(groups)}
 
 
-def _segment(items: Sequence[_Scored], config: GateConfig, threshold: float, source: str) -> dict[str, Any]:
+def _segment(items: Sequence[_Scored], config: GateConfig, threshold: float, source: str) -> SegmentResult:
     live_alpha = AcceptCounts.total(s.live for s in items).alpha
     candidate_alpha = AcceptCounts.total(s.candidate for s in items).alpha
     delta = None if live_alpha is None or candidate_alpha is None else candidate_alpha - live_alpha
@@ -279,21 +264,21 @@ def _segment(items: Sequence[_Scored], config: GateConfig, threshold: float, sou
     if judged and candidate_alpha is not None and live_alpha is not None and delta is not None:
         clears = candidate_alpha >= threshold or candidate_alpha > live_alpha
         ok = delta >= -config.segment_tolerance and clears
-    return {
-        "samples": len(items),
-        "live_alpha": live_alpha,
-        "candidate_alpha": candidate_alpha,
-        "delta": delta,
-        "threshold": threshold,
-        "threshold_source": source,
-        "judged": judged,
-        "ok": ok,
-    }
+    return SegmentResult(
+        samples=len(items),
+        live_alpha=live_alpha,
+        candidate_alpha=candidate_alpha,
+        delta=delta,
+        threshold=threshold,
+        threshold_source=source,
+        judged=judged,
+        ok=ok,
+    )
 
 
-def _segment_check(segments: dict[str, dict[str, Any]], config: GateConfig) -> _Check:
-    failures = [_segment_failure(name, s, config) for name, s in segments.items() if s["ok"] is False]
-    judged = [name for name, s in segments.items() if s["judged"]]
+def _segment_check(segments: dict[str, SegmentResult], config: GateConfig) -> _Check:
+    failures = [_segment_failure(name, s, config) for name, s in segments.items() if s.ok is False]
+    judged = [name for name, s in segments.items() if s.judged]
     if failures:
         return _Check(False, failures)
     not_judged = len(segments) - len(judged)
@@ -306,16 +291,18 @@ def _segment_check(segments: dict[str, dict[str, Any]], config: GateConfig) -> _
     )
 
 
-def _segment_failure(name: str, segment: dict[str, Any], config: GateConfig) -> str:
-    live, candidate, delta = segment["live_alpha"], segment["candidate_alpha"], segment["delta"]
+def _segment_failure(name: str, segment: SegmentResult, config: GateConfig) -> str:
+    """Why a judged segment failed (its alphas and delta are known: only judged segments fail)."""
+    live, candidate, delta = segment.live_alpha, segment.candidate_alpha, segment.delta
+    assert live is not None and candidate is not None and delta is not None
     problems = []
     if delta < -config.segment_tolerance:
         problems.append(f"loses more than the tolerance {config.segment_tolerance:.3f}")
-    if candidate < segment["threshold"] and candidate <= live:
+    if candidate < segment.threshold and candidate <= live:
         problems.append(
-            f"below its threshold {segment['threshold']:.2f} ({segment['threshold_source']}) and not improving on live"
+            f"below its threshold {segment.threshold:.2f} ({segment.threshold_source}) and not improving on live"
         )
-    numbers = f"alpha {live:.3f} -> {candidate:.3f} ({delta:+.3f}, {segment['samples']} samples)"
+    numbers = f"alpha {live:.3f} -> {candidate:.3f} ({delta:+.3f}, {segment.samples} samples)"
     return f"segment {name}: {numbers}: " + "; ".join(problems)
 
 
@@ -337,38 +324,36 @@ def _lossless(
     target: TargetModel,
     candidate: Draft,
     prompts: Sequence[tuple[int, list[int]]],
-    config: GateConfig,
-    window: int,
-    seed: int,
-) -> dict[str, Any]:
+    options: GateOptions,
+) -> LosslessResult:
     checked = 0
     for sample_id, prompt_ids in prompts:
         result = exact_generate(
             target,
             candidate,
             prompt_ids,
-            window=window,
-            max_new_tokens=config.lossless_max_new_tokens,
+            window=options.window,
+            max_new_tokens=options.gate.lossless_max_new_tokens,
             temperature=0.0,
-            seed=seed,
+            seed=options.seed,
             compare_target_only=True,
         )
         checked += 1
         assert result.target_only is not None
         if result.speculative.tokens != result.target_only.tokens:
-            return {"checked": checked, "equal": False, "first_mismatch": sample_id}
-    return {"checked": checked, "equal": checked > 0, "first_mismatch": None}
+            return LosslessResult(checked=checked, equal=False, first_mismatch=sample_id)
+    return LosslessResult(checked=checked, equal=checked > 0, first_mismatch=None)
 
 
-def _lossless_check(lossless: dict[str, Any]) -> _Check:
-    checked = lossless["checked"]
+def _lossless_check(lossless: LosslessResult) -> _Check:
+    checked = lossless.checked
     if not checked:
         return _Check(False, ["lossless not checked: no holdout prompt leaves room to generate in the context"])
-    if lossless["equal"]:
+    if lossless.equal:
         return _Check(True, [f"lossless: exact-mode output equals the target's own on {checked}/{checked} prompts"])
     return _Check(
         False,
-        [f"not lossless: exact-mode output differs from the target's own for sample {lossless['first_mismatch']}"],
+        [f"not lossless: exact-mode output differs from the target's own for sample {lossless.first_mismatch}"],
     )
 
 
@@ -422,34 +407,34 @@ def _speedup(
     scored: Sequence[_Scored],
     prompts: Sequence[tuple[int, list[int]]],
     window: int,
-) -> dict[str, Any]:
+) -> SpeedupResult:
     live_tau = AcceptCounts.total(s.live for s in scored).tau
     candidate_tau = AcceptCounts.total(s.candidate for s in scored).tau
     live_cost, live_drafted = draft_cost_ratio(target, live, prompts[0][1], window) if prompts else (None, window)
     candidate_cost, candidate_drafted = (
         draft_cost_ratio(target, candidate, prompts[0][1], window) if prompts else (None, window)
     )
-    return {
-        "live": estimated_speedup(live_tau, live_drafted, live_cost),
-        "candidate": estimated_speedup(candidate_tau, candidate_drafted, candidate_cost),
-        "cost_ratio_live": live_cost,
-        "cost_ratio_candidate": candidate_cost,
-        "live_tau": live_tau,
-        "candidate_tau": candidate_tau,
-        "drafted_live": live_drafted,
-        "drafted_candidate": candidate_drafted,
-        "method": COST_METHOD,
-    }
+    return SpeedupResult(
+        live=estimated_speedup(live_tau, live_drafted, live_cost),
+        candidate=estimated_speedup(candidate_tau, candidate_drafted, candidate_cost),
+        cost_ratio_live=live_cost,
+        cost_ratio_candidate=candidate_cost,
+        live_tau=live_tau,
+        candidate_tau=candidate_tau,
+        drafted_live=live_drafted,
+        drafted_candidate=candidate_drafted,
+        method=COST_METHOD,
+    )
 
 
-def _speedup_check(speedup: dict[str, Any]) -> _Check:
-    live, candidate = speedup["live"], speedup["candidate"]
+def _speedup_check(speedup: SpeedupResult) -> _Check:
+    live, candidate = speedup.live, speedup.candidate
     if live is None or candidate is None:
         return _Check(False, ["estimated speedup unknown: no tau or no prompt to count the draft's cost on"])
     numbers = (
-        f"estimated speedup {live:.2f} -> {candidate:.2f} (tau {speedup['live_tau']:.2f} -> "
-        f"{speedup['candidate_tau']:.2f}, cost ratio c {speedup['cost_ratio_live']:.3f} -> "
-        f"{speedup['cost_ratio_candidate']:.3f}, FLOP proxy)"
+        f"estimated speedup {live:.2f} -> {candidate:.2f} (tau {speedup.live_tau:.2f} -> "
+        f"{speedup.candidate_tau:.2f}, cost ratio c {speedup.cost_ratio_live:.3f} -> "
+        f"{speedup.cost_ratio_candidate:.3f}, FLOP proxy)"
     )
     if candidate >= live * (1.0 - SPEEDUP_EPSILON):
         return _Check(True, [numbers])

@@ -4,7 +4,7 @@ an interrupted job can be resumed.
     job = create_job(engine, trigger="manual", reason="by hand", kind="eagle", work_root=data_dir / "retrain")
     with JobLock(engine, job.id, stale_after_s=120, heartbeat_s=10):   # LockBusy if another runs
         set_progress(engine, job.id, stage="train", step=10, steps=300)
-        finish(engine, job.id, "succeeded", decision={...})
+        finish(engine, job.id, "succeeded", decision=gate_decision)   # a retrain.gate.GateDecision
 
 The lock is one row (`retrain_lock`): it is taken by a conditional UPDATE that succeeds only when
 nobody holds it or the holder's heartbeat is older than `stale_after_s`, which is atomic on SQLite
@@ -29,6 +29,7 @@ from sqlalchemy import CursorResult, Engine, or_, select, update
 from sqlalchemy.orm import Session
 
 from monitor.base.db import RetrainJob, RetrainLock, utcnow
+from retrain.gate_decision import GateDecision
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class JobView:
     progress: dict[str, Any]
     corpus_hash: str | None
     candidate_version: str | None
-    decision: dict[str, Any] | None
+    decision: GateDecision | None
     error: str | None
     attempts: int
 
@@ -82,13 +83,14 @@ class JobView:
             dict(row.progress or {}),
             row.corpus_hash,
             row.candidate_version,
-            row.decision,
+            GateDecision.from_dict(row.decision) if row.decision else None,
             row.error,
             row.attempts,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "work_dir": str(self.work_dir)}
+        decision = self.decision.to_dict() if self.decision else None
+        return {**self.__dict__, "work_dir": str(self.work_dir), "decision": decision}
 
 
 def create_job(engine: Engine, *, trigger: str, reason: str, kind: str, work_root: Path) -> JobView:
@@ -166,10 +168,11 @@ def update_job(engine: Engine, job_id: int, **fields: Any) -> None:
 
 
 def finish(
-    engine: Engine, job_id: int, state: str, *, decision: dict[str, Any] | None = None, error: str | None = None
+    engine: Engine, job_id: int, state: str, *, decision: GateDecision | None = None, error: str | None = None
 ) -> None:
     assert state in FINISHED, state
-    update_job(engine, job_id, state=state, finished_at=utcnow(), decision=decision, error=error)
+    stored = decision.to_dict() if decision else None
+    update_job(engine, job_id, state=state, finished_at=utcnow(), decision=stored, error=error)
 
 
 class JobLock:

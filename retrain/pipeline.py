@@ -32,7 +32,8 @@ from monitor.base.db import HeadEvent, utcnow
 from monitor.base.results import load_results
 from retrain.corpus import Corpus, build_corpus, load_corpus
 from retrain.deploy import run_deploy_hook
-from retrain.gate import run_gate
+from retrain.gate import GateOptions, run_gate
+from retrain.gate_decision import GateDecision, OverallResult
 from retrain.jobs import JobLock, JobView, finish, mark_dead_jobs, set_progress, update_job
 from retrain.registry import HeadRegistry
 from retrain.trainer import save_candidate, train_head
@@ -48,7 +49,11 @@ class JobOutcome:
     state: str  # succeeded | refused | failed
     summary: str
     candidate_version: str | None = None
-    decision: dict[str, Any] | None = None
+    decision: GateDecision | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, the decision in its stored shape (`specwatch retrain --json`)."""
+        return {**self.__dict__, "decision": self.decision.to_dict() if self.decision else None}
 
 
 def live_segment_alphas(engine: Engine, version: str, since: datetime) -> dict[str, float]:
@@ -90,7 +95,7 @@ class GateAnnouncement:
     version: str
     promote: bool
     summary: str
-    overall: dict[str, Any]
+    overall: OverallResult
 
 
 Announce = Callable[[GateAnnouncement], None]
@@ -159,19 +164,7 @@ def run_job(config: Config, engine: Engine, job: JobView, *, announce: Announce)
     candidate_dir = save_candidate(result, job.work_dir / "candidate", corpus)
 
     set_progress(engine, job.id, stage="gate")
-    decision = run_gate(
-        target,
-        live_draft,
-        result.draft,
-        corpus.holdout,
-        config.retrain.gate,
-        window=config.replay.window,
-        drift=config.drift,
-        batch_size=config.replay.batch_size,
-        max_batch_tokens=config.replay.max_batch_tokens,
-        seed=training.seed,
-        resamples=config.stats.resamples,
-    )
+    decision = run_gate(target, live_draft, result.draft, corpus.holdout, GateOptions.from_config(config))
     manifest = corpus.manifest.model_dump(mode="json")
     corpus_info = {key: manifest[key] for key in ("content_hash", "counts", "since", "until")}
     candidate = registry.register(
@@ -179,7 +172,7 @@ def run_job(config: Config, engine: Engine, job: JobView, *, announce: Announce)
         parent=live.version,
         source=f"retrain job {job.id}",
         corpus=corpus_info,
-        metrics=decision.overall,
+        metrics=decision.overall.to_dict(),
     )
     registry.update(candidate.version, gate=decision.to_dict())
     update_job(engine, job.id, candidate_version=candidate.version)
@@ -187,8 +180,8 @@ def run_job(config: Config, engine: Engine, job: JobView, *, announce: Announce)
     if not decision.promote:
         registry.update(candidate.version, state="refused")
         record_event(engine, "refused", candidate.version, live.version, decision.summary(), decision.to_dict(), job.id)
-        return JobOutcome(job.id, "refused", decision.summary(), candidate.version, decision.to_dict())
-    return deploy(config, engine, registry, candidate.version, job.id, decision.to_dict(), decision.summary())
+        return JobOutcome(job.id, "refused", decision.summary(), candidate.version, decision)
+    return deploy(config, engine, registry, candidate.version, job.id, decision, decision.summary())
 
 
 def deploy(
@@ -197,17 +190,18 @@ def deploy(
     registry: HeadRegistry,
     version: str,
     job_id: int | None,
-    decision: dict[str, Any],
+    decision: GateDecision | None,
     summary: str,
 ) -> JobOutcome:
-    """Switches the live pointer, runs the deploy hook, and switches back if the hook fails."""
+    """Switches the live pointer, runs the deploy hook, and switches back if the hook fails. `decision` is
+    the gate's (None for a deploy without one); the head event stores it as `gate`."""
     if job_id is not None:
         set_progress(engine, job_id, stage="deploy")
     previous = registry.switch(version, reason=f"gate passed: {summary}")
     head_dir = registry.live_path()
     assert head_dir is not None
     hook = run_deploy_hook(config.retrain.deploy, head_dir, version)
-    details = {"gate": decision, "hook": hook.to_dict()}
+    details = {"gate": decision.to_dict() if decision else None, "hook": hook.to_dict()}
     if hook.ok:
         record_event(engine, "deployed", version, previous, summary, details, job_id)
         return JobOutcome(job_id or 0, "succeeded", f"deployed {version}: {summary}", version, decision)

@@ -56,7 +56,7 @@ from monitor.base.config import (
     TrainingConfig,
     WatchConfig,
 )
-from monitor.base.db import AlertRecord, HeadEvent, QuarantinedRecord, RetrainJob, Sample, open_database, utcnow
+from monitor.base.db import AlertRecord, HeadEvent, QuarantinedRecord, Sample, open_database, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -340,19 +340,20 @@ class Display:
             self.line(f"ALERT {alert.alertname} {segment}: {alert.status}")
 
     def show_retrain(self) -> None:
-        with Session(self.engine) as session:
-            job = session.scalars(select(RetrainJob).order_by(RetrainJob.id.desc()).limit(1)).first()
+        from retrain.jobs import recent_jobs
+
+        job = next(iter(recent_jobs(self.engine, limit=1)), None)
         if job is None:
             return
-        stage = str((job.progress or {}).get("stage", ""))
+        stage = str(job.progress.get("stage", ""))
         if self.seen.job != (job.id, job.state, stage):
             self.seen.job = (job.id, job.state, stage)
             detail = f" ({job.reason})" if job.state == "queued" else ""
             self.line(f"RETRAIN job {job.id} ({job.trigger}): {job.state}{f', {stage}' if stage else ''}{detail}")
             if job.state in ("refused", "failed"):
-                why = job.error or "; ".join((job.decision or {}).get("reasons", []))
+                why = job.error or "; ".join(job.decision.reasons if job.decision else [])
                 self.finished = f"retrain job {job.id} {job.state}: {why}"
-        step = int((job.progress or {}).get("step", 0))
+        step = int(job.progress.get("step", 0))
         if stage == "train" and step >= self.seen.train_step + 10:
             self.seen.train_step = step
             self.line(f"RETRAIN training step {step}/{job.progress.get('steps')}, loss {job.progress.get('loss')}")
@@ -370,23 +371,26 @@ class Display:
                 self.finished = f"the deployed head was rolled back: {event.reason}"
 
     def show_gate(self, event: HeadEvent) -> None:
-        with Session(self.engine) as session:
-            job = session.get(RetrainJob, event.job_id) if event.job_id is not None else None
-        decision = (job.decision if job else None) or {}
-        overall, speedup = decision.get("overall") or {}, decision.get("speedup") or {}
-        if overall.get("gain_low") is not None:
+        from retrain.jobs import get_job
+
+        job = get_job(self.engine, event.job_id) if event.job_id is not None else None
+        decision = job.decision if job else None
+        if decision is None:
+            return
+        overall, speedup = decision.overall, decision.speedup
+        if overall.gain_low is not None:
             self.line(
-                f"GATE {overall['samples']} held-out samples: alpha {overall['live_alpha']:.2f} -> "
-                f"{overall['candidate_alpha']:.2f}, gain {overall['gain']:+.3f} "
-                f"(lower bound {overall['gain_low']:+.3f}); "
-                f"exact-mode output unchanged: {(decision.get('lossless') or {}).get('equal')}; "
-                f"est. speedup {speedup.get('live', 0):.2f}x -> {speedup.get('candidate', 0):.2f}x"
+                f"GATE {overall.samples} held-out samples: alpha {overall.live_alpha:.2f} -> "
+                f"{overall.candidate_alpha:.2f}, gain {overall.gain:+.3f} "
+                f"(lower bound {overall.gain_low:+.3f}); "
+                f"exact-mode output unchanged: {decision.lossless.equal}; "
+                f"est. speedup {speedup.live:.2f}x -> {speedup.candidate:.2f}x"
             )
-        for segment, verdict in sorted((decision.get("segments") or {}).items()):
-            if verdict.get("judged"):
+        for segment, verdict in sorted(decision.segments.items()):
+            if verdict.judged:
                 self.line(
-                    f"GATE   {segment}: {verdict['live_alpha']:.2f} -> {verdict['candidate_alpha']:.2f} "
-                    f"({verdict['samples']} samples)"
+                    f"GATE   {segment}: {verdict.live_alpha:.2f} -> {verdict.candidate_alpha:.2f} "
+                    f"({verdict.samples} samples)"
                 )
 
     def zh_recovered(self, samples_needed: int) -> tuple[float, int] | None:

@@ -23,7 +23,7 @@ def gate_decision_notifier(config: Config, engine: Engine) -> Announce:
         annotations = {
             "summary": f"retrain job {job.id} ({job.trigger}): candidate {decision.version} {verdict}. "
             f"{decision.summary}",
-            "evidence": decision.overall,
+            "evidence": decision.overall.to_dict(),
         }
         queue_event(config.alerts, engine, labels, annotations)
 

@@ -10,7 +10,9 @@ from sqlalchemy import Engine, update
 from sqlalchemy.orm import Session
 
 from monitor.base.db import RetrainJob, RetrainLock, utcnow
+from retrain.gate_decision import GateDecision
 from retrain.jobs import JobLock, LockBusy, create_job, finish, get_job, mark_dead_jobs, resumable_job, set_progress
+from tests.retrain.stored_decision import STORED_BEFORE_TYPING
 
 
 def new_job(engine: Engine, tmp_path: Path) -> int:
@@ -65,3 +67,15 @@ def test_finish_records_state_and_error(engine: Engine, tmp_path: Path) -> None:
     job = get_job(engine, job_id)
     assert job is not None and (job.state, job.error) == ("failed", "RuntimeError: boom") and job.finished_at
     assert job.work_dir == tmp_path / f"job-{job_id}" and job.work_dir.is_dir()
+
+
+def test_a_finished_job_stores_the_decision_as_json_and_reads_it_typed(engine: Engine, tmp_path: Path) -> None:
+    job_id = new_job(engine, tmp_path)
+    decision = GateDecision.from_dict(STORED_BEFORE_TYPING)
+    finish(engine, job_id, "succeeded", decision=decision)
+    with Session(engine) as session:
+        row = session.get(RetrainJob, job_id)
+        assert row is not None and row.decision == STORED_BEFORE_TYPING
+    job = get_job(engine, job_id)
+    assert job is not None and job.decision == decision
+    assert job.to_dict()["decision"] == STORED_BEFORE_TYPING

@@ -31,6 +31,7 @@ from monitor.base.db import HeadEvent, OutboxMessage
 from monitor.evaluation.evaluate import evaluate
 from monitor.replay.replayer import Replayer, Versions
 from monitor.service.gate_notice import gate_decision_notifier
+from retrain.gate_decision import GateDecision
 from retrain.jobs import get_job
 from retrain.pipeline import execute_job
 from retrain.registry import HeadRegistry
@@ -94,15 +95,18 @@ def test_retrain_on_chinese_traffic_is_promoted_and_lifts_zh_above_the_threshold
     assert job is not None
     outcome = execute_job(config, engine, job, announce=gate_decision_notifier(config, engine))
     assert outcome.state == "succeeded", outcome.summary
-    decision = outcome.decision or {}
-    assert decision["overall"]["gain_low"] >= config.retrain.gate.min_alpha_gain
-    zh = decision["segments"]["lang=zh"]
-    assert decision["lossless"]["equal"] and zh["candidate_alpha"] > 0.65 > zh["live_alpha"], zh
+    decision = outcome.decision
+    assert decision is not None and decision.overall.gain_low is not None
+    assert decision.overall.gain_low >= config.retrain.gate.min_alpha_gain
+    zh = decision.segments["lang=zh"]
+    assert decision.lossless.equal and zh.candidate_alpha is not None and zh.live_alpha is not None
+    assert zh.candidate_alpha > 0.65 > zh.live_alpha, zh
 
     registry = HeadRegistry(config.heads_dir)
     live = registry.live()
     assert live is not None and live.version == outcome.candidate_version and live.parent == seed_version
     assert live.gate and live.corpus and live.corpus["counts"]
+    assert GateDecision.from_dict(live.gate) == decision == get_job(engine, job.id).decision  # type: ignore[union-attr]
     new_version = replay_live(config, engine, target)
     after = alphas(config, engine, new_version)
     assert after["lang=zh"] > 0.65, (before, after)

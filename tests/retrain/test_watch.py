@@ -44,7 +44,7 @@ def replay(config: Config, engine: Engine, target: TargetModel, registry: HeadRe
 def deploy_head(config: Config, engine: Engine, registry: HeadRegistry, directory: Path) -> str:
     seed = registry.live_version()
     head = registry.register(directory, parent=seed, source="test")
-    deploy(config, engine, registry, head.version, None, {}, "test deploy")
+    deploy(config, engine, registry, head.version, None, None, "test deploy")
     return head.version
 
 

@@ -118,7 +118,7 @@ def launch(args: argparse.Namespace, config: Any, engine: Any, job: Any) -> int:
     finally:
         engine.dispose()
     if args.json:
-        print_json(outcome.__dict__)
+        print_json(outcome.to_dict())
     else:
         print(f"retrain job {outcome.job_id} {outcome.state}: {outcome.summary}")
     return 0 if outcome.state in ("succeeded", "refused") else 1
@@ -162,7 +162,7 @@ def status_command(args: argparse.Namespace) -> int:
         if job.state == "running" and job.heartbeat_at is not None:
             beat = f", heartbeat {(now - job.heartbeat_at).total_seconds():.0f}s ago"
         print(f"job {job.id:>4} {job.state:<11} {job.trigger:<9} {job.kind:<11} {stage}{beat}")
-        detail = (job.decision or {}).get("summary") or job.error or job.reason
+        detail = job.error or job.reason  # the stored decision has no summary line (GateDecision.summary())
         print(f"          {str(detail)[:160]}")
     return 0
 

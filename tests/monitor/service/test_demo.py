@@ -20,6 +20,7 @@ from monitor.base.config import load_config
 from monitor.base.db import AlertRecord, HeadEvent, RetrainJob, create_db_engine
 from monitor.service.demo import DemoPlan, LogTail, demo_config, run_demo, write_config
 from monitor.service.demo_traffic import traffic
+from retrain.gate_decision import GateDecision
 
 
 def test_traffic_shifts_with_the_mix_and_is_seeded() -> None:
@@ -65,7 +66,7 @@ def test_demo_closes_the_loop_on_a_real_daemon(
     assert ("AcceptanceBelowThreshold", "lang=zh") in alerts, out[-3000:]
     assert "NOTIFY [firing] AcceptanceBelowThreshold segment=lang=zh" in out
     assert [job.trigger for job in jobs] == ["recapture"] and jobs[0].state in ("succeeded", "refused"), out[-3000:]
-    assert jobs[0].decision and jobs[0].decision["overall"]["samples"] > 0
+    assert jobs[0].decision and GateDecision.from_dict(jobs[0].decision).overall.samples > 0
     assert result.zh_before is not None and result.zh_before < 0.65
     if jobs[0].state == "succeeded":
         assert events == ["deployed"] and result.deployed == jobs[0].candidate_version
