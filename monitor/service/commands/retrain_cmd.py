@@ -187,6 +187,13 @@ def registry(config: Any) -> Any:
     return HeadRegistry(config.heads_dir)
 
 
+def gate_line(stored: dict[str, Any] | None) -> str:
+    """The gate's one-line summary of a head's stored decision; empty for a head without one (the seed)."""
+    from retrain.gate_decision import GateDecision
+
+    return GateDecision.from_dict(stored).summary() if stored else ""
+
+
 def heads_list_command(args: argparse.Namespace) -> int:
     config = load_config(args)
     heads = registry(config).list()
@@ -197,7 +204,7 @@ def heads_list_command(args: argparse.Namespace) -> int:
         print(f"no heads registered under {config.heads_dir} (the first retrain registers models.draft as the seed)")
     for head in heads:
         marker = "*" if head.state == "live" else " "
-        gate = (head.gate or {}).get("summary", "")
+        gate = gate_line(head.gate)
         print(
             f"{marker} {head.version} {head.kind:<11} {head.state:<11} {head.created_at:%Y-%m-%d %H:%M} "
             f"parent {head.parent or '-':<16} {head.source}"

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from monitor.base.db import HeadEvent
 from monitor.service.cli import main
 from retrain.registry import HeadRegistry
+from tests.retrain.stored_decision import STORED_BEFORE_TYPING
 
 
 @pytest.fixture
@@ -38,6 +39,9 @@ def test_heads_list_and_rollback(
     seed = registry.ensure_seed(reference_models / "drafts" / "eagle")
     other = registry.register(reference_models / "drafts" / "medusa", parent=seed.version, source="test")
     registry.switch(other.version, reason="test deploy")
+    registry.update(other.version, gate=STORED_BEFORE_TYPING)
+    code, out, _ = run(capsys, "heads", "list", "--config", str(config_path))
+    assert code == 0 and "    gate: promoted: alpha 0.610 -> 0.730" in out
 
     code, out, _ = run(capsys, "heads", "list", "--json", "--config", str(config_path))
     heads = {head["version"]: head["state"] for head in json.loads(out)}
