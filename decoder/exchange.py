@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from decoder.samples import TokenizedSample
 from decoder.target import TargetModel
@@ -31,6 +31,25 @@ CUT_SHORT = frozenset({"length", "content_filter"})
 TokenSource = Literal["ids", "completion_ids", "text"]
 """ids: prompt and completion as logged; completion_ids: the completion as logged, the prompt
 rendered here; text: both re-tokenized"""
+
+
+class Logged(Protocol):
+    """What a stored sample holds of its exchange (replay's claimed samples, the retrain corpus)."""
+
+    @property
+    def messages(self) -> Sequence[Mapping[str, str]]: ...
+    @property
+    def completion(self) -> str: ...
+    @property
+    def raw_prompt(self) -> bool: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    @property
+    def max_tokens(self) -> int | None: ...
+    @property
+    def prompt_token_ids(self) -> Sequence[int] | None: ...
+    @property
+    def completion_token_ids(self) -> Sequence[int] | None: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,18 @@ class Exchange:
     def natural_stop(self) -> bool:
         """The generation ended by the model's own choice (EOS): any finish but a cut."""
         return self.finish_reason not in CUT_SHORT
+
+    @classmethod
+    def of(cls, logged: Logged) -> Exchange:
+        return cls(
+            logged.messages,
+            logged.completion,
+            raw_prompt=logged.raw_prompt,
+            finish_reason=logged.finish_reason,
+            max_tokens=logged.max_tokens,
+            prompt_token_ids=logged.prompt_token_ids,
+            completion_token_ids=logged.completion_token_ids,
+        )
 
 
 @dataclass(frozen=True)

@@ -85,15 +85,7 @@ class CorpusSample:
     @property
     def exchange(self) -> Exchange:
         """The sample as replay reads it, so training and the gate tokenize it the same way."""
-        return Exchange(
-            self.messages,
-            self.completion,
-            raw_prompt=self.raw_prompt,
-            finish_reason=self.finish_reason,
-            max_tokens=self.max_tokens,
-            prompt_token_ids=self.prompt_token_ids,
-            completion_token_ids=self.completion_token_ids,
-        )
+        return Exchange.of(self)
 
     def to_json(self) -> dict[str, Any]:
         return {**vars(self), "occurred_at": as_utc(self.occurred_at).isoformat()}

@@ -80,15 +80,7 @@ class ClaimedSample:
 
     @property
     def exchange(self) -> Exchange:
-        return Exchange(
-            self.messages,
-            self.completion,
-            raw_prompt=self.raw_prompt,
-            finish_reason=self.finish_reason,
-            max_tokens=self.max_tokens,
-            prompt_token_ids=self.prompt_token_ids,
-            completion_token_ids=self.completion_token_ids,
-        )
+        return Exchange.of(self)
 
     @classmethod
     def from_row(cls, row: Sample) -> ClaimedSample:
