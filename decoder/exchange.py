@@ -29,8 +29,9 @@ CUT_SHORT = frozenset({"length", "content_filter"})
 """finish reasons of a generation cut before the model stopped: its completion has no EOS"""
 
 TokenSource = Literal["ids", "completion_ids", "text"]
-"""ids: prompt and completion as logged; completion_ids: the completion as logged, the prompt
-rendered here; text: both re-tokenized"""
+"""Where the completion's tokens came from (what acceptance is counted over). ids: prompt and
+completion as logged; completion_ids: the completion as logged, the prompt rendered here; text: the
+completion re-tokenized (the prompt still from its logged ids where a log has only those)."""
 
 
 class Logged(Protocol):
@@ -104,47 +105,38 @@ class ExchangeTokens:
         return self.prompt_ids + self.completion_ids
 
 
-def rendered_prompt(target: TargetModel, exchange: Exchange) -> list[int]:
+def tokenize_exchange(target: TargetModel, exchange: Exchange) -> ExchangeTokens:
+    """The exchange as token ids (see the module docstring for the rule)."""
+    logged_prompt = _usable_ids(target, exchange.prompt_token_ids)
+    logged_completion = _usable_ids(target, exchange.completion_token_ids)
+    retokenized = target.encode_completion(exchange.completion, end_with_eos=False)
+    prompt = logged_prompt if logged_prompt is not None else _rendered_prompt(target, exchange)
+    source: TokenSource
+    if logged_completion is None:
+        completion, source, retokenized_equal = retokenized, "text", None
+    else:
+        completion = logged_completion
+        source = "ids" if logged_prompt is not None else "completion_ids"
+        retokenized_equal = _without_eos(target, completion) == retokenized and (
+            logged_prompt is None or _rendered_prompt(target, exchange) == logged_prompt
+        )
+    completion = _ended(target, completion, exchange.natural_stop)
+    return ExchangeTokens(prompt, completion, _cap(completion, exchange), source, retokenized_equal)
+
+
+def _rendered_prompt(target: TargetModel, exchange: Exchange) -> list[int]:
     """The prompt re-tokenized: a raw prompt as is, a conversation through the chat template."""
     if exchange.raw_prompt:
         return target.encode_prompt(exchange.messages[0]["content"])
     return target.encode_chat([dict(message) for message in exchange.messages])
 
 
-def usable_ids(target: TargetModel, ids: Sequence[int] | None) -> list[int] | None:
+def _usable_ids(target: TargetModel, ids: Sequence[int] | None) -> list[int] | None:
     """The logged ids when there are some and all lie in the target's vocabulary; None otherwise
     (ids of another tokenizer are not this target's tokens)."""
-    if not ids:
-        return None
-    if not all(0 <= token < target.vocab_size for token in ids):
+    if not ids or not all(0 <= token < target.vocab_size for token in ids):
         return None
     return list(ids)
-
-
-def prompt_tokens(target: TargetModel, exchange: Exchange) -> list[int]:
-    """The prompt the engine read: its logged ids when usable, else rendered here."""
-    return usable_ids(target, exchange.prompt_token_ids) or rendered_prompt(target, exchange)
-
-
-def tokenize_exchange(target: TargetModel, exchange: Exchange) -> ExchangeTokens:
-    """The exchange as token ids (see the module docstring for the rule)."""
-    logged_prompt = usable_ids(target, exchange.prompt_token_ids)
-    logged_completion = usable_ids(target, exchange.completion_token_ids)
-    retokenized_completion = None
-    if logged_completion is None:
-        completion = target.encode_completion(exchange.completion, end_with_eos=False)
-        source: TokenSource = "text"
-        retokenized_equal = None
-    else:
-        completion = logged_completion
-        retokenized_completion = target.encode_completion(exchange.completion, end_with_eos=False)
-        source = "ids" if logged_prompt is not None else "completion_ids"
-        retokenized_equal = _without_eos(target, completion) == retokenized_completion
-    prompt = logged_prompt if logged_prompt is not None else rendered_prompt(target, exchange)
-    if logged_prompt is not None and retokenized_equal is not None:
-        retokenized_equal = retokenized_equal and rendered_prompt(target, exchange) == logged_prompt
-    completion = _ended(target, completion, exchange.natural_stop)
-    return ExchangeTokens(prompt, completion, _cap(completion, exchange), source, retokenized_equal)
 
 
 def _without_eos(target: TargetModel, ids: list[int]) -> list[int]:

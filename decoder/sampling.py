@@ -16,6 +16,14 @@ def probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.softmax(logits.float() / temperature, dim=-1)
 
 
+def log_probability_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / temperature)[token] for each row of logits [n, vocab], in float32 like
+    `probabilities` (the distributions exact mode samples from)."""
+    scaled = logits.float() / temperature
+    chosen = scaled.gather(-1, tokens[:, None].to(scaled.device)).squeeze(-1)
+    return chosen - torch.logsumexp(scaled, dim=-1)
+
+
 def choose_tokens(
     logits: torch.Tensor, temperature: float, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -52,7 +52,7 @@ from decoder.batching import map_in_batches
 from decoder.drafts import Draft, DraftInputs
 from decoder.metrics import AcceptCounts, simulate_verify_loop
 from decoder.samples import FittedSample, TokenizedSample, fit_to_context, pad_right
-from decoder.sampling import is_greedy
+from decoder.sampling import is_greedy, log_probability_of
 from decoder.target import TargetModel
 
 log = logging.getLogger(__name__)
@@ -139,14 +139,6 @@ def score_batch(
     for (index, _), score in zip(fitted, scores, strict=True):
         results[index] = score
     return [results[index] for index in range(len(samples))]
-
-
-def log_probability_of(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / temperature)[token] for each row of logits [n, vocab], in float32
-    like `sampling.probabilities` (the distributions exact mode samples from)."""
-    scaled = logits.float() / temperature
-    chosen = scaled.gather(-1, tokens[:, None].to(scaled.device)).squeeze(-1)
-    return chosen - torch.logsumexp(scaled, dim=-1)
 
 
 def posterior_acceptance(draft_log_prob: torch.Tensor, target_log_prob: torch.Tensor) -> torch.Tensor:
