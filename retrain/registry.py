@@ -120,6 +120,27 @@ def draft_kind(draft_dir: Path) -> str:
     raise RegistryError(f"{draft_dir / MANIFEST_FILE} is neither a specwatch draft nor a causal LM config")
 
 
+def registered_version(draft_dir: Path) -> str | None:
+    """The version of a draft directory that lies in a head registry (`<root>/versions/<version>/draft`,
+    also through the live pointer), read from its head.json; None for a directory outside a registry."""
+    resolved = Path(draft_dir).resolve()
+    version_dir = resolved.parent
+    if resolved.name != "draft" or version_dir.parent.name != "versions" or len(version_dir.name) != VERSION_LENGTH:
+        return None
+    try:
+        head = HeadManifest.model_validate_json((version_dir / HEAD_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValidationError):
+        return None
+    return head.version if head.version == version_dir.name else None
+
+
+def head_version(draft_dir: Path) -> str:
+    """The version a draft is known by: a registered head's is read from the registry, which hashed its
+    files once when it registered them (read-only since); any other directory is hashed (`draft_version`).
+    A production head is gigabytes: bench/head_version.py measures what reading instead of hashing saves."""
+    return registered_version(draft_dir) or draft_version(draft_dir)
+
+
 class HeadRegistry:
     """Versioned draft heads under `root` with an atomic live pointer (see the module docstring)."""
 

@@ -6,9 +6,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from decoder import Draft, TargetModel, draft_version, load_draft, load_target
+from decoder import Draft, TargetModel, load_draft, load_target
 from monitor.base.config import Config, ModelsConfig
 from monitor.replay.replayer import Versions
+from retrain.registry import HeadRegistry, RegistryError, head_version
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ def require_directory(path: Path | None, key: str) -> Path:
 def live_draft_dir(config: Config) -> Path | None:
     """The live head: the head registry's live pointer once a retrain deployed one (or a rollback
     moved it), else `models.draft`."""
-    from retrain.registry import HeadRegistry, RegistryError
-
     try:
         live = HeadRegistry(config.heads_dir).live_path()
     except RegistryError as error:
@@ -53,6 +52,6 @@ def load_live_models(config: ModelsConfig, draft_dir: Path | None = None) -> Liv
     draft_dir = require_directory(draft_dir or config.draft, "models.draft")
     target = load_target(target_dir, device=config.device)
     draft = load_draft(draft_dir, target)
-    versions = Versions(target=target.fingerprint[:16], draft=draft_version(draft_dir))
+    versions = Versions(target=target.fingerprint[:16], draft=head_version(draft_dir))
     log.info("live models: target %s (%s), draft %s (%s)", target_dir, versions.target, draft_dir, versions.draft)
     return LiveModels(target, draft, versions)

@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from decoder import DRAFT_KINDS, draft_version
-from retrain.registry import HeadRegistry, RegistryError
+from retrain.registry import HeadRegistry, RegistryError, head_version, registered_version
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +61,35 @@ def test_seed_goes_live_once(eagle: Path, retrained: Path, registry: HeadRegistr
     assert registry.ensure_seed(retrained).version == seed.version  # a live head exists: no change
     assert [entry["to"] for entry in registry.history()] == [seed.version]
     assert registry.history()[0]["from"] is None and registry.history()[0]["reason"] == "seed"
+
+
+def test_a_registered_head_is_named_by_the_registry_without_reading_its_weights(
+    eagle: Path, retrained: Path, registry: HeadRegistry
+) -> None:
+    seed = registry.ensure_seed(eagle)
+    live_through_pointer = registry.root / "live"
+    assert head_version(live_through_pointer) == head_version(registry.draft_dir(seed.version)) == seed.version
+    weights = registry.draft_dir(seed.version) / "model.safetensors"
+    weights.chmod(0o644)
+    weights.write_bytes(b"not read")  # the name comes from head.json, hashed once at registration
+    assert head_version(live_through_pointer) == seed.version != draft_version(live_through_pointer)
+
+
+def test_a_directory_outside_a_registry_is_named_by_its_content_hash(
+    eagle: Path, retrained: Path, registry: HeadRegistry, tmp_path: Path
+) -> None:
+    assert registered_version(eagle) is None and head_version(eagle) == draft_version(eagle)
+    seed = registry.ensure_seed(eagle)
+    lookalike = tmp_path / "copy" / "versions" / seed.version / "draft"
+    shutil.copytree(registry.draft_dir(seed.version), lookalike)
+    assert registered_version(lookalike) is None  # no head.json beside it
+    manifest = registry.versions_dir / seed.version / "head.json"
+    shutil.copyfile(manifest, lookalike.parent / "head.json")
+    assert registered_version(lookalike) == seed.version
+    other = registry.register(retrained, parent=seed.version, source="retrain job 1")
+    shutil.copyfile(registry.versions_dir / other.version / "head.json", lookalike.parent / "head.json")
+    assert registered_version(lookalike) is None  # head.json names another version: hashed instead
+    assert head_version(lookalike) == draft_version(lookalike) == seed.version
 
 
 def test_seed_needs_a_draft(registry: HeadRegistry) -> None:

@@ -31,9 +31,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def report_command(args: argparse.Namespace) -> int:
-    from decoder import draft_version
     from monitor.replay.live_models import ModelsUnavailable, live_draft_dir
     from monitor.service.report import build_report, write_report
+    from retrain.registry import head_version
 
     config = load_config(args)
     if args.window is not None and args.window not in config.stats.windows:
@@ -44,7 +44,7 @@ def report_command(args: argparse.Namespace) -> int:
         draft = live_draft_dir(config)
     except ModelsUnavailable as error:
         raise CommandError(str(error)) from None
-    live = draft_version(draft) if draft is not None and draft.is_dir() else None
+    live = head_version(draft) if draft is not None and draft.is_dir() else None
     engine = open_database(config)
     try:
         data = build_report(config, engine, live_draft=live, top=args.top, days=args.days, window=args.window)

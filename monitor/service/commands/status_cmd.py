@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def live_draft_version(args: argparse.Namespace) -> str:
-    from decoder import draft_version
     from monitor.replay.live_models import ModelsUnavailable, live_draft_dir
+    from retrain.registry import head_version
 
     config = load_config(args)
     try:
@@ -40,7 +40,7 @@ def live_draft_version(args: argparse.Namespace) -> str:
         raise CommandError(str(error)) from None
     if draft is None or not draft.is_dir():
         raise CommandError(f"models.draft = {draft}: not a directory; the live draft names the results")
-    return draft_version(draft)
+    return head_version(draft)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:

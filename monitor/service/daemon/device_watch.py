@@ -7,12 +7,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from decoder import draft_version
 from monitor.base.failures import describe, gpu_unavailable, is_device_lost
 from monitor.base.stats import ALL_SEGMENTS
 from monitor.evaluation.drift import CRITICAL, Finding
 from monitor.replay.live_models import LiveModels, load_live_models
 from monitor.service.daemon.health import Backoff
+from retrain.registry import head_version
 
 if TYPE_CHECKING:
     from monitor.service.daemon.core import Daemon
@@ -45,7 +45,7 @@ class DeviceWatch:
         log.error("GPU unavailable (%s): replay paused until it is back", problem)
         health.models = f"replay paused: {problem}"
         assert daemon.draft_dir is not None, "the live head is found at startup"
-        self.paused_version = draft_version(daemon.draft_dir)  # hashed once per loss, not at every evaluation
+        self.paused_version = head_version(daemon.draft_dir)
         return None
 
     def retry(self) -> None:

@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from decoder import DecoderError, draft_version, load_draft
+from decoder import DecoderError, load_draft
 from monitor.replay.live_models import LiveModels, ModelsUnavailable, live_draft_dir
 from monitor.replay.replayer import Versions
+from retrain.registry import head_version
 
 if TYPE_CHECKING:
     from monitor.service.daemon.core import Daemon
@@ -53,7 +54,7 @@ class HeadWatch:
         daemon = self.daemon
         current = daemon.replay_loop.models
         draft = load_draft(draft_dir, current.target)
-        versions = Versions(target=current.versions.target, draft=draft_version(draft_dir))
+        versions = Versions(target=current.versions.target, draft=head_version(draft_dir))
         daemon.use_models(LiveModels(current.target, draft, versions))
         daemon.draft_dir, daemon.health.models = draft_dir, None
         log.info("now replaying draft %s (was %s)", versions.draft, current.versions.draft)
