@@ -29,8 +29,10 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -56,9 +58,20 @@ from monitor.base.config import (
     TrainingConfig,
     WatchConfig,
 )
-from monitor.base.db import AlertRecord, HeadEvent, QuarantinedRecord, Sample, open_database, utcnow
+from monitor.base.db import (
+    AlertRecord,
+    HeadEvent,
+    OutboxMessage,
+    QuarantinedRecord,
+    Sample,
+    open_database,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+"""Where the demo tells what happens: the CLI passes print."""
 
 DEMO_DRAFT = "eagle"
 BASELINE_MIX = {"en": 0.55, "code": 0.4, "ja": 0.05}
@@ -98,16 +111,16 @@ class DemoResult:
 # -- setup ---------------------------------------------------------------------------------------------
 
 
-def reference_models(directory: Path, size: str) -> Path:
+def reference_models(directory: Path, size: str, say: Say) -> Path:
     """Build the reference models once; later demos reuse them."""
     from decoder.reference import build_reference
 
     if (directory / "target").is_dir() and (directory / "drafts" / DEMO_DRAFT).is_dir():
-        say(f"reusing the {size} reference models in {directory}")
+        say(f"  reusing the {size} reference models in {directory}")
         return directory
-    say(f"building {size} reference models in {directory} (once; later demos reuse them)")
+    say(f"  building {size} reference models in {directory} (once; later demos reuse them)")
     for line in build_reference(size, directory, seed=0).summary_lines():
-        say(line)
+        say(f"  {line}")
     return directory
 
 
@@ -247,22 +260,19 @@ def stop_daemon(process: subprocess.Popen[bytes]) -> int | None:
         return None
 
 
-class LogTail:
-    """New lines of the daemon's log since the last look."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
-
-    def new_lines(self) -> list[str]:
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return []
-        complete = data[: data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        return complete.decode("utf-8", "replace").splitlines()
+def readiness(port: int) -> dict[str, Any] | None:
+    """The daemon's /readyz body (200 when ready, 503 with its problems while not), None while nothing
+    answers on the port yet."""
+    url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as response:
+            body = json.load(response)
+    except urllib.error.HTTPError as error:
+        with error:
+            body = json.load(error)
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 # -- what the display reads --------------------------------------------------------------------------------
@@ -287,6 +297,7 @@ class Seen:
     """What the display has already told, so each event is told once."""
 
     alerts: dict[int, str] = field(default_factory=dict)
+    notifications: set[int] = field(default_factory=set)
     job: tuple[int, str, str] | None = None
     train_step: int = 0
     head_events: int = 0
@@ -295,8 +306,8 @@ class Seen:
 class Display:
     """Prints what changed, at most a status line every `every_s` seconds, with the elapsed time."""
 
-    def __init__(self, engine: Engine, seed_version: str, started: datetime, every_s: float = 5.0) -> None:
-        self.engine, self.started, self.every_s = engine, started, every_s
+    def __init__(self, engine: Engine, seed_version: str, started: datetime, say: Say, every_s: float = 5.0) -> None:
+        self.engine, self.started, self.say, self.every_s = engine, started, say, every_s
         self.started_clock = time.monotonic()
         self.live_version, self.live_since = seed_version, started
         self.deployed: HeadEvent | None = None
@@ -307,10 +318,11 @@ class Display:
 
     def line(self, text: str) -> None:
         elapsed = int(time.monotonic() - self.started_clock)
-        print(f"  {elapsed // 60}:{elapsed % 60:02d}  {text}", flush=True)
+        self.say(f"  {elapsed // 60}:{elapsed % 60:02d}  {text}")
 
     def poll(self, stream: TrafficStream) -> None:
         self.show_alerts()
+        self.show_notifications()
         self.show_retrain()
         self.show_head_events()
         if time.monotonic() - self.last_line_at >= self.every_s:
@@ -338,6 +350,20 @@ class Display:
             self.seen.alerts[alert.id] = alert.status
             segment = alert.labels.get("segment", "-")
             self.line(f"ALERT {alert.alertname} {segment}: {alert.status}")
+
+    def show_notifications(self) -> None:
+        """What the receivers accepted (the alert outbox's sent messages), one line per alert."""
+        from alerts.outbox import notification_of
+        from alerts.render import log_line
+
+        with Session(self.engine) as session:
+            sent = select(OutboxMessage).where(OutboxMessage.sent_at.is_not(None)).order_by(OutboxMessage.id)
+            rows = [row for row in session.scalars(sent) if row.id not in self.seen.notifications]
+        for row in rows:
+            self.seen.notifications.add(row.id)
+            notification = notification_of(row)
+            for alert in notification.alerts:
+                self.line(f"NOTIFY [{notification.kind}] {log_line(alert)}")
 
     def show_retrain(self) -> None:
         from retrain.jobs import recent_jobs
@@ -404,11 +430,7 @@ class Display:
 # -- the demo -----------------------------------------------------------------------------------------------
 
 
-def say(text: str) -> None:
-    print(f"  {text}", flush=True)
-
-
-def show_intake(engine: Engine) -> dict[str, int]:
+def show_intake(engine: Engine, say: Say) -> dict[str, int]:
     with Session(engine) as session:
         samples = list(session.execute(select(Sample.language, Sample.redactions)))
         quarantined = list(session.execute(select(QuarantinedRecord.position, QuarantinedRecord.reason)))
@@ -416,32 +438,29 @@ def show_intake(engine: Engine) -> dict[str, int]:
     redactions: Counter[str] = Counter()
     for _, counts in samples:
         redactions.update(counts)
-    say("samples per language: " + ", ".join(f"{k}={v}" for k, v in languages.most_common()))
-    say("PII redacted before storage: " + ", ".join(f"{k}={v}" for k, v in redactions.most_common()))
+    say("  samples per language: " + ", ".join(f"{k}={v}" for k, v in languages.most_common()))
+    say("  PII redacted before storage: " + ", ".join(f"{k}={v}" for k, v in redactions.most_common()))
     for position, reason in quarantined:
-        say(f"quarantined {position}: {reason}")
+        say(f"  quarantined {position}: {reason}")
     return dict(languages)
 
 
-def wait_ready(process: subprocess.Popen[bytes], daemon_log: LogTail, timeout_s: float = 300.0) -> bool:
+def wait_ready(process: subprocess.Popen[bytes], port: int, timeout_s: float = 300.0) -> str | None:
+    """The live head's version once the daemon's /readyz says it is ready; None if it exits or the time
+    is up first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
-        if any("specwatch daemon ready" in line for line in daemon_log.new_lines()):
-            return True
+        body = readiness(port)
+        if body is not None and body.get("ready") and body.get("draft_version"):
+            return str(body["draft_version"])
         time.sleep(0.2)
-    return False
+    return None
 
 
-def watch_loop(
-    display: Display, stream: TrafficStream, process: subprocess.Popen[bytes], daemon_log: LogTail, plan: DemoPlan
-) -> None:
-    """Until the new head has proven itself on fresh zh traffic, the loop stopped, or the time is up.
-    The console receiver's notifications appear in the daemon's log; they are shown as they come."""
+def watch_loop(display: Display, stream: TrafficStream, process: subprocess.Popen[bytes], plan: DemoPlan) -> None:
+    """Until the new head has proven itself on fresh zh traffic, the loop stopped, or the time is up."""
     deadline = time.monotonic() + plan.timeout_s
     while time.monotonic() < deadline:
-        for line in daemon_log.new_lines():
-            if " alerts.console: " in line:
-                display.line("NOTIFY " + line.split(" alerts.console: ", 1)[1])
         display.poll(stream)
         if display.zh_recovered(plan.recovered_after) or display.finished:
             return
@@ -460,35 +479,38 @@ class LoopOutcome:
 
 
 def stream_and_watch(
-    config: Config, engine: Engine, process: subprocess.Popen[bytes], records: list[dict[str, Any]], plan: DemoPlan
+    config: Config,
+    engine: Engine,
+    process: subprocess.Popen[bytes],
+    records: list[dict[str, Any]],
+    plan: DemoPlan,
+    say: Say,
 ) -> LoopOutcome:
-    from decoder import draft_version
-
-    daemon_log = LogTail(config.storage.data_dir / "daemon.log")
-    if not wait_ready(process, daemon_log):
-        say(f"the daemon did not become ready; see {config.storage.data_dir / 'daemon.log'}")
+    """Watches the daemon through what it publishes: /readyz, the database (results, alerts, the alert
+    outbox, jobs, head events); its log is for the user."""
+    seed_version = wait_ready(process, config.metrics.port)
+    if seed_version is None:
+        say(f"  the daemon did not become ready; see {config.storage.data_dir / 'daemon.log'}")
         return LoopOutcome(None, None, None)
-    print(f"[4/5] streaming {plan.records_per_s:g} requests/s; watching alpha, alerts, retrain and deploy", flush=True)
-    seed_head = config.models.draft
-    assert seed_head is not None, "demo_config sets models.draft"
-    display = Display(engine, draft_version(seed_head), utcnow())
+    say(f"[4/5] streaming {plan.records_per_s:g} requests/s; watching alpha, alerts, retrain and deploy")
+    display = Display(engine, seed_version, utcnow(), say)
     gateway_log = config.storage.data_dir / "logs" / "gateway.jsonl"
     stream = TrafficStream(gateway_log, records, plan.records_per_s, plan.baseline)
     stream.start()
     try:
-        watch_loop(display, stream, process, daemon_log, plan)
+        watch_loop(display, stream, process, plan)
     finally:
         stream.stop.set()
         stream.join()
     display.show_alphas(stream)
     recovered = display.zh_recovered(plan.recovered_after)
     if recovered is None:
-        say(display.finished or "the loop did not close")
+        say(f"  {display.finished or 'the loop did not close'}")
     else:
         zh_threshold, _ = config.drift.threshold_for("lang=zh")
         verdict = "recovered" if recovered[0] >= zh_threshold else "did not recover"
         say(
-            f"zh alpha {verdict}: {display.zh_before or 0:.2f} on the seed head -> {recovered[0]:.2f} on the "
+            f"  zh alpha {verdict}: {display.zh_before or 0:.2f} on the seed head -> {recovered[0]:.2f} on the "
             f"new head, over {recovered[1]} zh requests that arrived after the deploy"
         )
     deployed = display.deployed.version if display.deployed else None
@@ -500,32 +522,34 @@ def run_demo(
     models_dir: Path = Path("specwatch-data/models/reference-demo"),
     models_size: str = "demo",
     plan: DemoPlan | None = None,
+    *,
+    say: Say,
 ) -> DemoResult:
     plan = plan or DemoPlan()
     directory = (data_dir or Path(tempfile.mkdtemp(prefix="specwatch-demo-"))).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    print(f"specwatch demo — data dir {directory}", flush=True)
-    print("[1/5] reference models: a target, and draft heads trained on English and code only", flush=True)
-    models = reference_models(models_dir.resolve(), models_size)
+    say(f"specwatch demo — data dir {directory}")
+    say("[1/5] reference models: a target, and draft heads trained on English and code only")
+    models = reference_models(models_dir.resolve(), models_size, say)
     config = demo_config(directory, models, plan.recapture_after)
     config_path = write_config(config, directory / "config.toml")
     write_training_corpus(directory / "training-corpus.jsonl")
     (directory / "logs").mkdir(exist_ok=True)
-    print("[2/5] the traffic the target served, as a gateway logs it: English and code, then mostly Chinese")
+    say("[2/5] the traffic the target served, as a gateway logs it: English and code, then mostly Chinese")
     records = served_traffic(models, plan)
-    print(f"[3/5] the daemon: specwatch run --config {config_path}  (its log: {directory / 'daemon.log'})", flush=True)
+    say(f"[3/5] the daemon: specwatch run --config {config_path}  (its log: {directory / 'daemon.log'})")
     engine = open_database(config)  # migrated here, so the daemon and this display never race to do it
     process = start_daemon(config_path, directory / "daemon.log")
     try:
-        outcome = stream_and_watch(config, engine, process, records, plan)
+        outcome = stream_and_watch(config, engine, process, records, plan, say)
     finally:
         exit_code = stop_daemon(process)
-        print(f"[5/5] daemon stopped by SIGTERM: exit code {exit_code}", flush=True)
-    languages = show_intake(engine)
+        say(f"[5/5] daemon stopped by SIGTERM: exit code {exit_code}")
+    languages = show_intake(engine, say)
     report = write_final_report(config, engine, outcome.deployed)
     engine.dispose()
-    print(json.dumps({"deployed": outcome.deployed, "zh_before": outcome.zh_before, "zh_after": outcome.zh_after}))
-    print(f"report: {report}", flush=True)
+    say(json.dumps({"deployed": outcome.deployed, "zh_before": outcome.zh_before, "zh_after": outcome.zh_after}))
+    say(f"report: {report}")
     return DemoResult(directory, outcome.deployed, outcome.zh_before, outcome.zh_after, exit_code, report, languages)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 
@@ -36,5 +37,6 @@ def demo_command(args: argparse.Namespace) -> int:
 
     models = args.models or Path("specwatch-data/models") / f"reference-{args.models_size}"
     plan = DemoPlan(records_per_s=args.rate, timeout_s=args.timeout, seed=args.seed)
-    result = run_demo(args.data_dir, models_dir=models, models_size=args.models_size, plan=plan)
+    say = functools.partial(print, flush=True)
+    result = run_demo(args.data_dir, models_dir=models, models_size=args.models_size, plan=plan, say=say)
     return 0 if result.deployed and result.daemon_exit == 0 else 1

@@ -10,7 +10,10 @@ learns Chinese); when it deploys, the new head's zh alpha on fresh traffic must 
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import select
@@ -18,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from monitor.base.config import load_config
 from monitor.base.db import AlertRecord, HeadEvent, RetrainJob, create_db_engine
-from monitor.service.demo import DemoPlan, LogTail, demo_config, run_demo, write_config
+from monitor.service.demo import DemoPlan, demo_config, readiness, run_demo, write_config
 from monitor.service.demo_traffic import traffic
 from retrain.gate_decision import GateDecision
 
@@ -38,15 +41,41 @@ def test_demo_config_round_trips_through_its_toml(tmp_path: Path) -> None:
     assert loaded.retrain.recapture_after == "30s" and loaded.intake.follow.paths == [tmp_path / "data" / "logs"]
 
 
-def test_log_tail_returns_only_complete_new_lines(tmp_path: Path) -> None:
-    path = tmp_path / "daemon.log"
-    tail = LogTail(path)
-    assert tail.new_lines() == []
-    path.write_text("one\ntw")
-    assert tail.new_lines() == ["one"]
-    with path.open("a") as handle:
-        handle.write("o\nthree\n")
-    assert tail.new_lines() == ["two", "three"]
+class Readyz(BaseHTTPRequestHandler):
+    """/readyz as the daemon answers it: 503 with its problems, then 200 once ready."""
+
+    answers: ClassVar[list[tuple[int, bytes]]] = []
+
+    def do_GET(self) -> None:
+        status, body = self.answers.pop(0)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_readiness_reads_the_readyz_body_ready_or_not(tmp_path: Path) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Readyz)
+    port = server.server_address[1]
+    Readyz.answers = [
+        (503, json.dumps({"ready": False, "problems": ["models not loaded"], "draft_version": None}).encode()),
+        (200, json.dumps({"ready": True, "problems": [], "draft_version": "0123456789abcdef"}).encode()),
+        (200, b"<html>not json</html>"),
+    ]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert readiness(port) == {"ready": False, "problems": ["models not loaded"], "draft_version": None}
+        assert readiness(port) == {"ready": True, "problems": [], "draft_version": "0123456789abcdef"}
+        assert readiness(port) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert readiness(port) is None  # nothing listens
 
 
 @pytest.mark.slow
@@ -54,7 +83,7 @@ def test_demo_closes_the_loop_on_a_real_daemon(
     tmp_path: Path, reference_models: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     plan = DemoPlan(baseline=80, shifted=900, records_per_s=10.0, recapture_after="15s", timeout_s=400.0)
-    result = run_demo(tmp_path / "demo", models_dir=reference_models, models_size="tiny", plan=plan)
+    result = run_demo(tmp_path / "demo", models_dir=reference_models, models_size="tiny", plan=plan, say=print)
     out = capsys.readouterr().out
     assert result.daemon_exit == 0, out[-3000:]
     engine = create_db_engine(f"sqlite:///{tmp_path / 'demo' / 'specwatch.db'}")
