@@ -1,11 +1,13 @@
 """The deploy hook: tell the serving engine that the live head changed.
 
-After the registry switched its live pointer, `run_deploy_hook` runs the configured command (env
-SPECWATCH_HEAD_DIR and SPECWATCH_HEAD_VERSION added to the daemon's own), POSTs
-{"version", "path"} as JSON to the configured URL, or both (command first). It never raises on a
-failing hook: the result says what happened, and the caller decides whether to roll back.
+After the registry switched its live pointer, `run_deploy_hook` runs the configured command with
+the head in the daemon's environment (SPECWATCH_HEAD_VERSION; SPECWATCH_HEAD_FORMAT and
+SPECWATCH_HEAD_EXPORT_DIR: the head in the format the engine loads, prepared by retrain.serving;
+SPECWATCH_HEAD_DIR: the registry's copy), POSTs {"version", "format", "export_dir", "path"} as JSON
+to the configured URL, or both (command first). It never raises on a failing hook: the result says
+what happened, and the caller decides whether to roll back.
 
-    result = run_deploy_hook(config.retrain.deploy, registry.live_path(), head.version)
+    result = run_deploy_hook(config.retrain.deploy, served)
     if not result.ok:
         log.error("deploy hook failed: %s", result.detail)
 
@@ -42,6 +44,34 @@ HTTP_BODY_TAIL_CHARS = 300
 KILL_GRACE_S = 5.0
 
 
+@dataclass(frozen=True)
+class ServedHead:
+    """A registered head as the engine loads it (retrain.serving prepares it): `export_dir` holds it in
+    `format`; `head_dir` is the registry's copy. Format "specwatch": no engine format holds its kind,
+    and `export_dir` is `head_dir`."""
+
+    version: str
+    head_dir: Path
+    format: str
+    export_dir: Path
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "SPECWATCH_HEAD_VERSION": self.version,
+            "SPECWATCH_HEAD_FORMAT": self.format,
+            "SPECWATCH_HEAD_EXPORT_DIR": str(self.export_dir),
+            "SPECWATCH_HEAD_DIR": str(self.head_dir),
+        }
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "version": self.version,
+            "format": self.format,
+            "export_dir": str(self.export_dir),
+            "path": str(self.head_dir),
+        }
+
+
 @dataclass
 class HookResult:
     """What the deploy hook did. `detail` is short and never holds secrets."""
@@ -57,19 +87,17 @@ class HookResult:
         return asdict(self)
 
 
-def run_deploy_hook(
-    config: DeployConfig, head_dir: Path, version: str, *, kill_grace_s: float = KILL_GRACE_S
-) -> HookResult:
-    """Runs the configured command and/or HTTP hook for the head `version` at `head_dir`."""
+def run_deploy_hook(config: DeployConfig, served: ServedHead, *, kill_grace_s: float = KILL_GRACE_S) -> HookResult:
+    """Runs the configured command and/or HTTP hook for the head the engine is to load."""
     results: list[HookResult] = []
     if config.command:
-        results.append(run_command_hook(config.command, head_dir, version, config.timeout_s, kill_grace_s))
+        results.append(run_command_hook(config.command, served, config.timeout_s, kill_grace_s))
     if config.url:
-        results.append(post_http_hook(config.url, head_dir, version, config.timeout_s))
+        results.append(post_http_hook(config.url, served, config.timeout_s))
     if not results:
         return HookResult(ok=True, kind="none", seconds=0.0, detail="no deploy hook configured")
     result = results[0] if len(results) == 1 else _combine(results[0], results[1])
-    log.log(logging.INFO if result.ok else logging.ERROR, "deploy hook for %s: %s", version, result.detail)
+    log.log(logging.INFO if result.ok else logging.ERROR, "deploy hook for %s: %s", served.version, result.detail)
     return result
 
 
@@ -88,9 +116,9 @@ def _combine(command: HookResult, http: HookResult) -> HookResult:
 
 
 def run_command_hook(
-    command: list[str], head_dir: Path, version: str, timeout_s: float, kill_grace_s: float = KILL_GRACE_S
+    command: list[str], served: ServedHead, timeout_s: float, kill_grace_s: float = KILL_GRACE_S
 ) -> HookResult:
-    env = {**os.environ, "SPECWATCH_HEAD_DIR": str(head_dir), "SPECWATCH_HEAD_VERSION": version}
+    env = {**os.environ, **served.environment()}
     started = time.monotonic()
     with tempfile.TemporaryFile() as output:
         try:
@@ -148,8 +176,8 @@ def _tail(output: IO[bytes]) -> str:
 # -- http ------------------------------------------------------------------------------------
 
 
-def post_http_hook(url: str, head_dir: Path, version: str, timeout_s: float) -> HookResult:
-    body = json.dumps({"version": version, "path": str(head_dir)}).encode()
+def post_http_hook(url: str, served: ServedHead, timeout_s: float) -> HookResult:
+    body = json.dumps(served.to_dict()).encode()
     request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     where = safe_url(url)
     started = time.monotonic()

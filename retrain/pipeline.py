@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from decoder import AcceptCounts, load_draft, load_target
+from decoder import AcceptCounts, TargetModel, load_draft, load_target
 from monitor.base.config import Config
 from monitor.base.db import HeadEvent, utcnow
 from monitor.base.results import load_results
@@ -36,6 +36,7 @@ from retrain.gate import GateOptions, run_gate
 from retrain.gate_decision import GateDecision, OverallResult
 from retrain.jobs import JobLock, JobView, finish, mark_dead_jobs, set_progress, update_job
 from retrain.registry import HeadRegistry
+from retrain.serving import prepare_served_head
 from retrain.trainer import save_candidate, train_head
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def run_job(config: Config, engine: Engine, job: JobView, *, announce: Announce)
         registry.update(candidate.version, state="refused")
         record_event(engine, "refused", candidate.version, live.version, decision.summary(), decision.to_dict(), job.id)
         return JobOutcome(job.id, "refused", decision.summary(), candidate.version, decision)
-    return deploy(config, engine, registry, candidate.version, job.id, decision, decision.summary())
+    return deploy(config, engine, registry, candidate.version, job.id, decision, decision.summary(), lambda: target)
 
 
 def deploy(
@@ -192,16 +193,17 @@ def deploy(
     job_id: int | None,
     decision: GateDecision | None,
     summary: str,
+    target: Callable[[], TargetModel],
 ) -> JobOutcome:
-    """Switches the live pointer, runs the deploy hook, and switches back if the hook fails. `decision` is
+    """Prepares the head in the engine's format (retrain.serving; `target` is called only to export),
+    switches the live pointer, runs the deploy hook, and switches back if the hook fails. `decision` is
     the gate's (None for a deploy without one); the head event stores it as `gate`."""
     if job_id is not None:
         set_progress(engine, job_id, stage="deploy")
+    served = prepare_served_head(config.retrain.deploy, registry, version, target)
     previous = registry.switch(version, reason=f"gate passed: {summary}")
-    head_dir = registry.live_path()
-    assert head_dir is not None
-    hook = run_deploy_hook(config.retrain.deploy, head_dir, version)
-    details = {"gate": decision.to_dict() if decision else None, "hook": hook.to_dict()}
+    hook = run_deploy_hook(config.retrain.deploy, served)
+    details = {"gate": decision.to_dict() if decision else None, "hook": hook.to_dict(), "served": served.to_dict()}
     if hook.ok:
         record_event(engine, "deployed", version, previous, summary, details, job_id)
         return JobOutcome(job_id or 0, "succeeded", f"deployed {version}: {summary}", version, decision)

@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from decoder import AcceptCounts
+from decoder import AcceptCounts, TargetModel, load_target
 from monitor.base.config import Config, window_length
 from monitor.base.db import HeadEvent, ReplayResult, utcnow
 from monitor.base.results import SCORED
@@ -29,6 +29,7 @@ from retrain.deploy import run_deploy_hook
 from retrain.gate import paired_gain_interval
 from retrain.pipeline import record_event
 from retrain.registry import HeadRegistry, RegistryError
+from retrain.serving import prepare_served_head
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,14 @@ def _conclude(config: Config, engine: Engine, event: HeadEvent, verdict: WatchVe
     return verdict
 
 
+def target_model(config: Config) -> TargetModel:
+    """The target, loaded for a rollback that must export the head it returns to (one never deployed
+    in the engine's format before: the seed, stored in specwatch's)."""
+    if config.models.target is None:
+        raise RegistryError("models.target is not set: cannot export the head for the engine")
+    return load_target(config.models.target, device=config.retrain.training.device)
+
+
 def roll_back(
     config: Config, engine: Engine, version: str | None, *, reason: str, watch: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -142,10 +151,9 @@ def roll_back(
     if target is None:
         raise RegistryError("no earlier head to roll back to; `specwatch heads list` shows the registry")
     target = registry.get(target).version
+    served = prepare_served_head(config.retrain.deploy, registry, target, lambda: target_model(config))
     was = registry.switch(target, reason=f"rollback: {reason}", previous_state="rolled_back")
-    head_dir = registry.live_path()
-    assert head_dir is not None
-    hook = run_deploy_hook(config.retrain.deploy, head_dir, target)
-    details = {"hook": hook.to_dict(), **({"watch": watch} if watch else {})}
+    hook = run_deploy_hook(config.retrain.deploy, served)
+    details = {"hook": hook.to_dict(), "served": served.to_dict(), **({"watch": watch} if watch else {})}
     record_event(engine, "rolled_back", target, was, reason, details)
     return {"live": target, "was": was, "reason": reason, "hook": hook.to_dict()}

@@ -625,14 +625,40 @@ class GateConfig(Section):
     lossless_max_new_tokens: int = Field(default=32, ge=1, description="tokens generated per lossless check")
 
 
+def check_head_format(name: str) -> str:
+    """`name` if it is "auto", "specwatch" or a registered engine head format (decoder.formats.FORMATS),
+    else ValueError naming the known ones. Only a name other than "auto" imports the registry (torch)."""
+    if name in ("auto", "specwatch"):
+        return name
+    from decoder.formats import FORMATS
+
+    if name not in FORMATS:
+        raise ValueError(f"unknown head format {name!r}; known formats: auto, specwatch, {', '.join(FORMATS)}")
+    return name
+
+
 class DeployConfig(Section):
     command: list[str] = Field(
         default_factory=list,
-        description='run after the live pointer switched, e.g. ["systemctl", "reload", "vllm"]; '
-        "env SPECWATCH_HEAD_DIR, SPECWATCH_HEAD_VERSION",
+        description='run after the live pointer switched, e.g. ["systemctl", "reload", "vllm"]; env '
+        "SPECWATCH_HEAD_VERSION, SPECWATCH_HEAD_FORMAT, SPECWATCH_HEAD_EXPORT_DIR (the head in the engine's "
+        "format) and SPECWATCH_HEAD_DIR (the registry's copy)",
     )
-    url: str = Field(default="", description="or POST {version, path} as JSON to this URL (the serving engine)")
+    url: str = Field(
+        default="",
+        description="or POST {version, format, export_dir, path} as JSON to this URL (the serving engine)",
+    )
     timeout_s: float = Field(default=60.0, gt=0, description="the hook's time limit")
+    format: str = Field(
+        default="auto",
+        description="the format the engine loads: auto (the format the live head's lineage was imported in, "
+        "else the first engine format of its kind), speculators, sglang, vllm-medusa, mtp, causal-lm, specwatch",
+    )
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, name: str) -> str:
+        return check_head_format(name)
 
 
 class WatchConfig(Section):

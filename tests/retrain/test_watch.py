@@ -41,10 +41,10 @@ def replay(config: Config, engine: Engine, target: TargetModel, registry: HeadRe
     Replayer(engine, target, draft, Versions(target.fingerprint[:16], version), config.replay).replay_all()
 
 
-def deploy_head(config: Config, engine: Engine, registry: HeadRegistry, directory: Path) -> str:
+def deploy_head(config: Config, engine: Engine, registry: HeadRegistry, directory: Path, target: TargetModel) -> str:
     seed = registry.live_version()
     head = registry.register(directory, parent=seed, source="test")
-    deploy(config, engine, registry, head.version, None, None, "test deploy")
+    deploy(config, engine, registry, head.version, None, None, "test deploy", lambda: target)
     return head.version
 
 
@@ -56,7 +56,7 @@ def test_a_regression_rolls_back(
     seed = registry.ensure_seed(reference_models / "drafts" / "eagle")
     replay(watched, engine, target, registry)
     untrained = save_draft(create_draft("eagle", target), tmp_path / "untrained")
-    bad = deploy_head(watched, engine, registry, untrained)
+    bad = deploy_head(watched, engine, registry, untrained, target)
     assert registry.live_version() == bad
     replay(watched, engine, target, registry)
 
@@ -79,7 +79,7 @@ def test_a_head_that_holds_up_is_kept_after_the_window(
     replay(watched, engine, target, registry)
     same_weights = load_draft(reference_models / "drafts" / "eagle", target)
     relabelled = save_draft(same_weights, tmp_path / "relabelled", training={"note": "same weights, new version"})
-    kept = deploy_head(watched, engine, registry, relabelled)
+    kept = deploy_head(watched, engine, registry, relabelled, target)
     replay(watched, engine, target, registry)
 
     waiting = watch_latest_deploy(watched, engine)

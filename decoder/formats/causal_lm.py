@@ -1,0 +1,56 @@
+"""`causal-lm`: a plain Hugging Face causal LM directory with the target's tokenizer, the format every
+engine loads as an independent draft model (vLLM `speculative_config={"model": DIR}`, SGLang
+`--speculative-draft-model-path DIR`, TensorRT-LLM's draft-target model).
+
+Reading it is `load_draft`'s causal LM path; writing it saves a `draft_model`'s LM with
+`save_pretrained` and the target's tokenizer beside it, so the engine's tokenizer check passes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from decoder.drafts import DraftModel, load_draft
+from decoder.drafts.base import Draft
+from decoder.errors import DraftFormatError
+from decoder.formats.base import ExportResult, HeadFormat, register_format
+from decoder.target import TargetModel
+
+log = logging.getLogger(__name__)
+
+NAME = "causal-lm"
+
+
+def is_causal_lm(directory: Path) -> bool:
+    """A transformers config.json that is neither specwatch's draft manifest nor a target carrying
+    MTP layers (that directory is the `mtp` format's)."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(config, dict)
+        and "model_type" in config
+        and config.get("format") != "specwatch-draft"
+        and not config.get("num_nextn_predict_layers")
+        and "speculators_model_type" not in config
+    )
+
+
+def export_causal_lm(draft: Draft, target: TargetModel, out_dir: Path) -> ExportResult:
+    if not isinstance(draft, DraftModel):
+        raise DraftFormatError(f"a {draft.kind} head is not a causal LM: only draft_model exports as {NAME}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    draft.lm.save_pretrained(out_dir)
+    target.tokenizer.save_pretrained(out_dir)
+    log.info("exported draft_model as a causal LM directory to %s", out_dir)
+    return ExportResult(out_dir=out_dir, format=NAME)
+
+
+def load_causal_lm(directory: Path, target: TargetModel) -> Draft:
+    return load_draft(directory, target)
+
+
+register_format(HeadFormat(NAME, ("draft_model",), is_causal_lm, load_causal_lm, export_causal_lm))

@@ -1,0 +1,112 @@
+"""The copy of a head the serving engine loads: which engine format, and where it lies.
+
+A head is registered in the format it came in: an engine's when it was imported (`specwatch heads
+import`, or the seed `models.draft`), specwatch's own when a retrain made it. The engine needs its
+own format: `retrain.deploy.format`, or with "auto" the format the live lineage came in (the nearest
+ancestor stored in an engine format: a lineage seeded from a speculators checkpoint stays
+speculators), else the first engine format that holds the head's kind. The copy is the head's own
+directory when it is stored in that format, else an export written once, before the deploy switches
+the live pointer, under `<heads>/exports/<version>/<format>/` (an export is a pure function of the
+head, so a rollback finds it there).
+
+    served = prepare_served_head(config.retrain.deploy, registry, version, lambda: target)
+    run_deploy_hook(config.retrain.deploy, served)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from decoder.formats import FORMATS, detect_format
+from decoder.target import TargetModel
+from monitor.base.config import DeployConfig
+from retrain.deploy import ServedHead
+from retrain.registry import HeadRegistry, RegistryError
+
+log = logging.getLogger(__name__)
+
+SPECWATCH_FORMAT = "specwatch"
+CAUSAL_LM_FORMAT = "causal-lm"
+
+
+def stored_format(draft_dir: Path) -> str:
+    """The format a draft directory is in: an engine format's name, "causal-lm" for a plain causal LM
+    directory (engines load it as a draft model), or "specwatch"."""
+    engine_format = detect_format(draft_dir)
+    if engine_format is not None:
+        return engine_format.name
+    try:
+        config = json.loads((draft_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise RegistryError(f"{draft_dir} has no readable config.json") from None
+    if isinstance(config, dict) and config.get("format") != "specwatch-draft" and "model_type" in config:
+        return CAUSAL_LM_FORMAT
+    return SPECWATCH_FORMAT
+
+
+def engine_formats_for(kind: str) -> list[str]:
+    """The engine formats that can hold a draft of this kind, in registration order."""
+    return [name for name, head_format in FORMATS.items() if kind in head_format.kinds and head_format.export]
+
+
+def serving_format(config: DeployConfig, registry: HeadRegistry, version: str) -> str:
+    """The format the engine loads this head in (see the module docstring)."""
+    kind = registry.get(version).kind
+    if config.format != "auto":
+        if config.format != SPECWATCH_FORMAT and config.format not in engine_formats_for(kind):
+            raise RegistryError(f"retrain.deploy.format = {config.format!r} cannot hold a head of kind {kind}")
+        return config.format
+    ancestor: str | None = version
+    while ancestor is not None:
+        stored = stored_format(registry.draft_dir(ancestor))
+        if stored != SPECWATCH_FORMAT and (stored in engine_formats_for(kind) or stored == CAUSAL_LM_FORMAT):
+            return stored
+        ancestor = registry.get(ancestor).parent
+    formats = engine_formats_for(kind)
+    return formats[0] if formats else SPECWATCH_FORMAT
+
+
+def export_dir(registry: HeadRegistry, version: str, head_format: str) -> Path:
+    return registry.root / "exports" / version / head_format
+
+
+def existing_served_head(config: DeployConfig, registry: HeadRegistry, version: str) -> ServedHead | None:
+    """The engine's copy when it exists already (stored so, or exported earlier); None otherwise."""
+    head_dir = registry.draft_dir(version)
+    head_format = serving_format(config, registry, version)
+    if head_format == SPECWATCH_FORMAT or stored_format(head_dir) == head_format:
+        return ServedHead(version, head_dir, head_format, head_dir)
+    exported = export_dir(registry, version, head_format)
+    return ServedHead(version, head_dir, head_format, exported) if exported.is_dir() else None
+
+
+def prepare_served_head(
+    config: DeployConfig, registry: HeadRegistry, version: str, target: Callable[[], TargetModel]
+) -> ServedHead:
+    """The engine's copy of the head, exported first when it does not exist yet (written to a
+    temporary name and renamed, so a crash leaves no half export). `target` is called only then."""
+    served = existing_served_head(config, registry, version)
+    if served is not None:
+        return served
+    from decoder import load_draft
+
+    head_dir = registry.draft_dir(version)
+    head_format = serving_format(config, registry, version)
+    export = FORMATS[head_format].export
+    assert export is not None, "engine_formats_for lists only formats that export"
+    final = export_dir(registry, version, head_format)
+    staging = final.parent / f".{head_format}.{uuid.uuid4().hex}.tmp"
+    try:
+        model = target()
+        export(load_draft(head_dir, model), model, staging)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported head %s as %s to %s", version, head_format, final)
+    return ServedHead(version, head_dir, head_format, final)
