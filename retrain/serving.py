@@ -26,7 +26,7 @@ from decoder.formats import FORMATS, detect_format
 from decoder.target import TargetModel
 from monitor.base.config import DeployConfig
 from retrain.deploy import ServedHead
-from retrain.registry import HeadRegistry, RegistryError
+from retrain.registry import HeadManifest, HeadRegistry, RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -93,20 +93,51 @@ def prepare_served_head(
     served = existing_served_head(config, registry, version)
     if served is not None:
         return served
-    from decoder import load_draft
-
-    head_dir = registry.draft_dir(version)
     head_format = serving_format(config, registry, version)
-    export = FORMATS[head_format].export
-    assert export is not None, "engine_formats_for lists only formats that export"
     final = export_dir(registry, version, head_format)
     staging = final.parent / f".{head_format}.{uuid.uuid4().hex}.tmp"
     try:
-        model = target()
-        export(load_draft(head_dir, model), model, staging)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        export_head(registry, version, head_format, staging, target)
         staging.rename(final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("exported head %s as %s to %s", version, head_format, final)
-    return ServedHead(version, head_dir, head_format, final)
+    return ServedHead(version, registry.draft_dir(version), head_format, final)
+
+
+def export_head(
+    registry: HeadRegistry, version: str, head_format: str, out_dir: Path, target: Callable[[], TargetModel]
+) -> Path:
+    """Writes a registered head into `out_dir` (new or empty) in `head_format`: a copy of its files when
+    it is stored so, else the format's export of the loaded head (`target` is called only then)."""
+    head_dir = registry.draft_dir(version)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RegistryError(f"{out_dir} is not empty: export into a new directory")
+    if stored_format(head_dir) == head_format:
+        shutil.copytree(head_dir, out_dir, dirs_exist_ok=True, copy_function=shutil.copyfile)
+        return out_dir
+    kind = registry.get(version).kind
+    if head_format not in engine_formats_for(kind):
+        raise RegistryError(f"format {head_format!r} cannot hold a head of kind {kind}")
+    export = FORMATS[head_format].export
+    assert export is not None, "engine_formats_for lists only formats that export"
+    from decoder import load_draft
+
+    model = target()
+    export(load_draft(head_dir, model), model, out_dir)
+    log.info("exported head %s as %s to %s", version, head_format, out_dir)
+    return out_dir
+
+
+def import_head(
+    registry: HeadRegistry, directory: Path, target: TargetModel, *, parent: str | None = None
+) -> HeadManifest:
+    """Registers a head as an engine holds it (any format load_draft reads: speculators, SGLang, vLLM
+    MEDUSA, MTP weights, a causal LM, specwatch's own) after loading it for `target`: a head that does not
+    fit the target (hidden size, vocabulary, aux layers, tokenizer) raises the decoder's error naming
+    the mismatch and registers nothing."""
+    from decoder import load_draft
+
+    draft = load_draft(directory, target)
+    head = registry.register(directory, parent=parent, source=f"import: {directory} ({stored_format(directory)})")
+    log.info("imported %s head %s from %s", draft.kind, head.version, directory)
+    return head

@@ -1,4 +1,4 @@
-"""`specwatch retrain [--now] [--kind K] [--detach]`, `retrain status`, `heads list|export`,
+"""`specwatch retrain [--now] [--kind K] [--detach]`, `retrain status`, `heads list|import|export`,
 `rollback [VERSION]`: retraining and the head registry by hand."""
 
 from __future__ import annotations
@@ -50,15 +50,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         add_config_argument(action)
         action.add_argument("--json", action="store_true", help="machine-readable output")
 
-    heads = subparsers.add_parser("heads", help="the head registry: versions, the live one, export")
+    heads = subparsers.add_parser("heads", help="the head registry: versions, the live one, import, export")
     head_actions = heads.add_subparsers(dest="heads_command", metavar="ACTION", required=True)
     listing = head_actions.add_parser("list", help="registered heads, newest first; the live one marked")
     listing.set_defaults(handler=heads_list_command)
-    export = head_actions.add_parser("export", help="write an eagle head in vLLM's speculators format")
+    importing = head_actions.add_parser(
+        "import", help="register a head as an engine serves it (speculators, SGLang, vLLM MEDUSA, MTP, causal LM)"
+    )
+    importing.add_argument(
+        "directory", type=Path, help="the head's directory, or 'mtp': the MTP layers of models.target"
+    )
+    importing.add_argument("--live", action="store_true", help="make it the live head (replay measures it; no hook)")
+    importing.set_defaults(handler=heads_import_command)
+    export = head_actions.add_parser("export", help="write a head in a serving engine's format")
     export.add_argument("version", help="version or unique prefix (default: the live head)", nargs="?")
-    export.add_argument("--out", required=True, type=Path, help="output directory")
+    export.add_argument("--out", required=True, type=Path, help="output directory (new or empty)")
+    export.add_argument(
+        "--format",
+        dest="head_format",
+        default="auto",
+        help="speculators, sglang, vllm-medusa, mtp, causal-lm (default: what a deploy would hand the engine)",
+    )
     export.set_defaults(handler=heads_export_command)
-    for action in (listing, export):
+    for action in (listing, importing, export):
         add_config_argument(action)
         action.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -214,9 +228,39 @@ def heads_list_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def heads_export_command(args: argparse.Namespace) -> int:
-    from retrain.export import ExportError, export_speculators
+def heads_import_command(args: argparse.Namespace) -> int:
+    from decoder import DecoderError, load_target
     from retrain.registry import RegistryError
+    from retrain.serving import import_head
+
+    config = load_config(args)
+    if config.models.target is None:
+        raise CommandError("models.target is not set: a head is imported for the target it drafts for")
+    heads = registry(config)
+    try:
+        target = load_target(config.models.target, device=config.models.device)
+        head = import_head(heads, draft_source(config, args.directory), target)
+        if args.live:
+            heads.switch(head.version, reason=f"imported by hand from {args.directory}")
+    except (DecoderError, RegistryError, OSError) as error:
+        raise CommandError(str(error)) from None
+    result = {"version": head.version, "kind": head.kind, "source": head.source, "live": bool(args.live)}
+    print_json(result) if args.json else print(
+        f"imported {head.kind} head {head.version}{' (live)' if args.live else ''}"
+    )
+    return 0
+
+
+def draft_source(config: Any, directory: Path) -> Path:
+    """The directory to import: 'mtp' names the MTP layers carried by models.target."""
+    return config.models.target if str(directory) == "mtp" else directory
+
+
+def heads_export_command(args: argparse.Namespace) -> int:
+    from decoder import DecoderError, load_target
+    from monitor.base.config import DeployConfig, check_head_format
+    from retrain.registry import RegistryError
+    from retrain.serving import export_head, serving_format
 
     config = load_config(args)
     heads = registry(config)
@@ -224,10 +268,13 @@ def heads_export_command(args: argparse.Namespace) -> int:
         head = heads.get(args.version) if args.version else heads.live()
         if head is None or config.models.target is None:
             raise CommandError("no live head and no version given (or models.target unset)")
-        report = export_speculators(heads.draft_dir(head.version), config.models.target, args.out)
-    except (RegistryError, ExportError) as error:
+        target_dir, device = config.models.target, config.models.device
+        head_format = serving_format(DeployConfig(format=check_head_format(args.head_format)), heads, head.version)
+        export_head(heads, head.version, head_format, args.out, lambda: load_target(target_dir, device=device))
+    except (DecoderError, RegistryError, ValueError, OSError) as error:
         raise CommandError(str(error)) from None
-    print_json(report.to_dict()) if args.json else print(f"exported {head.version} to {args.out}")
+    result = {"version": head.version, "format": head_format, "out": str(args.out)}
+    print_json(result) if args.json else print(f"exported {head.version} as {head_format} to {args.out}")
     return 0
 
 

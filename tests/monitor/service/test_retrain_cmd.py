@@ -62,3 +62,33 @@ def test_retrain_without_a_due_reason_does_nothing(config_path: Path, capsys: py
     assert code == 0 and "no retrain due" in out
     code, out, _ = run(capsys, "retrain", "status", "--json", "--config", str(config_path))
     assert code == 0 and json.loads(out) == []
+
+
+def test_heads_import_and_export(
+    config_path: Path, tmp_path: Path, reference_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from decoder import draft_version, load_draft, load_target
+    from decoder.formats.causal_lm import export_causal_lm
+
+    target = load_target(reference_models / "target", device="cpu")
+    served = export_causal_lm(load_draft(reference_models / "drafts" / "draft_model", target), target, tmp_path / "lm")
+    code, out, _ = run(capsys, "heads", "import", str(served.out_dir), "--live", "--json", "--config", str(config_path))
+    imported = json.loads(out)
+    assert code == 0 and imported["kind"] == "draft_model" and imported["live"] is True
+    registry = HeadRegistry(tmp_path / "data" / "heads")
+    assert registry.live_version() == imported["version"] == draft_version(served.out_dir)
+
+    code, out, _ = run(capsys, "heads", "export", "--out", str(tmp_path / "out"), "--config", str(config_path))
+    assert code == 0 and f"exported {imported['version']} as causal-lm" in out
+    assert draft_version(tmp_path / "out") == imported["version"]  # stored so: the same files
+    code, _, err = run(capsys, "heads", "export", "--out", str(tmp_path / "out"), "--config", str(config_path))
+    assert code == 2 and "is not empty" in err
+    code, _, err = run(
+        capsys, "heads", "export", "--format", "vllm", "--out", str(tmp_path / "x"), "--config", str(config_path)
+    )
+    assert code == 2 and "unknown head format 'vllm'" in err
+
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(capsys, "heads", "import", str(tmp_path / "empty"), "--config", str(config_path))
+    assert code == 2 and "config.json" in err
+    assert [head.version for head in registry.list()] == [imported["version"]]  # nothing registered
