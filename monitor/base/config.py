@@ -14,7 +14,7 @@ import re
 import tomllib
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -354,15 +354,32 @@ class RetentionConfig(Section):
     interval_s: float = Field(default=3600.0, gt=0, description="daemon: seconds between retention purges")
 
 
+MTP_DRAFT = "mtp"
+
+
 class ModelsConfig(Section):
     target: Path | None = Field(default=None, description="target model directory (Hugging Face layout)")
-    draft: Path | None = Field(default=None, description="live draft head directory")
+    draft: Path | None = Field(
+        default=None,
+        description='live draft head directory (specwatch, speculators, SGLang, vLLM MEDUSA, causal LM); "mtp" = '
+        "the MTP layers models.target carries",
+    )
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto picks cuda if present")
     on_device_lost: Literal["cpu", "pause"] = Field(
         default="cpu",
         description="the GPU is gone (absent at start or failing mid-replay): cpu = replay on the CPU, slower; "
         "pause = stop replaying until it is back. Either way the ReplayDeviceLost alert fires",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mtp_is_the_targets(cls, data: Any) -> Any:
+        """draft = "mtp": the draft is read from the target's directory (its MTP layers)."""
+        if isinstance(data, dict) and str(data.get("draft")) == MTP_DRAFT:
+            if data.get("target") is None:
+                raise ValueError('models.draft = "mtp" reads the MTP layers of models.target: set models.target')
+            return {**data, "draft": data["target"]}
+        return data
 
 
 class ReplayConfig(Section):

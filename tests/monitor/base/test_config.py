@@ -172,3 +172,13 @@ def test_answer_timeout_must_exceed_the_statement_timeout() -> None:
     assert problems == [
         "storage: answer_timeout_s must exceed statement_timeout_s (the server answers a statement it cancels)"
     ]
+
+
+def test_draft_mtp_names_the_targets_mtp_layers(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[models]\ntarget = "models/target"\ndraft = "mtp"\n')
+    config = load_config(path)
+    assert config.models.draft == config.models.target == tmp_path / "models" / "target"
+    path.write_text('[models]\ndraft = "mtp"\n')
+    with pytest.raises(ConfigError, match='models.draft = "mtp" reads the MTP layers of models.target'):
+        load_config(path)
