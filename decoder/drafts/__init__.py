@@ -49,9 +49,7 @@ log = logging.getLogger(__name__)
 
 # The config of any registered kind (a static union, for pydantic's discriminator and for type
 # checkers; tests/decoder/test_drafts.py checks that it covers DRAFT_KINDS).
-DraftConfig = Annotated[
-    DraftModelConfig | MedusaConfig | EagleConfig | Eagle3Config, Field(discriminator="kind")
-]
+DraftConfig = Annotated[DraftModelConfig | MedusaConfig | EagleConfig | Eagle3Config, Field(discriminator="kind")]
 DraftKind = str
 """A draft kind's name: a key of DRAFT_KINDS."""
 

@@ -123,6 +123,13 @@ def swiglu(x: torch.Tensor, gate_proj: nn.Module, up_proj: nn.Module, down_proj:
     return out
 
 
+def init_linear_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Normal(0, std) weights for every nn.Linear inside `module` (a fresh head's initialization)."""
+    for child in module.modules():
+        if isinstance(child, nn.Linear):
+            nn.init.normal_(child.weight, std=std)
+
+
 @dataclass
 class LayerInput:
     """What the layer's q/k/v read at each position, and where its residual stream starts."""

@@ -36,6 +36,7 @@ from decoder.drafts.chain import (
     LayerInput,
     RMSNorm,
     attend,
+    init_linear_weights,
     layer_sizes,
     rotate,
     split_heads,
@@ -138,9 +139,7 @@ class EagleHead(ChainHead):
         if not isinstance(config, EagleConfig):
             raise TypeError(f"eagle needs an EagleConfig, got {type(config).__name__}")
         head = cls(config)
-        for module in head.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
+        init_linear_weights(head)
         return head
 
     def attach(self, target: TargetModel) -> None:

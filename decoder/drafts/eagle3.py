@@ -23,7 +23,8 @@ output of decoder layer i-1 (id 0: the embedding output). Default ids for an N-l
 (`default_aux_layer_ids`): vLLM's own default (2, N//2, N-3) when those are distinct and within
 [1, N-1], the ids vLLM captures; else (1, N//2, N-1) when N >= 4; a target with fewer layers has no
 three distinct ids vLLM captures, so it gets the three highest ids speculators accepts
-(ids within [0, N]): (0, 1, 2) for N = 2, (1, 2, 3) for N = 3.
+(ids within [0, N]): (0, 1, 2) for N = 2, (1, 2, 3) for N = 3; a 1-layer target has only two hidden
+states, so (0, 1, 1), which the kind computes and no engine format holds (exports refuse repeated ids).
 
 Training unrolls the chain `train_depth` deep (EAGLE-3's training-time test, decoder.drafts.chain)
 with cross-entropy on the target's distribution over the draft vocabulary at every depth.
@@ -44,6 +45,7 @@ from decoder.drafts.chain import (
     LayerInput,
     RMSNorm,
     attend,
+    init_linear_weights,
     layer_sizes,
     rotate,
     split_heads,
@@ -78,8 +80,8 @@ class Eagle3Config(ChainLayerConfig):
     def _sizes_fit(self) -> Self:
         if self.draft_vocab_size > self.vocab_size:
             raise ValueError("draft_vocab_size cannot exceed vocab_size")
-        if len(set(self.aux_layer_ids)) < 3 or min(self.aux_layer_ids) < 0:
-            raise ValueError(f"aux_layer_ids must be three distinct ids >= 0, got {self.aux_layer_ids}")
+        if min(self.aux_layer_ids) < 0:
+            raise ValueError(f"aux_layer_ids must be ids >= 0, got {self.aux_layer_ids}")
         return self
 
     @property
@@ -94,9 +96,9 @@ def default_aux_layer_ids(num_layers: int) -> tuple[int, int, int]:
         return vllm_default
     if num_layers >= 4:
         return (1, num_layers // 2, num_layers - 1)
-    if num_layers < 2:
-        raise ValueError(f"an EAGLE-3 head needs a target with at least 2 layers, got {num_layers}")
-    return (num_layers - 2, num_layers - 1, num_layers)
+    if num_layers >= 2:
+        return (num_layers - 2, num_layers - 1, num_layers)
+    return (0, 1, 1)
 
 
 class Eagle3Attention(nn.Module):
@@ -218,9 +220,7 @@ class Eagle3Head(ChainHead):
         if not isinstance(config, Eagle3Config):
             raise TypeError(f"eagle3 needs an Eagle3Config, got {type(config).__name__}")
         head = cls(config)
-        for module in head.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
+        init_linear_weights(head)
         head.use_draft_vocabulary(torch.arange(config.draft_vocab_size), target)
         if head.embed_tokens is not None:
             with torch.no_grad():

@@ -60,7 +60,7 @@ def detect_format(directory: Path) -> HeadFormat | None:
 
 
 # Importing a format module registers it: one line per module.
-import decoder.formats.sglang  # noqa: E402, F401
+import decoder.formats.sglang  # noqa: E402
 import decoder.formats.speculators  # noqa: E402, F401
 
 __all__ = ["FORMATS", "ExportResult", "HeadFormat", "detect_format", "register_format"]

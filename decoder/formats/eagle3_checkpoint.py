@@ -105,8 +105,9 @@ def _rope_theta(layer: dict[str, Any]) -> float:
     return float(_rope_parameters(layer).get("rope_theta") or layer.get("rope_theta") or 10000.0)
 
 
-def check_feature_size(target_hidden_size: int | None, target: TargetModel, where: Path) -> None:
-    if target_hidden_size is not None and target_hidden_size != target.hidden_size:
+def check_feature_size(target_hidden_size: int, target: TargetModel, where: Path) -> None:
+    """The states the head reads (target_hidden_size, else its hidden size) are the target's."""
+    if int(target_hidden_size) != target.hidden_size:
         raise DraftFormatError(
             f"{where}: the head reads target states of size {target_hidden_size}; the target's hidden size is "
             f"{target.hidden_size}"
@@ -194,6 +195,9 @@ def require_eagle3(draft: object, format_name: str) -> Eagle3Head:
     if not isinstance(draft, Eagle3Head):
         kind = getattr(draft, "kind", type(draft).__name__)
         raise DraftFormatError(f"the {format_name} format holds eagle3 heads; this draft is a {kind} draft")
+    ids = draft.eagle3_config.aux_layer_ids
+    if len(set(ids)) < len(ids):
+        raise DraftFormatError(f"aux layer ids {list(ids)} repeat: engines fuse three distinct hidden states")
     return draft
 
 

@@ -57,7 +57,7 @@ def load(directory: Path, target: TargetModel) -> Eagle3Head:
     if missing or not any(name.startswith(SGLANG_LAYER) for name in names):
         raise DraftFormatError(f"{directory}: SGLang's loader needs midlayer.*, {list(REQUIRED)}; missing {missing}")
     fields = layer_fields(config, target, directory)
-    check_feature_size(config.get("target_hidden_size"), target, directory)
+    check_feature_size(config.get("target_hidden_size") or fields["hidden_size"], target, directory)
     layer_ids = (config.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids")
     if layer_ids is None:
         raise DraftFormatError(f"{directory}: config.json has no eagle_config.eagle_aux_hidden_state_layer_ids")

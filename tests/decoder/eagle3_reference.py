@@ -44,7 +44,11 @@ def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
 
 
 def eagle3_layer(
-    embeds: torch.Tensor, features: torch.Tensor, w: dict[str, torch.Tensor], shape: LayerShape, prefix: str = "layers.0."
+    embeds: torch.Tensor,
+    features: torch.Tensor,
+    w: dict[str, torch.Tensor],
+    shape: LayerShape,
+    prefix: str = "layers.0.",
 ) -> torch.Tensor:
     """The layer's pre-norm output [time, hidden] from token embeddings and features g [time, hidden]."""
     time = embeds.shape[0]

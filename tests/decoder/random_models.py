@@ -8,7 +8,10 @@ Each draft kind is made to predict it more or less well:
 - medusa: head i's LM head maps the target's one-token state to the token i + 2 steps along
   the target's bigram map, plus noise;
 - eagle: input projection reading the token embedding only, so the head proposes the target's
-  bigram successor of the token it is given, plus noise everywhere.
+  bigram successor of the token it is given, plus noise everywhere;
+- eagle3: fc passes the last aux state (the target's last layer output) through and the layer adds
+  only noise, so the head proposes the target's next token at its own position again: accepted
+  where the target's greedy output repeats a token, as its short cycles often do.
 
 The EOS id is the token the target's greedy output reaches most often after a few tokens, so
 many completions end by EOS and others by a length cap. Models are float64, so the batched,
@@ -30,7 +33,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config
 
 from decoder import Draft, TargetModel, create_draft, generate
-from decoder.drafts import DraftModel, EagleHead, MedusaHeads
+from decoder.drafts import DraftModel, Eagle3Head, EagleHead, MedusaHeads
 
 VOCAB = 48
 PAD = 0
@@ -142,6 +145,20 @@ def embedding_eagle(target: TargetModel, spec: WorldSpec, generator: torch.Gener
     return draft.eval()
 
 
+@torch.no_grad()
+def echo_eagle3(target: TargetModel, spec: WorldSpec, generator: torch.Generator) -> Draft:
+    draft = create_draft("eagle3", target)
+    assert isinstance(draft, Eagle3Head)
+    hidden = target.hidden_size
+    perturb(draft, spec.noise, generator)
+    draft.fc.weight.zero_()
+    draft.fc.weight[:, 2 * hidden :] = torch.eye(hidden, dtype=draft.fc.weight.dtype)
+    draft.chain_layer.self_attn.o_proj.weight.mul_(0.1)
+    draft.chain_layer.mlp.down_proj.weight.mul_(0.1)
+    draft.norm.weight.copy_(target.model.get_decoder().norm.weight)
+    return draft.eval()
+
+
 def frequent_eos(target: TargetModel, prompts: list[list[int]]) -> int:
     """The token that most greedy outputs reach first at index 2 or later (not the pad)."""
     reached: Counter[int] = Counter()
@@ -171,5 +188,6 @@ def random_world(seed: int, prompts: int = 5) -> RandomWorld:
         "draft_model": noisy_copy_draft(spec, generator),
         "medusa": bigram_medusa(target, spec, generator),
         "eagle": embedding_eagle(target, spec, generator),
+        "eagle3": echo_eagle3(target, spec, generator),
     }
     return RandomWorld(spec, target, drafts, chosen_prompts)

@@ -44,6 +44,7 @@ from tests.decoder.random_models import (
     VOCAB,
     WorldSpec,
     bigram_medusa,
+    echo_eagle3,
     embedding_eagle,
     frequent_eos,
     perturb,
@@ -122,6 +123,7 @@ def sampling_world(seed: int) -> SamplingWorld:
         "draft_model": DraftModel.wrapping(copy).eval(),
         "medusa": bigram_medusa(target, spec(0.05), generator),
         "eagle": embedding_eagle(target, spec(0.15), generator),
+        "eagle3": echo_eagle3(target, spec(0.15), generator),
     }
     return SamplingWorld(target, drafts, prompts)
 

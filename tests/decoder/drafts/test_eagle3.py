@@ -139,7 +139,7 @@ def test_aux_ids_read_hugging_face_hidden_states() -> None:
 
 @pytest.mark.parametrize(
     ("layers", "ids"),
-    [(2, (0, 1, 2)), (3, (1, 2, 3)), (4, (1, 2, 3)), (6, (1, 3, 5)), (8, (2, 4, 5)), (32, (2, 16, 29))],
+    [(1, (0, 1, 1)), (2, (0, 1, 2)), (3, (1, 2, 3)), (4, (1, 2, 3)), (6, (1, 3, 5)), (8, (2, 4, 5)), (32, (2, 16, 29))],
 )
 def test_default_aux_ids(layers: int, ids: tuple[int, int, int]) -> None:
     """vLLM's default where it is valid and vLLM captures it; else spread over [1, N-1]; tiny targets
