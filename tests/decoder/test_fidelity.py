@@ -26,7 +26,8 @@ from transformers import PreTrainedModel
 
 from decoder import Draft, Generation, TargetModel, TokenizedSample, exact_generate, generate, score_batch
 from tests.decoder.conftest import KINDS
-from tests.decoder.eagle3_reference import draft_logits, eagle3_layer, shape_of, target_vocabulary_logits
+from tests.decoder.eagle3_reference import draft_logits, eagle3_layer, rope, shape_of, target_vocabulary_logits
+from tests.decoder.eagle3_reference import rms as rms_norm
 from tests.decoder.random_models import VOCAB, RandomWorld, random_world
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -217,19 +218,6 @@ def propose_medusa(target: PreTrainedModel, weights: dict[str, torch.Tensor], bl
         return drafted
 
     return propose
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-
-
-def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate-half RoPE on [heads, time, dim] at positions 0..time-1."""
-    half = x.shape[-1] // 2
-    frequencies = 1.0 / theta ** (torch.arange(half, dtype=torch.float64) / half)
-    angles = torch.arange(x.shape[1], dtype=torch.float64)[:, None] * frequencies[None, :]
-    cos, sin = torch.cat([angles.cos()] * 2, -1).to(x.dtype), torch.cat([angles.sin()] * 2, -1).to(x.dtype)
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
 def eagle_layer(x: torch.Tensor, w: dict[str, torch.Tensor], config: dict[str, float]) -> torch.Tensor:
