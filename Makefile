@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench-ingest
+.PHONY: demo test lint bench-ingest compat
 
 $(BIN)/specwatch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,19 @@ lint: $(BIN)/specwatch
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# An independent loader for the engine-format tests: vLLM's `speculators` library in its own venv (it pins
+# transformers <= 5.19); its torchvision/torchaudio wheels do not fit the CPU torch (shared/docs/STACK.md).
+COMPAT_VENV ?= .venv-compat
+
+compat: $(COMPAT_VENV)/bin/python-speculators
+
+$(COMPAT_VENV)/bin/python-speculators:
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install --quiet torch==2.13.0 speculators==0.9.0
+	$(COMPAT_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio
+	$(COMPAT_VENV)/bin/python -c "from speculators.models.eagle3 import Eagle3DraftModel"
+	ln -sf python $@
 
 bench-ingest: $(BIN)/specwatch
 	$(BIN)/python bench/ingest_throughput.py

@@ -107,7 +107,7 @@ def rope_theta(config: Any) -> float:
 class TargetOutput:
     """Target states for a run of positions: `hidden` is the final (normed) hidden state whose
     output embedding gives the next-token logits; `features[j]` is the output of decoder layer
-    `feature_layers[j]`."""
+    `feature_layers[j]` (the input of layer 0 for EMBEDDING_OUTPUT)."""
 
     hidden: torch.Tensor
     features: tuple[torch.Tensor, ...] = ()
@@ -145,9 +145,15 @@ def run_base_model(
     return hidden
 
 
+EMBEDDING_OUTPUT = -1
+"""The feature "layer" before decoder layer 0: the input embedding's output (Hugging Face
+`hidden_states[0]`, EAGLE-3's aux-layer id 0)."""
+
+
 @contextmanager
 def capture_layer_outputs(model: PreTrainedModel, layers: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    """Records the outputs of the given decoder layers during the forward passes inside."""
+    """Records the outputs of the given decoder layers (EMBEDDING_OUTPUT: the input of layer 0)
+    during the forward passes inside."""
     captured: dict[int, torch.Tensor] = {}
     decoder_layers = model.get_decoder().layers
     handles = []
@@ -156,7 +162,13 @@ def capture_layer_outputs(model: PreTrainedModel, layers: Sequence[int]) -> Iter
         def hook(_module: nn.Module, _args: Any, output: Any, index: int = index) -> None:
             captured[index] = output[0] if isinstance(output, tuple) else output
 
-        handles.append(decoder_layers[index].register_forward_hook(hook))
+        def input_hook(_module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+            captured[EMBEDDING_OUTPUT] = args[0] if args else kwargs["hidden_states"]
+
+        if index == EMBEDDING_OUTPUT:
+            handles.append(decoder_layers[0].register_forward_pre_hook(input_hook, with_kwargs=True))
+        else:
+            handles.append(decoder_layers[index].register_forward_hook(hook))
     try:
         yield captured
     finally:

@@ -38,16 +38,18 @@ from decoder.drafts.base import (
 from decoder.drafts.draft_model import DraftModel, DraftModelConfig
 from decoder.drafts.medusa import MedusaConfig, MedusaHeads
 from decoder.drafts.eagle import EagleConfig, EagleHead
+from decoder.drafts.eagle3 import Eagle3Config, Eagle3Head
 
 # isort: on
 from decoder.errors import DraftFormatError, DraftTargetMismatchError, TokenizerMismatchError
+from decoder.formats import detect_format
 from decoder.target import TargetModel, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
 # The config of any registered kind (a static union, for pydantic's discriminator and for type
 # checkers; tests/decoder/test_drafts.py checks that it covers DRAFT_KINDS).
-DraftConfig = Annotated[DraftModelConfig | MedusaConfig | EagleConfig, Field(discriminator="kind")]
+DraftConfig = Annotated[DraftModelConfig | MedusaConfig | EagleConfig | Eagle3Config, Field(discriminator="kind")]
 DraftKind = str
 """A draft kind's name: a key of DRAFT_KINDS."""
 
@@ -132,8 +134,13 @@ def load_draft(directory: str | Path, target: TargetModel, *, check_target: bool
     Refuses a draft whose tokenizer differs from the target's (TokenizerMismatchError) and, unless
     `check_target` is False (e.g. to warm-start training for a new target), one made for another
     target (DraftTargetMismatchError, both fingerprints shown). A plain causal LM directory with
-    its own tokenizer (e.g. a small model of the target's family) loads as a `draft_model`."""
+    its own tokenizer (e.g. a small model of the target's family) loads as a `draft_model`; a head in
+    a serving engine's format (decoder.formats) loads through that format, which checks it against
+    the target."""
     directory = Path(directory)
+    engine_format = detect_format(directory)
+    if engine_format is not None:
+        return engine_format.load(directory, target)
     if _is_plain_causal_lm(directory):
         return _load_causal_lm_draft(directory, target)
     manifest = read_manifest(directory)
@@ -180,6 +187,8 @@ __all__ = [
     "DraftModel",
     "DraftModelConfig",
     "DraftSession",
+    "Eagle3Config",
+    "Eagle3Head",
     "EagleConfig",
     "EagleHead",
     "MedusaConfig",

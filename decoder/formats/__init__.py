@@ -20,4 +20,8 @@ from decoder.formats import causal_lm  # noqa: F401
 
 # isort: on
 
+# Importing a format module registers it: one line per module.
+import decoder.formats.sglang  # noqa: E402
+import decoder.formats.speculators  # noqa: E402, F401
+
 __all__ = ["FORMATS", "ExportResult", "HeadFormat", "detect_format", "register_format"]

@@ -8,7 +8,11 @@ Each draft kind is made to predict it more or less well:
 - medusa: head i's LM head maps the target's one-token state to the token i + 2 steps along
   the target's bigram map, plus noise;
 - eagle: input projection reading the token embedding only, so the head proposes the target's
-  bigram successor of the token it is given, plus noise everywhere.
+  bigram successor of the token it is given, plus noise everywhere;
+- eagle3: fc passes the last aux state (the target's last layer output) through and the layer adds
+  only noise, so its output is the target's state at its own position; its LM head maps that state
+  two steps along the target's bigram map, like medusa's first head (deeper chain steps read the
+  same state again and repeat the token).
 
 The EOS id is the token the target's greedy output reaches most often after a few tokens, so
 many completions end by EOS and others by a length cap. Models are float64, so the batched,
@@ -30,7 +34,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config
 
 from decoder import Draft, TargetModel, create_draft, generate
-from decoder.drafts import DraftModel, EagleHead, MedusaHeads
+from decoder.drafts import DraftModel, Eagle3Head, EagleHead, MedusaHeads
 
 VOCAB = 48
 PAD = 0
@@ -114,17 +118,24 @@ def noisy_copy_draft(spec: WorldSpec, generator: torch.Generator) -> DraftModel:
 
 
 @torch.no_grad()
+def bigram_lm_head(target: TargetModel, steps: int) -> torch.Tensor:
+    """LM-head weights mapping the target's state after token x to the token `steps` steps along the
+    target's bigram map from x (steps = 1: the target's own prediction)."""
+    single_token_states = target.forward(torch.arange(VOCAB)[:, None]).hidden[:, 0]
+    successor = target.logits(single_token_states).argmax(dim=-1)
+    ahead = torch.arange(VOCAB)
+    for _ in range(steps):
+        ahead = successor[ahead]
+    weight = torch.zeros(VOCAB, target.hidden_size, dtype=single_token_states.dtype)
+    return weight.index_add_(0, ahead, single_token_states)
+
+
+@torch.no_grad()
 def bigram_medusa(target: TargetModel, spec: WorldSpec, generator: torch.Generator) -> Draft:
     draft = create_draft("medusa", target, num_heads=spec.medusa_heads)
     assert isinstance(draft, MedusaHeads)
-    single_token_states = target.forward(torch.arange(VOCAB)[:, None]).hidden[:, 0]
-    successor = target.logits(single_token_states).argmax(dim=-1)
-    ahead = successor.clone()
-    for head in draft.lm_heads:
-        ahead = successor[ahead]
-        weight = torch.zeros(VOCAB, target.hidden_size, dtype=single_token_states.dtype)
-        weight.index_add_(0, ahead, single_token_states)
-        head.weight.copy_(weight)
+    for index, head in enumerate(draft.lm_heads):
+        head.weight.copy_(bigram_lm_head(target, index + 2))
     perturb(draft, spec.noise, generator)
     return draft.eval()
 
@@ -139,6 +150,21 @@ def embedding_eagle(target: TargetModel, spec: WorldSpec, generator: torch.Gener
     projection[:, :hidden] = torch.eye(hidden, dtype=projection.dtype)
     draft.fuse.weight.mul_(0.1)
     perturb(draft, spec.noise, generator)
+    return draft.eval()
+
+
+@torch.no_grad()
+def bigram_eagle3(target: TargetModel, spec: WorldSpec, generator: torch.Generator) -> Draft:
+    draft = create_draft("eagle3", target)
+    assert isinstance(draft, Eagle3Head)
+    hidden = target.hidden_size
+    perturb(draft, spec.noise, generator)
+    draft.fc.weight.zero_()
+    draft.fc.weight[:, 2 * hidden :] = torch.eye(hidden, dtype=draft.fc.weight.dtype)
+    draft.chain_layer.self_attn.o_proj.weight.mul_(0.1)
+    draft.chain_layer.mlp.down_proj.weight.mul_(0.1)
+    draft.norm.weight.copy_(target.model.get_decoder().norm.weight)
+    draft.lm_head.weight.copy_(bigram_lm_head(target, 2))
     return draft.eval()
 
 
@@ -171,5 +197,6 @@ def random_world(seed: int, prompts: int = 5) -> RandomWorld:
         "draft_model": noisy_copy_draft(spec, generator),
         "medusa": bigram_medusa(target, spec, generator),
         "eagle": embedding_eagle(target, spec, generator),
+        "eagle3": bigram_eagle3(target, spec, generator),
     }
     return RandomWorld(spec, target, drafts, chosen_prompts)

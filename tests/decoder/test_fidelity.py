@@ -17,6 +17,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -25,6 +26,8 @@ from transformers import PreTrainedModel
 
 from decoder import Draft, Generation, TargetModel, TokenizedSample, exact_generate, generate, score_batch
 from tests.decoder.conftest import KINDS
+from tests.decoder.eagle3_reference import draft_logits, eagle3_layer, rope, shape_of, target_vocabulary_logits
+from tests.decoder.eagle3_reference import rms as rms_norm
 from tests.decoder.random_models import VOCAB, RandomWorld, random_world
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -217,19 +220,6 @@ def propose_medusa(target: PreTrainedModel, weights: dict[str, torch.Tensor], bl
     return propose
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-
-
-def rope(x: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotate-half RoPE on [heads, time, dim] at positions 0..time-1."""
-    half = x.shape[-1] // 2
-    frequencies = 1.0 / theta ** (torch.arange(half, dtype=torch.float64) / half)
-    angles = torch.arange(x.shape[1], dtype=torch.float64)[:, None] * frequencies[None, :]
-    cos, sin = torch.cat([angles.cos()] * 2, -1).to(x.dtype), torch.cat([angles.sin()] * 2, -1).to(x.dtype)
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
-
-
 def eagle_layer(x: torch.Tensor, w: dict[str, torch.Tensor], config: dict[str, float]) -> torch.Tensor:
     """One pre-norm decoder layer (causal GQA attention with RoPE, SwiGLU MLP) on [time, hidden]."""
     heads, kv_heads, dim = (int(config[key]) for key in ("num_attention_heads", "num_key_value_heads", "head_dim"))
@@ -297,6 +287,41 @@ def propose_eagle(target: PreTrainedModel, weights: dict[str, torch.Tensor], con
     return propose
 
 
+def aux_hidden_states(target: PreTrainedModel, tokens: list[int], ids: list[int]) -> torch.Tensor:
+    """Concatenated hidden_states[i] for the aux ids (the last layer's output taken before the final norm)."""
+    layers = target.get_decoder().layers
+    raw_last: list[torch.Tensor] = []
+    hook = layers[-1].register_forward_hook(
+        lambda _m, _a, out: raw_last.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        hidden_states = list(target(torch.tensor([tokens]), output_hidden_states=True).hidden_states)
+    finally:
+        hook.remove()
+    hidden_states[len(layers)] = raw_last[0]
+    return torch.cat([hidden_states[i][0] for i in ids], dim=-1)
+
+
+def propose_eagle3(target: PreTrainedModel, weights: dict[str, torch.Tensor], config: dict[str, Any]) -> Propose:
+    """EAGLE-3 drafting with the layer of tests/decoder/eagle3_reference.py: features fc(aux) for
+    positions with target states, the layer's own pre-norm output for drafted ones."""
+    embed, shape = target.get_input_embeddings(), shape_of(config)
+
+    def propose(tokens: list[int], count: int) -> list[int]:
+        features = F.linear(aux_hidden_states(target, tokens[:-1], list(config["aux_layer_ids"])), weights["fc.weight"])
+        next_tokens = list(tokens[1:])
+        drafted: list[int] = []
+        for _ in range(count):
+            output = eagle3_layer(embed(torch.tensor(next_tokens)), features, weights, shape)[-1]
+            logits = draft_logits(output, weights, shape.eps)
+            drafted.append(int(target_vocabulary_logits(logits, weights["d2t"], config["vocab_size"]).argmax()))
+            features = torch.cat([features, output[None]])
+            next_tokens.append(drafted[-1])
+        return drafted
+
+    return propose
+
+
 def reference_proposer(target: TargetModel, draft: Draft) -> Propose:
     """Reads only the draft's weights (state dict), its config values and the HF models."""
     weights = {name: tensor.detach() for name, tensor in draft.state_dict().items()}
@@ -305,6 +330,8 @@ def reference_proposer(target: TargetModel, draft: Draft) -> Propose:
         return propose_draft_model(draft.lm)  # type: ignore[attr-defined]
     if config["kind"] == "medusa":
         return propose_medusa(target.model, weights, config["num_residual_blocks"])
+    if config["kind"] == "eagle3":
+        return propose_eagle3(target.model, weights, config)
     return propose_eagle(target.model, weights, config)
 
 

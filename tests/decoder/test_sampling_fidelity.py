@@ -43,6 +43,7 @@ from tests.decoder.random_models import (
     PAD,
     VOCAB,
     WorldSpec,
+    bigram_eagle3,
     bigram_medusa,
     embedding_eagle,
     frequent_eos,
@@ -122,6 +123,7 @@ def sampling_world(seed: int) -> SamplingWorld:
         "draft_model": DraftModel.wrapping(copy).eval(),
         "medusa": bigram_medusa(target, spec(0.05), generator),
         "eagle": embedding_eagle(target, spec(0.15), generator),
+        "eagle3": bigram_eagle3(target, spec(0.15), generator),
     }
     return SamplingWorld(target, drafts, prompts)
 

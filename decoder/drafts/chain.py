@@ -1,0 +1,305 @@
+"""What the chained feature heads (`eagle`, `eagle3`) share: one decoder layer fed with a feature
+g_t and the embedding of token t+1, whose output at t is fed back as the next step's feature.
+
+A head of this family says how its layer reads its inputs (`layer_input`: what q/k/v see and
+where the residual stream starts) and how its layer computes (`chain_layer`: `project` to rotated
+queries/keys/values, `finish` with attention over keys the caller assembles, then the MLP); the
+rest is here: the chain over all starts at once with EAGLE-3's training-time-test mask (scored mode
+and training), the token loss of each unrolled depth, and the exact-mode session with its KV cache.
+
+Chain mask: depth i at query position t (chain start s = t-i+1) attends to the depth-1 keys at
+positions <= s and to the depth-j key at position s+j-1 for j = 2..i, which is what exact mode's
+cache holds when it drafts from s.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import Any, Protocol, Self
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from decoder.drafts.base import (
+    Draft,
+    DraftConfigBase,
+    DraftInputs,
+    DraftSession,
+    Proposal,
+    masked_mean,
+    shift_right,
+    soft_cross_entropy,
+)
+from decoder.sampling import choose_tokens
+from decoder.target import TargetModel, TargetOutput, rope_theta
+
+
+class ChainLayerConfig(DraftConfigBase):
+    """The decoder layer's sizes and the training depth, common to the chained heads."""
+
+    hidden_size: int = Field(ge=1, description="the target's hidden size")
+    vocab_size: int = Field(ge=1, description="the target's vocabulary size")
+    num_attention_heads: int = Field(ge=1, description="query heads of the head's decoder layer")
+    num_key_value_heads: int = Field(ge=1, description="key/value heads (grouped-query attention)")
+    head_dim: int = Field(ge=2, description="dimension per attention head (even, for RoPE)")
+    intermediate_size: int = Field(ge=1, description="MLP width of the decoder layer")
+    rms_norm_eps: float = Field(default=1e-6, gt=0, description="RMSNorm epsilon")
+    rope_theta: float = Field(default=10000.0, gt=0, description="RoPE base")
+    train_depth: int = Field(
+        default=3, ge=1, le=8, description="chain depth unrolled in training (EAGLE-3's training-time test)"
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> Self:
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError("num_attention_heads must be a multiple of num_key_value_heads")
+        if self.head_dim % 2:
+            raise ValueError("head_dim must be even")
+        return self
+
+
+def layer_sizes(target: TargetModel) -> dict[str, Any]:
+    """ChainLayerConfig fields sized like one of the target's decoder layers."""
+    config = target.config
+    heads = int(config.num_attention_heads)
+    return {
+        "hidden_size": target.hidden_size,
+        "vocab_size": target.vocab_size,
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(getattr(config, "num_key_value_heads", None) or heads),
+        "head_dim": int(getattr(config, "head_dim", None) or target.hidden_size // heads),
+        "intermediate_size": int(config.intermediate_size),
+        "rms_norm_eps": float(getattr(config, "rms_norm_eps", 1e-6)),
+        "rope_theta": rope_theta(config),
+    }
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """RoPE (rotate-half form) on x [batch, heads, time, head_dim] at positions [time]."""
+    half = x.shape[-1] // 2
+    inverse = 1.0 / theta ** (torch.arange(0, half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.to(torch.float32)[:, None] * inverse[None, :]
+    cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(x.dtype)
+    sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(x.dtype)
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """[batch, time, heads * head_dim] -> [batch, heads, time, head_dim]."""
+    batch, time, _ = x.shape
+    return x.view(batch, time, heads, head_dim).transpose(1, 2)
+
+
+def attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention where `allowed` [batch|1, 1, q, k]; returns [batch, q, heads * head_dim]."""
+    groups = query.shape[1] // keys.shape[1]
+    attended = F.scaled_dot_product_attention(
+        query,
+        keys.repeat_interleave(groups, dim=1),
+        values.repeat_interleave(groups, dim=1),
+        attn_mask=allowed,
+    )
+    batch, _, time, _ = attended.shape
+    return attended.transpose(1, 2).reshape(batch, time, -1)
+
+
+def swiglu(x: torch.Tensor, gate_proj: nn.Module, up_proj: nn.Module, down_proj: nn.Module) -> torch.Tensor:
+    out: torch.Tensor = down_proj(F.silu(gate_proj(x)) * up_proj(x))
+    return out
+
+
+def init_linear_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Normal(0, std) weights for every nn.Linear inside `module` (a fresh head's initialization)."""
+    for child in module.modules():
+        if isinstance(child, nn.Linear):
+            nn.init.normal_(child.weight, std=std)
+
+
+@dataclass
+class LayerInput:
+    """What the layer's q/k/v read at each position, and where its residual stream starts."""
+
+    attention_input: torch.Tensor
+    residual: torch.Tensor
+
+
+class ChainLayer(Protocol):
+    def project(
+        self, attention_input: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated queries, keys and values [batch, heads, time, head_dim] at positions [time]."""
+        ...
+
+    def finish(
+        self,
+        residual: torch.Tensor,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        """Attention of `query` over `keys`/`values` where `allowed`, added to `residual`, then the MLP."""
+        ...
+
+
+class ChainHead(Draft):
+    """A draft whose one decoder layer chains on its own outputs (see the module docstring)."""
+
+    @property
+    def chain_config(self) -> ChainLayerConfig:
+        assert isinstance(self.config, ChainLayerConfig)
+        return self.config
+
+    @property
+    @abstractmethod
+    def chain_layer(self) -> ChainLayer: ...
+
+    @abstractmethod
+    def fused_features(self, verified: TargetOutput) -> torch.Tensor:
+        """g_t [.., time, hidden] for positions with target states."""
+
+    @abstractmethod
+    def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor) -> LayerInput:
+        """The layer's input at positions with features g_t and following tokens t+1."""
+
+    def training_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Logits the token loss compares with `training_targets` (default: the proposal logits)."""
+        return self.proposal_logits(states, 0)
+
+    def training_targets(self, target_logits: torch.Tensor) -> torch.Tensor:
+        """The target's distribution over the vocabulary of `training_logits`."""
+        return torch.softmax(target_logits, dim=-1)
+
+    def with_train_depth(self, depth: int) -> Self:
+        """Sets the chain depth unrolled in training (weights unchanged; the config records it)."""
+        self.config = type(self.config).model_validate({**self.config.model_dump(), "train_depth": depth})
+        return self
+
+    def start_session(self, target: TargetModel) -> DraftSession:
+        return ChainSession(self)
+
+    def chain_outputs(
+        self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, depth: int
+    ) -> list[torch.Tensor]:
+        """Outputs o^i [batch, time, hidden] for depths 1..depth: o^i at t predicts token t+2 in a
+        chain that started from target features at t-i+1 (see the module docstring)."""
+        layer = self.chain_layer
+        batch, time, _ = features.shape
+        next_tokens = torch.zeros_like(input_ids)
+        next_tokens[:, :-1] = input_ids[:, 1:]
+        positions = torch.arange(time, device=features.device)
+        key_valid = attention_mask.bool()[:, None, None, :]
+        offset = positions[:, None] - positions[None, :]  # query - key
+        inputs = self.layer_input(features, next_tokens)
+        query, key, value = layer.project(inputs.attention_input, positions)
+        keys, values = [key], [value]
+        allowed = (offset >= 0)[None, None] & key_valid
+        outputs = [layer.finish(inputs.residual, query, key, value, allowed)]
+        for level in range(2, depth + 1):
+            inputs = self.layer_input(shift_right(outputs[-1], 1), next_tokens)
+            query, key, value = layer.project(inputs.attention_input, positions)
+            keys.append(key)
+            values.append(value)
+            blocks = [(offset >= level - 1)[None, None] & key_valid]
+            blocks += [(offset == level - j)[None, None].expand(batch, 1, time, time) for j in range(2, level + 1)]
+            outputs.append(
+                layer.finish(
+                    inputs.residual, query, torch.cat(keys, dim=2), torch.cat(values, dim=2), torch.cat(blocks, dim=-1)
+                )
+            )
+        return outputs
+
+    def teacher_forced_proposals(self, inputs: DraftInputs, depth: int) -> list[torch.Tensor]:
+        features = self.fused_features(inputs.target)
+        outputs = self.chain_outputs(features, inputs.input_ids, inputs.attention_mask, depth)
+        # depth i proposes token t+1 from its output at t-1
+        return [shift_right(output, 1) for output in outputs]
+
+    def chain_token_loss(
+        self, outputs: list[torch.Tensor], attention_mask: torch.Tensor, target_logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean over depths of the cross-entropy on the target's distribution at each depth's positions."""
+        mask = attention_mask.bool()
+        target_probs = self.training_targets(target_logits[:, 1:])
+        token_losses = []
+        for level, output in enumerate(outputs, start=1):
+            loss = soft_cross_entropy(self.training_logits(output[:, :-1]), target_probs)
+            valid = mask[:, 1:].clone()
+            valid[:, : level - 1] = False
+            token_losses.append(masked_mean(loss, valid))
+        return torch.stack(token_losses).mean()
+
+    def training_loss(self, inputs: DraftInputs, target_logits: torch.Tensor) -> torch.Tensor:
+        features = self.fused_features(inputs.target)
+        outputs = self.chain_outputs(features, inputs.input_ids, inputs.attention_mask, self.chain_config.train_depth)
+        return self.chain_token_loss(outputs, inputs.attention_mask, target_logits)
+
+
+class ChainSession(DraftSession):
+    """The head's KV cache over positions with target features, plus a speculative tail."""
+
+    def __init__(self, head: ChainHead) -> None:
+        self.head = head
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+        self.cached_verified = 0
+        self.pending: list[torch.Tensor] = []
+
+    def update(self, tokens: torch.Tensor, verified: TargetOutput) -> None:
+        if self.keys is not None and self.values is not None:
+            self.keys = self.keys[:, :, : self.cached_verified]
+            self.values = self.values[:, :, : self.cached_verified]
+        self.pending.append(self.head.fused_features(verified))
+
+    def _extend(self, features: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
+        """Runs positions [cached, cached + n) through the layer with the cache; returns outputs."""
+        layer = self.head.chain_layer
+        cached = 0 if self.keys is None else self.keys.shape[2]
+        count = features.shape[0]
+        positions = torch.arange(cached, cached + count, device=features.device)
+        inputs = self.head.layer_input(features[None], next_tokens[None])
+        query, key, value = layer.project(inputs.attention_input, positions)
+        self.keys = key if self.keys is None else torch.cat([self.keys, key], dim=2)
+        self.values = value if self.values is None else torch.cat([self.values, value], dim=2)
+        all_positions = torch.arange(cached + count, device=features.device)
+        allowed = (positions[:, None] >= all_positions[None, :])[None, None]
+        return layer.finish(inputs.residual, query, self.keys, self.values, allowed)[0]
+
+    def propose(
+        self, tokens: torch.Tensor, count: int, temperature: float, generator: torch.Generator | None
+    ) -> Proposal:
+        if count == 0:
+            return Proposal.empty(tokens.device)
+        features = torch.cat(self.pending)
+        self.pending = []
+        start = self.cached_verified
+        next_tokens = tokens[start + 1 : start + 1 + features.shape[0]].to(features.device)
+        state = self._extend(features, next_tokens)[-1:]
+        self.cached_verified = start + features.shape[0]
+        drafted, distributions = [], []
+        for index in range(count):
+            token, probs = choose_tokens(self.head.proposal_logits(state, index), temperature, generator)
+            drafted.append(token)
+            if probs is not None:
+                distributions.append(probs)
+            if index + 1 < count:
+                state = self._extend(state, token)[-1:]
+        return Proposal(
+            tokens=torch.cat(drafted).to(tokens.device),
+            probs=torch.cat(distributions) if distributions else None,
+        )
