@@ -12,14 +12,12 @@ target it was made for, the tokenizer's fingerprint, free-form training metadata
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from safetensors.torch import load_model, save_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from decoder.drafts.base import (
     DRAFT_KINDS,
@@ -43,7 +41,7 @@ from decoder.drafts.eagle3 import Eagle3Config, Eagle3Head
 # isort: on
 from decoder.errors import DraftFormatError, DraftTargetMismatchError, TokenizerMismatchError
 from decoder.formats import detect_format
-from decoder.target import TargetModel, tokenizer_fingerprint
+from decoder.target import TargetModel
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +118,6 @@ def read_manifest(directory: str | Path) -> DraftManifest:
         raise DraftFormatError(f"{path} is not a specwatch draft config: {exc}") from None
 
 
-def _is_plain_causal_lm(directory: Path) -> bool:
-    path = directory / MANIFEST_FILE
-    if not path.is_file():
-        return False
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return "model_type" in data and data.get("format") != MANIFEST_FORMAT
-
-
 def load_draft(directory: str | Path, target: TargetModel, *, check_target: bool = True) -> Draft:
     """Loads a saved draft for `target`, on its device and in its dtype.
 
@@ -141,8 +131,6 @@ def load_draft(directory: str | Path, target: TargetModel, *, check_target: bool
     engine_format = detect_format(directory)
     if engine_format is not None:
         return engine_format.load(directory, target)
-    if _is_plain_causal_lm(directory):
-        return _load_causal_lm_draft(directory, target)
     manifest = read_manifest(directory)
     if manifest.tokenizer_fingerprint != target.tokenizer_fingerprint:
         raise TokenizerMismatchError(target.tokenizer_fingerprint, manifest.tokenizer_fingerprint, str(directory))
@@ -160,20 +148,6 @@ def load_draft(directory: str | Path, target: TargetModel, *, check_target: bool
     draft.attach(target)
     draft.eval()
     return draft.to(device=target.device, dtype=target.dtype)
-
-
-def _load_causal_lm_draft(directory: Path, target: TargetModel) -> DraftModel:
-    tokenizer = AutoTokenizer.from_pretrained(directory)
-    fingerprint = tokenizer_fingerprint(tokenizer)
-    if fingerprint != target.tokenizer_fingerprint:
-        raise TokenizerMismatchError(target.tokenizer_fingerprint, fingerprint, str(directory))
-    lm = AutoModelForCausalLM.from_pretrained(directory, dtype=target.dtype, attn_implementation="sdpa")
-    draft = DraftModel.wrapping(lm)
-    draft.target_fingerprint = target.fingerprint
-    draft.tokenizer_fingerprint = fingerprint
-    draft.training_metadata = {"source": f"causal LM directory {directory}"}
-    draft.eval()
-    return draft.to(device=target.device)
 
 
 __all__ = [

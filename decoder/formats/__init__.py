@@ -13,15 +13,13 @@ target, out_dir)` writes the draft in the format and returns what it wrote.
 
 from decoder.formats.base import FORMATS, ExportResult, HeadFormat, detect_format, register_format
 
-# Importing a format module registers it; this order is FORMATS' order (an "auto" deploy picks the first
-# format that holds a head's kind).
+# Importing a format module registers it, one line per module; this order is FORMATS' order (an "auto"
+# deploy picks the first format that holds a head's kind).
 # isort: off
-from decoder.formats import causal_lm  # noqa: F401
+import decoder.formats.speculators
+import decoder.formats.sglang
+import decoder.formats.causal_lm  # noqa: F401
 
 # isort: on
-
-# Importing a format module registers it: one line per module.
-import decoder.formats.sglang  # noqa: E402
-import decoder.formats.speculators  # noqa: E402, F401
 
 __all__ = ["FORMATS", "ExportResult", "HeadFormat", "detect_format", "register_format"]

@@ -2,8 +2,9 @@
 engine loads as an independent draft model (vLLM `speculative_config={"model": DIR}`, SGLang
 `--speculative-draft-model-path DIR`, TensorRT-LLM's draft-target model).
 
-Reading it is `load_draft`'s causal LM path; writing it saves a `draft_model`'s LM with
-`save_pretrained` and the target's tokenizer beside it, so the engine's tokenizer check passes.
+Reading it wraps the LM as a `draft_model` after checking its tokenizer against the target's; writing
+it saves a `draft_model`'s LM with `save_pretrained` and the target's tokenizer beside it, so the
+engine's tokenizer check passes.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import json
 import logging
 from pathlib import Path
 
-from decoder.drafts import DraftModel, load_draft
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from decoder.drafts.base import Draft
-from decoder.errors import DraftFormatError
+from decoder.drafts.draft_model import DraftModel
+from decoder.errors import DraftFormatError, TokenizerMismatchError
 from decoder.formats.base import ExportResult, HeadFormat, register_format
-from decoder.target import TargetModel
+from decoder.target import TargetModel, tokenizer_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +52,19 @@ def export_causal_lm(draft: Draft, target: TargetModel, out_dir: Path) -> Export
     return ExportResult(out_dir=out_dir, format=NAME)
 
 
-def load_causal_lm(directory: Path, target: TargetModel) -> Draft:
-    return load_draft(directory, target)
+def load_causal_lm(directory: Path, target: TargetModel) -> DraftModel:
+    """The LM as a `draft_model` on the target's device and dtype; another tokenizer is refused."""
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    if fingerprint != target.tokenizer_fingerprint:
+        raise TokenizerMismatchError(target.tokenizer_fingerprint, fingerprint, str(directory))
+    lm = AutoModelForCausalLM.from_pretrained(directory, dtype=target.dtype, attn_implementation="sdpa")
+    draft = DraftModel.wrapping(lm)
+    draft.target_fingerprint = target.fingerprint
+    draft.tokenizer_fingerprint = fingerprint
+    draft.training_metadata = {"source": f"causal LM directory {directory}"}
+    draft.eval()
+    return draft.to(device=target.device)
 
 
 register_format(HeadFormat(NAME, ("draft_model",), is_causal_lm, load_causal_lm, export_causal_lm))

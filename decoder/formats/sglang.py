@@ -17,7 +17,7 @@ from typing import Any
 from decoder.drafts.base import Draft
 from decoder.drafts.eagle3 import Eagle3Config, Eagle3Head
 from decoder.errors import DraftFormatError
-from decoder.formats import ExportResult, HeadFormat, register_format
+from decoder.formats.base import ExportResult, HeadFormat, register_format
 from decoder.formats.eagle3_checkpoint import (
     build_head,
     check_aux_layer_ids,

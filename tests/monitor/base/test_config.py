@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -180,5 +181,5 @@ def test_draft_mtp_names_the_targets_mtp_layers(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.models.draft == config.models.target == tmp_path / "models" / "target"
     path.write_text('[models]\ndraft = "mtp"\n')
-    with pytest.raises(ConfigError, match='models.draft = "mtp" reads the MTP layers of models.target'):
+    with pytest.raises(ConfigError, match=re.escape('models.draft = "mtp" reads the MTP layers of models.target')):
         load_config(path)
