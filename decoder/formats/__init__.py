@@ -59,4 +59,6 @@ def detect_format(directory: Path) -> HeadFormat | None:
     return matches[0] if matches else None
 
 
+from decoder.formats import mtp, vllm_medusa  # noqa: E402, F401  (importing a format registers it)
+
 __all__ = ["FORMATS", "ExportResult", "HeadFormat", "detect_format", "register_format"]

@@ -8,7 +8,8 @@ Each draft kind is made to predict it more or less well:
 - medusa: head i's LM head maps the target's one-token state to the token i + 2 steps along
   the target's bigram map, plus noise;
 - eagle: input projection reading the token embedding only, so the head proposes the target's
-  bigram successor of the token it is given, plus noise everywhere.
+  bigram successor of the token it is given, plus noise everywhere;
+- mtp: the same for the MTP layer's eh_proj.
 
 The EOS id is the token the target's greedy output reaches most often after a few tokens, so
 many completions end by EOS and others by a length cap. Models are float64, so the batched,
@@ -30,7 +31,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config
 
 from decoder import Draft, TargetModel, create_draft, generate
-from decoder.drafts import DraftModel, EagleHead, MedusaHeads
+from decoder.drafts import DraftModel, EagleHead, MedusaHeads, MtpHead
 
 VOCAB = 48
 PAD = 0
@@ -129,15 +130,28 @@ def bigram_medusa(target: TargetModel, spec: WorldSpec, generator: torch.Generat
     return draft.eval()
 
 
+def read_embedding_only(projection: torch.Tensor) -> None:
+    """An input projection over cat(embedding, feature) that passes the embedding through."""
+    hidden = projection.shape[0]
+    projection.zero_()
+    projection[:, :hidden] = torch.eye(hidden, dtype=projection.dtype)
+
+
 @torch.no_grad()
 def embedding_eagle(target: TargetModel, spec: WorldSpec, generator: torch.Generator) -> Draft:
     draft = create_draft("eagle", target)
     assert isinstance(draft, EagleHead)
-    hidden = target.hidden_size
-    projection = draft.input_proj.weight
-    projection.zero_()
-    projection[:, :hidden] = torch.eye(hidden, dtype=projection.dtype)
+    read_embedding_only(draft.input_proj.weight)
     draft.fuse.weight.mul_(0.1)
+    perturb(draft, spec.noise, generator)
+    return draft.eval()
+
+
+@torch.no_grad()
+def embedding_mtp(target: TargetModel, spec: WorldSpec, generator: torch.Generator) -> Draft:
+    draft = create_draft("mtp", target)
+    assert isinstance(draft, MtpHead)
+    read_embedding_only(draft.eh_proj.weight)
     perturb(draft, spec.noise, generator)
     return draft.eval()
 
@@ -171,5 +185,6 @@ def random_world(seed: int, prompts: int = 5) -> RandomWorld:
         "draft_model": noisy_copy_draft(spec, generator),
         "medusa": bigram_medusa(target, spec, generator),
         "eagle": embedding_eagle(target, spec, generator),
+        "mtp": embedding_mtp(target, spec, generator),
     }
     return RandomWorld(spec, target, drafts, chosen_prompts)
