@@ -9,7 +9,7 @@ Each draft kind is made to predict it more or less well:
   the target's bigram map, plus noise;
 - eagle: input projection reading the token embedding only, so the head proposes the target's
   bigram successor of the token it is given, plus noise everywhere;
-- mtp: the same for the MTP layer's eh_proj.
+- mtp: the same for the MTP layer's eh_proj, with a sharpened shared-head norm.
 
 The EOS id is the token the target's greedy output reaches most often after a few tokens, so
 many completions end by EOS and others by a length cap. Models are float64, so the batched,
@@ -152,6 +152,7 @@ def embedding_mtp(target: TargetModel, spec: WorldSpec, generator: torch.Generat
     draft = create_draft("mtp", target)
     assert isinstance(draft, MtpHead)
     read_embedding_only(draft.eh_proj.weight)
+    draft.shared_head.norm.weight.mul_(4.0)  # sharper: top logits rarely tie within a low temperature
     perturb(draft, spec.noise, generator)
     return draft.eval()
 

@@ -3,7 +3,7 @@
 - Scored greedy counts equal exact-mode counts bit for bit (A, R, D, S, E, per-position rates,
   histogram) on the target's own greedy output, with exact mode under its natural stopping rule:
   completions that end by EOS, by a length cap (mid-sentence), at the context, and served longer
-  than the context allows; prompts longer than the context; all three draft kinds; windows 1-8.
+  than the context allows; prompts longer than the context; every draft kind; windows 1-8.
 - Exact mode equals an independent plain greedy speculative loop written here from the definition
   with transformers models only (no specwatch decoder code, no cache): the medusa, eagle and mtp
   heads are recomputed from their state dicts (mtp by vLLM's proposer, tests/decoder/vllm_reference.py).
