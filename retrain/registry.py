@@ -36,6 +36,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from decoder.drafts import draft_version
+from decoder.formats import detect_format
 from decoder.files import write_atomically
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,11 @@ def _draft_config(draft_dir: Path) -> dict[str, Any]:
 
 
 def draft_kind(draft_dir: Path) -> str:
-    """The kind of a saved draft, validating a specwatch manifest with decoder's own model."""
+    """The kind of a saved draft: an engine format's kind (decoder.formats), else read from a specwatch
+    manifest (validated with decoder's own model)."""
+    engine_format = detect_format(draft_dir)
+    if engine_format is not None:
+        return engine_format.kinds[0]
     data = _draft_config(draft_dir)
     if data.get("format") == "specwatch-draft":
         from decoder.drafts import read_manifest  # imported here: decoder pulls in torch
@@ -296,12 +301,17 @@ class HeadRegistry:
         _fsync_dir(path.parent)
 
     def _stage_draft(self, draft_dir: Path, staged: Path) -> None:
-        """Copies the draft's files into staged/draft, synced and read-only."""
+        """Writes the draft's files into staged/draft, synced and read-only: the files its engine format
+        says make up the head (an MTP layer, not the target that carries it), else its own files."""
         target = staged / "draft"
-        target.mkdir(parents=True)
-        for path in draft_files(draft_dir):
-            copy = target / path.name
-            shutil.copyfile(path, copy)
+        engine_format = detect_format(draft_dir)
+        if engine_format is not None and engine_format.stage is not None:
+            engine_format.stage(draft_dir, target)
+        else:
+            target.mkdir(parents=True)
+            for path in draft_files(draft_dir):
+                shutil.copyfile(path, target / path.name)
+        for copy in target.iterdir():
             with copy.open("rb") as handle:
                 os.fsync(handle.fileno())
             copy.chmod(0o444)

@@ -37,6 +37,7 @@ from decoder.drafts.draft_model import DraftModel, DraftModelConfig
 from decoder.drafts.medusa import MedusaConfig, MedusaHeads
 from decoder.drafts.eagle import EagleConfig, EagleHead
 from decoder.drafts.eagle3 import Eagle3Config, Eagle3Head
+from decoder.drafts.mtp import MtpConfig, MtpHead
 
 # isort: on
 from decoder.errors import DraftFormatError, DraftTargetMismatchError, TokenizerMismatchError
@@ -47,7 +48,9 @@ log = logging.getLogger(__name__)
 
 # The config of any registered kind (a static union, for pydantic's discriminator and for type
 # checkers; tests/decoder/test_drafts.py checks that it covers DRAFT_KINDS).
-DraftConfig = Annotated[DraftModelConfig | MedusaConfig | EagleConfig | Eagle3Config, Field(discriminator="kind")]
+DraftConfig = Annotated[
+    DraftModelConfig | MedusaConfig | EagleConfig | Eagle3Config | MtpConfig, Field(discriminator="kind")
+]
 DraftKind = str
 """A draft kind's name: a key of DRAFT_KINDS."""
 
@@ -167,6 +170,8 @@ __all__ = [
     "EagleHead",
     "MedusaConfig",
     "MedusaHeads",
+    "MtpConfig",
+    "MtpHead",
     "Proposal",
     "create_draft",
     "kind_objective",

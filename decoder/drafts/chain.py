@@ -61,16 +61,15 @@ class ChainLayerConfig(DraftConfigBase):
         return self
 
 
-def layer_sizes(target: TargetModel) -> dict[str, Any]:
-    """ChainLayerConfig fields sized like one of the target's decoder layers."""
-    config = target.config
+def layer_sizes(config: Any) -> dict[str, Any]:
+    """ChainLayerConfig fields sized like one decoder layer of a transformers config (the target's)."""
     heads = int(config.num_attention_heads)
     return {
-        "hidden_size": target.hidden_size,
-        "vocab_size": target.vocab_size,
+        "hidden_size": int(config.hidden_size),
+        "vocab_size": int(config.vocab_size),
         "num_attention_heads": heads,
         "num_key_value_heads": int(getattr(config, "num_key_value_heads", None) or heads),
-        "head_dim": int(getattr(config, "head_dim", None) or target.hidden_size // heads),
+        "head_dim": int(getattr(config, "head_dim", None) or int(config.hidden_size) // heads),
         "intermediate_size": int(config.intermediate_size),
         "rms_norm_eps": float(getattr(config, "rms_norm_eps", 1e-6)),
         "rope_theta": rope_theta(config),
@@ -174,8 +173,12 @@ class ChainHead(Draft):
         """g_t [.., time, hidden] for positions with target states."""
 
     @abstractmethod
-    def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor) -> LayerInput:
-        """The layer's input at positions with features g_t and following tokens t+1."""
+    def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor) -> LayerInput:
+        """The layer's input at `positions` [time] with features g_t and following tokens t+1."""
+
+    def recycled(self, output: torch.Tensor) -> torch.Tensor:
+        """What a chained step reads in place of a feature: the previous step's output (default)."""
+        return output
 
     def training_logits(self, states: torch.Tensor) -> torch.Tensor:
         """Logits the token loss compares with `training_targets` (default: the proposal logits)."""
@@ -205,13 +208,13 @@ class ChainHead(Draft):
         positions = torch.arange(time, device=features.device)
         key_valid = attention_mask.bool()[:, None, None, :]
         offset = positions[:, None] - positions[None, :]  # query - key
-        inputs = self.layer_input(features, next_tokens)
+        inputs = self.layer_input(features, next_tokens, positions)
         query, key, value = layer.project(inputs.attention_input, positions)
         keys, values = [key], [value]
         allowed = (offset >= 0)[None, None] & key_valid
         outputs = [layer.finish(inputs.residual, query, key, value, allowed)]
         for level in range(2, depth + 1):
-            inputs = self.layer_input(shift_right(outputs[-1], 1), next_tokens)
+            inputs = self.layer_input(shift_right(self.recycled(outputs[-1]), 1), next_tokens, positions)
             query, key, value = layer.project(inputs.attention_input, positions)
             keys.append(key)
             values.append(value)
@@ -272,7 +275,7 @@ class ChainSession(DraftSession):
         cached = 0 if self.keys is None else self.keys.shape[2]
         count = features.shape[0]
         positions = torch.arange(cached, cached + count, device=features.device)
-        inputs = self.head.layer_input(features[None], next_tokens[None])
+        inputs = self.head.layer_input(features[None], next_tokens[None], positions)
         query, key, value = layer.project(inputs.attention_input, positions)
         self.keys = key if self.keys is None else torch.cat([self.keys, key], dim=2)
         self.values = value if self.values is None else torch.cat([self.values, value], dim=2)
@@ -298,7 +301,7 @@ class ChainSession(DraftSession):
             if probs is not None:
                 distributions.append(probs)
             if index + 1 < count:
-                state = self._extend(state, token)[-1:]
+                state = self._extend(self.head.recycled(state), token)[-1:]
         return Proposal(
             tokens=torch.cat(drafted).to(tokens.device),
             probs=torch.cat(distributions) if distributions else None,

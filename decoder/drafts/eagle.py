@@ -130,7 +130,7 @@ class EagleHead(ChainHead):
 
     @classmethod
     def default_config(cls, target: TargetModel, **overrides: Any) -> EagleConfig:
-        settings = layer_sizes(target) | {"feature_layers": default_feature_layers(target.num_layers)}
+        settings = layer_sizes(target.config) | {"feature_layers": default_feature_layers(target.num_layers)}
         settings.update(overrides)
         return EagleConfig(**settings)
 
@@ -158,7 +158,7 @@ class EagleHead(ChainHead):
         """g_t for verified positions: fuse(concat(low, middle, high))."""
         return self.fuse(torch.cat([f.to(self.dtype) for f in verified.features], dim=-1))
 
-    def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor) -> LayerInput:
+    def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor) -> LayerInput:
         embedded = self.embedding_norm(self._embed(next_tokens))
         projected = self.input_proj(torch.cat([embedded, self.feature_norm(features)], dim=-1))
         return LayerInput(attention_input=projected, residual=projected)

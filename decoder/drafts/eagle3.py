@@ -206,7 +206,7 @@ class Eagle3Head(ChainHead):
 
     @classmethod
     def default_config(cls, target: TargetModel, **overrides: Any) -> Eagle3Config:
-        settings = layer_sizes(target) | {
+        settings = layer_sizes(target.config) | {
             "aux_layer_ids": default_aux_layer_ids(target.num_layers),
             "draft_vocab_size": target.vocab_size,
         }
@@ -275,7 +275,7 @@ class Eagle3Head(ChainHead):
         fused: torch.Tensor = self.fc(torch.cat([f.to(self.dtype) for f in verified.features], dim=-1))
         return fused
 
-    def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor) -> LayerInput:
+    def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor) -> LayerInput:
         return self.chain_layer.layer_input(self.embed(next_tokens), features)
 
     def draft_logits(self, states: torch.Tensor) -> torch.Tensor:
@@ -287,9 +287,9 @@ class Eagle3Head(ChainHead):
         """Draft-vocabulary logits [batch, time, draft_vocab] of one causal pass (positions 0..time-1):
         at t the layer reads fc(aux_states[:, t]) (the concatenated aux hidden states) and the
         embedding of token_ids[:, t]. This is what an engine computes for a step's first token."""
-        inputs = self.layer_input(self.fc(aux_states.to(self.dtype)), token_ids)
         time = token_ids.shape[1]
         positions = torch.arange(time, device=token_ids.device)
+        inputs = self.layer_input(self.fc(aux_states.to(self.dtype)), token_ids, positions)
         causal = (positions[:, None] >= positions[None, :])[None, None]
         query, key, value = self.chain_layer.project(inputs.attention_input, positions)
         return self.draft_logits(self.chain_layer.finish(inputs.residual, query, key, value, causal))

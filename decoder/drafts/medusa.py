@@ -2,7 +2,9 @@
 
 Head i (1-based) reads the target's hidden state at position t, the one whose logits give token
 t+1, and predicts token t+1+i: one residual block (x + SiLU(Wx), W zero-initialised so a fresh
-head starts as the target's own LM head) and its own LM head copied from the target's. A step
+head starts as the target's own LM head) and its own LM head copied from the target's (or, with
+`shared_lm_head`, one LM head for all heads; `block_bias` false drops the blocks' biases: the two
+variants vLLM's MedusaModel also computes, see decoder.formats.vllm_medusa). A step
 drafts from a single hidden state: the one that produced the last emitted token, so a step
 proposes at most N tokens. Trained with per-head cross-entropy on the target's distribution
 for the token that head predicts.
@@ -37,14 +39,19 @@ class MedusaConfig(DraftConfigBase):
     vocab_size: int = Field(ge=1, description="the target's vocabulary size")
     num_heads: int = Field(default=4, ge=1, le=16, description="heads; head i predicts token i+1 ahead")
     num_residual_blocks: int = Field(default=1, ge=1, le=4, description="residual blocks per head")
+    block_bias: bool = Field(default=True, description="the residual blocks' linear layers carry a bias")
+    shared_lm_head: bool = Field(
+        default=False, description="all heads use one LM head (vLLM's original_lm_head) instead of one each"
+    )
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, bias: bool = True) -> None:
         super().__init__()
-        self.linear = nn.Linear(hidden_size, hidden_size)
+        self.linear = nn.Linear(hidden_size, hidden_size, bias=bias)
         nn.init.zeros_(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
+        if self.linear.bias is not None:
+            nn.init.zeros_(self.linear.bias)
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,12 +66,16 @@ class MedusaHeads(Draft):
 
     def __init__(self, config: MedusaConfig) -> None:
         super().__init__(config)
+        self.shared_lm_head = config.shared_lm_head
         self.blocks = nn.ModuleList(
-            nn.Sequential(*(ResidualBlock(config.hidden_size) for _ in range(config.num_residual_blocks)))
+            nn.Sequential(
+                *(ResidualBlock(config.hidden_size, config.block_bias) for _ in range(config.num_residual_blocks))
+            )
             for _ in range(config.num_heads)
         )
         self.lm_heads = nn.ModuleList(
-            nn.Linear(config.hidden_size, config.vocab_size, bias=False) for _ in range(config.num_heads)
+            nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            for _ in range(1 if config.shared_lm_head else config.num_heads)
         )
 
     @classmethod
@@ -93,7 +104,7 @@ class MedusaHeads(Draft):
         return states
 
     def proposal_logits(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
-        head: nn.Module = self.lm_heads[depth_index]
+        head: nn.Module = self.lm_heads[0 if self.shared_lm_head else depth_index]
         logits: torch.Tensor = head(states.to(self.dtype))
         return logits.float()
 

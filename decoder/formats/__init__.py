@@ -18,6 +18,8 @@ from decoder.formats.base import FORMATS, ExportResult, HeadFormat, detect_forma
 # isort: off
 import decoder.formats.speculators
 import decoder.formats.sglang
+import decoder.formats.vllm_medusa
+import decoder.formats.mtp
 import decoder.formats.causal_lm  # noqa: F401
 
 # isort: on

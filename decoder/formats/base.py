@@ -28,6 +28,9 @@ class HeadFormat:
     detect: Callable[[Path], bool]
     load: Callable[[Path, TargetModel], Draft]
     export: Callable[[Draft, TargetModel, Path], ExportResult] | None = None
+    stage: Callable[[Path, Path], None] | None = None
+    """Writes the files that make up the head into a new directory, from files alone (a registry
+    copies a head with it); None: the directory's top-level files are the head."""
 
 
 FORMATS: dict[str, HeadFormat] = {}

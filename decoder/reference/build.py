@@ -9,7 +9,8 @@
    trained on those answers, so it answers with the low entropy of a chat model (see
    `chat_tune_target`);
 4. one draft of each kind, trained from the target on its answers to English and code prompts
-   only (self-distillation), so Chinese and the other languages are a real blind spot;
+   only (self-distillation), so Chinese and the other languages are a real blind spot; the `mtp`
+   draft is also written into the target checkpoint as its MTP layer (`write_target_mtp`);
 
 then reports the target's held-out loss on raw text and, measured by scored mode on held-out
 prompts with the target's own greedy answers, each draft's alpha per language.
@@ -38,12 +39,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
-from decoder.drafts import DRAFT_KINDS, create_draft, kind_objective, save_draft
+from decoder.drafts import DRAFT_KINDS, MtpHead, create_draft, kind_objective, load_draft, save_draft
+from decoder.formats.mtp import load_target_mtp, write_into_checkpoint
 from decoder.metrics import AcceptCounts
 from decoder.reference.corpus import CODE, Document, code_documents, dialog_documents, split
 from decoder.samples import TokenizedSample
 from decoder.scored import score_batch, target_agreement
-from decoder.target import TargetModel
+from decoder.target import TargetModel, load_target
 from decoder.training import FitConfig, TokenBatch, fit_draft, learning_rate_at, pack_token_batches
 
 log = logging.getLogger(__name__)
@@ -509,12 +511,30 @@ def build_reference(
         report.drafts[kind] = {
             lang: score_language(target, draft, samples[lang], spec.window) for lang in corpus.languages
         }
+    if MtpHead.kind in report.drafts:
+        write_target_mtp(out, target)
     _write_heldout(out / "heldout.jsonl", [d for lang in corpus.languages for d in corpus.heldout[lang]])
     report.seconds = time.perf_counter() - started
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     for line in report.summary_lines():
         log.info("%s", line)
     return report
+
+
+def write_target_mtp(out: Path, target: TargetModel) -> None:
+    """Writes the trained `mtp` draft into the target checkpoint as its MTP layer (`model.layers.{N}.*`,
+    `num_nextn_predict_layers: 1`), so `models.draft = "mtp"` serves the reference target; checks that
+    the checkpoint still loads with transformers, to the same fingerprint and the same MTP head."""
+    draft = load_draft(out / "drafts" / MtpHead.kind, target)
+    write_into_checkpoint(draft, target, out / "target")
+    written = load_target(out / "target", device=target.device, dtype=target.dtype)
+    if written.fingerprint != target.fingerprint:
+        raise RuntimeError(f"the target's fingerprint changed from {target.fingerprint} to {written.fingerprint}")
+    reread = load_target_mtp(out / "target", written)
+    if any(
+        not torch.equal(a, b) for a, b in zip(draft.state_dict().values(), reread.state_dict().values(), strict=True)
+    ):
+        raise RuntimeError("the MTP layer read back from the target checkpoint differs from the trained head")
 
 
 def _heldout_losses(target: TargetModel, corpus: ReferenceCorpus, spec: ReferenceSpec) -> dict[str, float]:

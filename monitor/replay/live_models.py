@@ -37,10 +37,15 @@ def require_directory(path: Path | None, key: str) -> Path:
 
 
 def live_draft_dir(config: Config) -> Path | None:
-    """The live head: the head registry's live pointer once a retrain deployed one (or a rollback
-    moved it), else `models.draft`."""
+    """The live head: the head registry's live pointer, which `models.draft` seeds on first use (so
+    every head, the seed included, has one name: its registry version; an MTP layer is kept without
+    the target that carries it). `models.draft` itself when it is not a directory (the caller names it)."""
+    registry = HeadRegistry(config.heads_dir)
     try:
-        live = HeadRegistry(config.heads_dir).live_path()
+        live = registry.live_path()
+        if live is None and config.models.draft is not None and config.models.draft.is_dir():
+            registry.ensure_seed(config.models.draft)
+            live = registry.live_path()
     except RegistryError as error:
         raise ModelsUnavailable(str(error)) from None
     return live or config.models.draft

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from decoder import DRAFT_KINDS, Draft, TargetModel, TokenizedSample, load_draft, load_target
+from decoder.formats import FORMATS
+from decoder.formats.mtp import load_target_mtp
 from decoder.reference import ReferenceReport, build_reference
 from decoder.reference.corpus import CODE, code_documents, dialog_documents, split
 
 KINDS = tuple(DRAFT_KINDS)
+IMPORTED = ("vllm-medusa", "mtp-in-target")
+"""Heads read from engine formats (`imported_drafts`), beside one draft of each kind."""
 GREEDY_MAX_NEW_TOKENS = 20
 
 
@@ -44,6 +50,29 @@ def drafts(reference_dir: Path, target: TargetModel) -> dict[str, Draft]:
 
 
 @pytest.fixture(scope="session")
+def imported_drafts(
+    reference_dir: Path, target: TargetModel, drafts: dict[str, Draft], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Draft]:
+    """The drafts and heads imported from engine formats: a vLLM MEDUSA directory written by hand from
+    the trained medusa head's weights (bias-free blocks, one original LM head), and the MTP layer
+    of the reference target's own checkpoint."""
+    directory = tmp_path_factory.mktemp("vllm-medusa")
+    weights = drafts["medusa"].state_dict()
+    heads = sum(1 for name in weights if name.endswith(".linear.weight"))
+    tensors = {f"blocks.{i}.layers.0.weight": weights[f"blocks.{i}.0.linear.weight"] for i in range(heads)}
+    tensors["lm_head.weight"] = weights["lm_heads.0.weight"]
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(directory / "model.safetensors"))
+    config = {"architectures": ["MedusaModel"], "hidden_size": target.hidden_size, "vocab_size": target.vocab_size}
+    config |= {"num_heads": heads, "num_hidden_layers": 1, "original_lm_head": True}
+    (directory / "config.json").write_text(json.dumps(config))
+    return {
+        **drafts,
+        "vllm-medusa": FORMATS["vllm-medusa"].load(directory, target),
+        "mtp-in-target": load_target_mtp(reference_dir / "target", target),
+    }
+
+
+@pytest.fixture(scope="session")
 def greedy_samples(target: TargetModel) -> list[TokenizedSample]:
     """Held-out prompts (en, zh, code) continued by the target's own greedy decoding under a cap of
     GREEDY_MAX_NEW_TOKENS: each ends with EOS (a natural stop) or was cut by the cap."""
@@ -60,4 +89,4 @@ def greedy_samples(target: TargetModel) -> list[TokenizedSample]:
     ]
 
 
-__all__ = ["CODE", "GREEDY_MAX_NEW_TOKENS", "KINDS"]
+__all__ = ["CODE", "GREEDY_MAX_NEW_TOKENS", "IMPORTED", "KINDS"]

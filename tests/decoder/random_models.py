@@ -13,6 +13,7 @@ Each draft kind is made to predict it more or less well:
   only noise, so its output is the target's state at its own position; its LM head maps that state
   two steps along the target's bigram map, like medusa's first head (deeper chain steps read the
   same state again and repeat the token).
+- mtp: the same for the MTP layer's eh_proj, with a sharpened shared-head norm.
 
 The EOS id is the token the target's greedy output reaches most often after a few tokens, so
 many completions end by EOS and others by a length cap. Models are float64, so the batched,
@@ -34,7 +35,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel, PreTrainedTokenizerFast, Qwen2Config
 
 from decoder import Draft, TargetModel, create_draft, generate
-from decoder.drafts import DraftModel, Eagle3Head, EagleHead, MedusaHeads
+from decoder.drafts import DraftModel, Eagle3Head, EagleHead, MedusaHeads, MtpHead
 
 VOCAB = 48
 PAD = 0
@@ -140,14 +141,18 @@ def bigram_medusa(target: TargetModel, spec: WorldSpec, generator: torch.Generat
     return draft.eval()
 
 
+def read_embedding_only(projection: torch.Tensor) -> None:
+    """An input projection over cat(embedding, feature) that passes the embedding through."""
+    hidden = projection.shape[0]
+    projection.zero_()
+    projection[:, :hidden] = torch.eye(hidden, dtype=projection.dtype)
+
+
 @torch.no_grad()
 def embedding_eagle(target: TargetModel, spec: WorldSpec, generator: torch.Generator) -> Draft:
     draft = create_draft("eagle", target)
     assert isinstance(draft, EagleHead)
-    hidden = target.hidden_size
-    projection = draft.input_proj.weight
-    projection.zero_()
-    projection[:, :hidden] = torch.eye(hidden, dtype=projection.dtype)
+    read_embedding_only(draft.input_proj.weight)
     draft.fuse.weight.mul_(0.1)
     perturb(draft, spec.noise, generator)
     return draft.eval()
@@ -165,6 +170,16 @@ def bigram_eagle3(target: TargetModel, spec: WorldSpec, generator: torch.Generat
     draft.chain_layer.mlp.down_proj.weight.mul_(0.1)
     draft.norm.weight.copy_(target.model.get_decoder().norm.weight)
     draft.lm_head.weight.copy_(bigram_lm_head(target, 2))
+    return draft.eval()
+
+
+@torch.no_grad()
+def embedding_mtp(target: TargetModel, spec: WorldSpec, generator: torch.Generator) -> Draft:
+    draft = create_draft("mtp", target)
+    assert isinstance(draft, MtpHead)
+    read_embedding_only(draft.eh_proj.weight)
+    draft.shared_head.norm.weight.mul_(4.0)  # sharper: top logits rarely tie within a low temperature
+    perturb(draft, spec.noise, generator)
     return draft.eval()
 
 
@@ -198,5 +213,6 @@ def random_world(seed: int, prompts: int = 5) -> RandomWorld:
         "medusa": bigram_medusa(target, spec, generator),
         "eagle": embedding_eagle(target, spec, generator),
         "eagle3": bigram_eagle3(target, spec, generator),
+        "mtp": embedding_mtp(target, spec, generator),
     }
     return RandomWorld(spec, target, drafts, chosen_prompts)

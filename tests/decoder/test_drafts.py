@@ -33,7 +33,7 @@ from tests.decoder.conftest import KINDS
 
 def test_all_kinds_are_registered() -> None:
     # registration order is the reference build's training order (tests/decoder/conftest.KINDS)
-    assert list(DRAFT_KINDS) == ["draft_model", "medusa", "eagle", "eagle3"]
+    assert list(DRAFT_KINDS) == ["draft_model", "medusa", "eagle", "eagle3", "mtp"]
     assert tuple(DRAFT_KINDS) == KINDS
 
 

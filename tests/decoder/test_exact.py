@@ -12,18 +12,23 @@ from decoder import Draft, TargetModel, TokenizedSample, exact_generate, generat
 from decoder.drafts import Proposal
 from decoder.exact import evaluate_acceptance
 from decoder.samples import fit_prompt
-from tests.decoder.conftest import KINDS
+from tests.decoder.conftest import IMPORTED, KINDS
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + IMPORTED)
 @pytest.mark.parametrize("window", [1, 3, 6])
 def test_greedy_output_equals_target_greedy(
-    kind: str, window: int, target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+    kind: str,
+    window: int,
+    target: TargetModel,
+    imported_drafts: dict[str, Draft],
+    greedy_samples: list[TokenizedSample],
 ) -> None:
-    """Natural stopping rule: the cap the samples were generated under, and the EOS."""
+    """Natural stopping rule: the cap the samples were generated under, and the EOS. Every kind, and
+    the heads imported from engine formats."""
     for sample in greedy_samples:
         result = exact_generate(
-            target, drafts[kind], sample.prompt_ids, window=window, max_new_tokens=sample.max_new_tokens
+            target, imported_drafts[kind], sample.prompt_ids, window=window, max_new_tokens=sample.max_new_tokens
         )
         assert result.tokens == sample.completion_ids
         assert result.target_only is not None and result.target_only.tokens == sample.completion_ids

@@ -3,10 +3,10 @@
 - Scored greedy counts equal exact-mode counts bit for bit (A, R, D, S, E, per-position rates,
   histogram) on the target's own greedy output, with exact mode under its natural stopping rule:
   completions that end by EOS, by a length cap (mid-sentence), at the context, and served longer
-  than the context allows; prompts longer than the context; all three draft kinds; windows 1-8.
+  than the context allows; prompts longer than the context; every draft kind; windows 1-8.
 - Exact mode equals an independent plain greedy speculative loop written here from the definition
-  with transformers models only (no specwatch decoder code, no cache): the medusa and eagle heads
-  are recomputed from their state dicts.
+  with transformers models only (no specwatch decoder code, no cache): the medusa, eagle and mtp
+  heads are recomputed from their state dicts (mtp by vLLM's proposer, tests/decoder/vllm_reference.py).
 - Every exact run keeps A + S - E = n - 1 and R <= S.
 """
 
@@ -29,6 +29,7 @@ from tests.decoder.conftest import KINDS
 from tests.decoder.eagle3_reference import draft_logits, eagle3_layer, rope, shape_of, target_vocabulary_logits
 from tests.decoder.eagle3_reference import rms as rms_norm
 from tests.decoder.random_models import VOCAB, RandomWorld, random_world
+from tests.decoder.vllm_reference import mtp_propose
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -322,6 +323,24 @@ def propose_eagle3(target: PreTrainedModel, weights: dict[str, torch.Tensor], co
     return propose
 
 
+def propose_mtp(target: PreTrainedModel, weights: dict[str, torch.Tensor], config: dict[str, float]) -> Propose:
+    """vLLM's DeepSeek-MTP proposer (tests/decoder/vllm_reference.py), greedy, on the final hidden states."""
+    layer = {name.removeprefix("mtp_block."): tensor for name, tensor in weights.items()}
+    shape = {"heads": config["num_attention_heads"], "kv_heads": config["num_key_value_heads"]}
+    shape |= {"head_dim": config["head_dim"], "eps": config["rms_norm_eps"], "theta": config["rope_theta"]}
+    embedding, lm_head = target.get_input_embeddings().weight, target.get_output_embeddings().weight
+
+    def propose(tokens: list[int], count: int) -> list[int]:
+        hidden = target.get_decoder()(torch.tensor([tokens[:-1]])).last_hidden_state[0]
+        drafted: list[int] = []
+        for _ in range(count):
+            logits = mtp_propose(layer, embedding, lm_head, torch.tensor(tokens), hidden, drafted, shape)
+            drafted.append(int(logits[-1].argmax()))
+        return drafted
+
+    return propose
+
+
 def reference_proposer(target: TargetModel, draft: Draft) -> Propose:
     """Reads only the draft's weights (state dict), its config values and the HF models."""
     weights = {name: tensor.detach() for name, tensor in draft.state_dict().items()}
@@ -332,6 +351,8 @@ def reference_proposer(target: TargetModel, draft: Draft) -> Propose:
         return propose_medusa(target.model, weights, config["num_residual_blocks"])
     if config["kind"] == "eagle3":
         return propose_eagle3(target.model, weights, config)
+    if config["kind"] == "mtp":
+        return propose_mtp(target.model, weights, config)
     return propose_eagle(target.model, weights, config)
 
 

@@ -13,9 +13,9 @@ target they are unbiased for exact mode's counts:
    within Z_LIMIT standard errors of 0;
 3. every scored run keeps A + S - E = n - 1 (expected counts, within 1e-6).
 
-The models: a one-layer random target with a sharpened LM head, and drafts of all three kinds
+The models: a one-layer random target with a sharpened LM head, and drafts of every kind
 that are accepted often but not always: a noisy copy that under-predicts the EOS (as drafts often
-do), bigram medusa heads and an embedding-driven eagle head (`random_models`). The old estimator,
+do), bigram medusa heads and embedding-driven eagle and mtp heads (`random_models`). The old estimator,
 sum_x min(p(x), q(x)) per proposal, fails check 2 here on accepted-EOS steps (draft_model) and on
 per-position counts (medusa, whose fixed chains make acceptance depend on the sampled token).
 
@@ -46,6 +46,7 @@ from tests.decoder.random_models import (
     bigram_eagle3,
     bigram_medusa,
     embedding_eagle,
+    embedding_mtp,
     frequent_eos,
     perturb,
     random_world,
@@ -124,6 +125,7 @@ def sampling_world(seed: int) -> SamplingWorld:
         "medusa": bigram_medusa(target, spec(0.05), generator),
         "eagle": embedding_eagle(target, spec(0.15), generator),
         "eagle3": bigram_eagle3(target, spec(0.15), generator),
+        "mtp": embedding_mtp(target, spec(0.15), generator),
     }
     return SamplingWorld(target, drafts, prompts)
 

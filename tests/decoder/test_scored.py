@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_generate, generate, score_batch
-from tests.decoder.conftest import KINDS
+from tests.decoder.conftest import IMPORTED, KINDS
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + IMPORTED)
 def test_scored_counts_equal_exact_counts(
-    kind: str, target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+    kind: str, target: TargetModel, imported_drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
 ) -> None:
-    draft = drafts[kind]
+    draft = imported_drafts[kind]
     for window in (1, 2, 3, 5):
         scores = score_batch(target, draft, greedy_samples, window=window, batch_size=4)
         for sample, score in zip(greedy_samples, scores, strict=True):

@@ -54,14 +54,16 @@ def test_training_kind_is_live_or_a_registered_draft_kind() -> None:
         assert config.retrain.training.kind == kind
     (problem,) = problems_of('[retrain.training]\nkind = "lookahead"\n')
     assert problem.startswith("retrain.training.kind:")
-    assert "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle" in problem
+    assert "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle, mtp" in problem
 
 
 def test_retrain_kind_argument_is_checked_against_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
         main(["retrain", "--now", "--kind", "lookahead"])
     assert exited.value.code == 2
-    assert "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle" in capsys.readouterr().err
+    assert (
+        "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle, mtp" in capsys.readouterr().err
+    )
 
 
 def test_toml_syntax_error_is_reported() -> None:
