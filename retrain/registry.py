@@ -36,8 +36,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from decoder.drafts import draft_version
-from decoder.formats import detect_format
 from decoder.files import write_atomically
+from decoder.formats import detect_format
 
 log = logging.getLogger(__name__)
 
