@@ -29,7 +29,8 @@ from typing import Any
 
 import torch
 
-from decoder.drafts import DRAFT_KINDS, Draft, EagleHead, create_draft, kind_objective, load_draft, save_draft
+from decoder.drafts import DRAFT_KINDS, Draft, create_draft, kind_objective, load_draft, save_draft
+from decoder.drafts.chain import ChainHead
 from decoder.errors import DecoderError
 from decoder.exchange import tokenize_exchange
 from decoder.target import TargetModel
@@ -135,14 +136,17 @@ def initial_draft(
     return create_draft(kind, target, **overrides), False
 
 
-KIND_SETTINGS = {"eagle_train_depth": "eagle"}
-"""TrainingConfig fields that only one draft kind uses (other kinds ignore them)."""
+CHAINED_KINDS = ("eagle", "eagle3", "mtp")
+"""Kinds whose one layer chains on its own outputs (decoder.drafts.chain.ChainHead)."""
+
+KIND_SETTINGS = {"eagle_train_depth": CHAINED_KINDS}
+"""TrainingConfig fields that only some draft kinds use (other kinds ignore them)."""
 
 
 def apply_kind_settings(draft: Draft, settings: TrainingConfig) -> Draft:
     """Sets the training settings of the draft's kind on a fresh or warm-started draft (weights
-    unchanged): an eagle head's `train_depth` becomes `settings.eagle_train_depth`."""
-    if isinstance(draft, EagleHead):
+    unchanged): a chained head's `train_depth` becomes `settings.eagle_train_depth`."""
+    if isinstance(draft, ChainHead):
         draft.with_train_depth(settings.eagle_train_depth)
     return draft
 
@@ -152,7 +156,7 @@ def run_labels(
 ) -> dict[str, Any]:
     """The trainer's part of a checkpoint's identity (the loop adds config, weights and batches);
     another kind's settings are left out, so changing them does not restart this kind's run."""
-    ignored = {name for name, owner in KIND_SETTINGS.items() if owner != kind}
+    ignored = {name for name, owners in KIND_SETTINGS.items() if kind not in owners}
     return {
         "kind": kind,
         "corpus": corpus.content_hash,
@@ -231,8 +235,10 @@ def train_head(
     target's device, in its dtype."""
     if kind not in DRAFT_KINDS:
         raise TrainingError(f"unknown draft kind {kind!r}; choose one of {sorted(DRAFT_KINDS)}")
-    if kind == "eagle" and "train_depth" in (overrides or {}):
-        raise TrainingError("an eagle head's train_depth is a training setting: set retrain.training.eagle_train_depth")
+    if kind in CHAINED_KINDS and "train_depth" in (overrides or {}):
+        raise TrainingError(
+            f"a {kind} head's train_depth is a training setting: set retrain.training.eagle_train_depth"
+        )
     started = time.perf_counter()
     work_dir.mkdir(parents=True, exist_ok=True)
     batches, batch_size = token_batches(training_sequences(target, corpus, settings.seed), settings)

@@ -620,8 +620,8 @@ class TrainingConfig(Section):
         default=3,
         ge=1,
         le=8,
-        description="eagle heads only: chain depth unrolled in training (EAGLE-3's training-time test), "
-        "fresh or warm-started; a step runs the head this many times",
+        description="chained heads only (eagle, eagle3, mtp): chain depth unrolled in training (EAGLE-3's "
+        "training-time test), fresh or warm-started; a step runs the head this many times",
     )
     device: str = Field(default="auto", description="auto = the GPU when present, else cpu")
 
