@@ -73,7 +73,7 @@ log = logging.getLogger(__name__)
 Say = Callable[[str], None]
 """Where the demo tells what happens: the CLI passes print."""
 
-DEMO_DRAFT = "eagle"
+DEMO_DRAFT = "eagle3"
 BASELINE_MIX = {"en": 0.55, "code": 0.4, "ja": 0.05}
 SHIFTED_MIX = {"en": 0.2, "code": 0.15, "zh": 0.6, "ja": 0.05}
 BROKEN_LINES = (
