@@ -40,6 +40,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from decoder.drafts import DRAFT_KINDS, MtpHead, create_draft, kind_objective, load_draft, save_draft
+from decoder.drafts.chain import ChainHead
 from decoder.formats.mtp import load_target_mtp, write_into_checkpoint
 from decoder.metrics import AcceptCounts
 from decoder.reference.corpus import CODE, Document, code_documents, dialog_documents, split
@@ -352,7 +353,7 @@ def _draft_overrides(kind: str, spec: ReferenceSpec) -> dict[str, Any]:
         }
     if kind == "medusa":
         return {"num_heads": spec.medusa_heads, "num_residual_blocks": spec.medusa_blocks}
-    if kind == "eagle":
+    if issubclass(DRAFT_KINDS[kind], ChainHead):  # eagle, eagle3, mtp: unrolled alike, compared alike
         return {"train_depth": spec.eagle_train_depth}
     return {}  # another registered kind: its default config for the target
 
