@@ -7,7 +7,11 @@ head; random token traffic. Measures
 - scored mode: target tokens/s (prompt + completion through the target) and its share of the
   ceiling, counting 2 * parameters * tokens FLOPs; plus a target-forward-only figure;
 - exact mode (draft-then-verify, batch 1) and the target alone: generated tokens/s;
-- the ratio scored / exact. Goals: scored >= 30,000 target tokens/s and >= 50x exact mode.
+- the ratio scored / exact. Goals: scored >= 30,000 target tokens/s and >= 50x exact mode;
+- an `eagle3` head exported by specwatch in the speculators format and imported back: its logits
+  against the head it came from, its scored and exact throughput, and, where `vllm` is importable,
+  whether `vllm.LLM` serves the target with the export as its EAGLE-3 draft (the target is saved to
+  a temporary directory first; skipped with `--skip-vllm`).
 
 Runs in under 8 minutes on one H200 (python 3.12, torch 2.11, transformers 5.17; nothing else
 to install). `--smoke` uses tiny shapes and runs anywhere, the CPU included.
@@ -23,6 +27,7 @@ import json
 import logging
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,9 +47,11 @@ from decoder import (
     TokenizedSample,
     create_draft,
     exact_generate,
+    load_draft,
     score_batch,
 )
-from decoder.drafts import DraftModelConfig
+from decoder.drafts import DraftModelConfig, Eagle3Head
+from decoder.formats.speculators import export_speculators_head
 
 log = logging.getLogger("decoder_gpu")
 
@@ -209,11 +216,51 @@ def exact_throughput(target: TargetModel, draft: Any, samples: list[TokenizedSam
     }
 
 
+def exported_eagle3(target: TargetModel, directory: Path, device: torch.device) -> tuple[Eagle3Head, float]:
+    """A fresh eagle3 head exported in the speculators format and imported back; the largest logit
+    difference between the two on one random sequence."""
+    with torch.device(device):
+        head = create_draft("eagle3", target)
+    assert isinstance(head, Eagle3Head)
+    export_speculators_head(head, target, directory, verifier=str(directory.parent / "target"))
+    imported = load_draft(directory, target)
+    assert isinstance(imported, Eagle3Head)
+    ids = torch.randint(2, target.vocab_size, (1, 64), device=device)
+    with torch.no_grad():
+        aux = torch.cat(list(target.forward(ids, feature_layers=head.feature_layers).features), dim=-1)
+        difference = (head(aux, ids).float() - imported(aux, ids).float()).abs().max().item()
+    return imported, difference
+
+
+def vllm_serves(target: TargetModel, export_dir: Path) -> dict[str, Any]:
+    """Whether vLLM (when importable) generates with the target and the exported eagle3 draft."""
+    try:
+        import vllm  # type: ignore[import-not-found]
+    except ImportError as error:
+        return {"importable": False, "reason": str(error)}
+    target_dir = export_dir.parent / "target"
+    target.model.save_pretrained(target_dir)
+    target.tokenizer.save_pretrained(target_dir)
+    speculative = {"method": "eagle3", "model": str(export_dir), "num_speculative_tokens": 4}
+    try:
+        llm = vllm.LLM(model=str(target_dir), speculative_config=speculative, max_model_len=2048)
+        outputs = llm.generate([{"prompt_token_ids": [5, 6, 7, 8]}], vllm.SamplingParams(max_tokens=16))
+        return {
+            "importable": True,
+            "version": vllm.__version__,
+            "served": True,
+            "tokens": len(outputs[0].outputs[0].token_ids),
+        }
+    except Exception as error:  # the figure to report is whether it loads, and if not, why
+        return {"importable": True, "version": vllm.__version__, "served": False, "error": repr(error)[:500]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (runs on the CPU)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--skip-eagle", action="store_true", help="measure the draft_model only")
+    parser.add_argument("--skip-vllm", action="store_true", help="do not try to serve the eagle3 export with vLLM")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.perf_counter()
@@ -265,6 +312,12 @@ def main() -> int:
         results["parameters"]["eagle"] = parameters(eagle)
         scored["eagle"] = scored_throughput(target, eagle, samples, shape)
         log.info("scored eagle: %.0f target tokens/s", scored["eagle"]["target_tokens_per_s"])
+    scratch = Path(tempfile.mkdtemp(prefix="specwatch-eagle3-"))
+    eagle3, difference = exported_eagle3(target, scratch / "eagle3-speculators", device)
+    results["eagle3_export"] = {"max_abs_logit_difference_after_round_trip": difference}
+    results["parameters"]["eagle3"] = parameters(eagle3)
+    scored["eagle3"] = scored_throughput(target, eagle3, samples, shape)
+    log.info("scored eagle3 (exported, re-imported): %.0f target tokens/s", scored["eagle3"]["target_tokens_per_s"])
     for row in scored.values():
         row["share_of_ceiling"] = 2 * target_parameters * row["target_tokens_per_s"] / (ceiling * 1e12)
     results["scored"] = scored
@@ -272,6 +325,9 @@ def main() -> int:
     exact = {"draft_model": exact_throughput(target, draft_model, samples, shape)}
     if eagle is not None:
         exact["eagle"] = exact_throughput(target, eagle, samples, shape)
+    exact["eagle3"] = exact_throughput(target, eagle3, samples, shape)
+    if not args.skip_vllm:
+        results["vllm"] = vllm_serves(target, scratch / "eagle3-speculators")
     results["exact"] = exact
     best_scored = scored["draft_model"]
     ratio = best_scored["completion_tokens_per_s"] / exact["draft_model"]["speculative_tokens_per_s"]
