@@ -28,6 +28,8 @@ class HeadFormat:
     detect: Callable[[Path], bool]
     load: Callable[[Path, TargetModel], Draft]
     export: Callable[[Draft, TargetModel, Path], ExportResult] | None = None
+    fallback: bool = False
+    """Claims a directory only when no other format does (a plain causal LM: every config has a model_type)."""
     stage: Callable[[Path, Path], None] | None = None
     """Writes the files that make up the head into a new directory, from files alone (a registry
     copies a head with it); None: the directory's top-level files are the head."""
@@ -45,7 +47,12 @@ def register_format(head_format: HeadFormat) -> HeadFormat:
 
 def detect_format(directory: Path) -> HeadFormat | None:
     """The engine format a directory is in, or None (a specwatch draft, a causal LM, or unknown)."""
-    matches = [head_format for head_format in FORMATS.values() if head_format.detect(directory)]
+    matches = [
+        head_format for head_format in FORMATS.values() if not head_format.fallback and head_format.detect(directory)
+    ]
+    matches = matches or [
+        head_format for head_format in FORMATS.values() if head_format.fallback and head_format.detect(directory)
+    ]
     if len(matches) > 1:
         raise ValueError(f"{directory} matches several head formats: {[m.name for m in matches]}")
     return matches[0] if matches else None

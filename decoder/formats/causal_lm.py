@@ -27,19 +27,13 @@ NAME = "causal-lm"
 
 
 def is_causal_lm(directory: Path) -> bool:
-    """A transformers config.json that is neither specwatch's draft manifest nor a target carrying
-    MTP layers (that directory is the `mtp` format's)."""
+    """A transformers config.json that is not specwatch's draft manifest (the fallback format: the
+    engine formats, whose configs have a model_type too, claim theirs first)."""
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (
-        isinstance(config, dict)
-        and "model_type" in config
-        and config.get("format") != "specwatch-draft"
-        and not config.get("num_nextn_predict_layers")
-        and "speculators_model_type" not in config
-    )
+    return isinstance(config, dict) and "model_type" in config and config.get("format") != "specwatch-draft"
 
 
 def export_causal_lm(draft: Draft, target: TargetModel, out_dir: Path) -> ExportResult:
@@ -67,4 +61,4 @@ def load_causal_lm(directory: Path, target: TargetModel) -> DraftModel:
     return draft.to(device=target.device)
 
 
-register_format(HeadFormat(NAME, ("draft_model",), is_causal_lm, load_causal_lm, export_causal_lm))
+register_format(HeadFormat(NAME, ("draft_model",), is_causal_lm, load_causal_lm, export_causal_lm, fallback=True))

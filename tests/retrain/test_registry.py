@@ -242,3 +242,23 @@ def test_two_processes_switching_keep_history_consistent(eagle: Path, retrained:
     live = registry.live_version()
     assert live == history[-1]["to"]
     assert [h.version for h in registry.list() if h.state == "live"] == [live]
+
+
+def test_an_mtp_layer_is_registered_without_the_target_that_carries_it(
+    reference_models: Path, registry: HeadRegistry
+) -> None:
+    from safetensors import safe_open
+
+    target_dir = reference_models / "target"
+    seed = registry.ensure_seed(target_dir)
+    stored = registry.draft_dir(seed.version)
+    assert seed.kind == "mtp"
+    with safe_open(str(stored / "model.safetensors"), framework="pt") as handle:
+        names = list(handle.keys())
+    with safe_open(str(target_dir / "model.safetensors"), framework="pt") as handle:
+        layers = {name.split(".")[2] for name in handle.keys() if name.startswith("model.layers.")}  # noqa: SIM118
+    prefix = f"model.layers.{len(layers) - 1}."  # the MTP layer follows the decoder layers
+    assert names and all(name.startswith(prefix) for name in names)
+    assert not any(name.endswith(("embed_tokens.weight", "shared_head.head.weight")) for name in names)
+    assert (stored / "model.safetensors").stat().st_size < (target_dir / "model.safetensors").stat().st_size / 2
+    assert head_version(registry.root / "live") == seed.version == draft_version(stored)

@@ -94,5 +94,33 @@ def test_an_explicit_format_must_hold_the_heads_kind(registry: HeadRegistry, ref
 
 
 def test_an_unknown_format_is_refused_in_config() -> None:
-    with pytest.raises(ValueError, match="unknown head format 'vllm'; known formats: auto, specwatch, causal-lm"):
+    with pytest.raises(
+        ValueError,
+        match="unknown head format 'vllm'; known formats: auto, specwatch, speculators, sglang, vllm-medusa",
+    ):
         DeployConfig(format="vllm")
+
+
+def test_an_eagle3_lineage_deploys_in_the_speculators_format(
+    registry: HeadRegistry, reference_models: Path, target: TargetModel
+) -> None:
+    from decoder.formats import detect_format
+
+    seed = registry.ensure_seed(reference_models / "drafts" / "eagle3")
+    assert serving_format(DeployConfig(), registry, seed.version) == "speculators"
+    served = prepare_served_head(DeployConfig(), registry, seed.version, lambda: target)
+    engine_format = detect_format(served.export_dir)
+    assert engine_format is not None and engine_format.name == "speculators"
+    ours, exported = load_draft(served.head_dir, target), load_draft(served.export_dir, target)
+    ids = torch.tensor([target.encode_prompt("def parse(line):")])
+    with torch.no_grad():
+        features = target.forward(ids, feature_layers=ours.feature_layers)
+        aux = torch.cat(list(features.features), dim=-1)
+        torch.testing.assert_close(exported(aux, ids), ours(aux, ids), rtol=0, atol=1e-5)
+
+    imported = registry.register(served.export_dir, parent=seed.version, source="import: the export")
+    assert imported.kind == "eagle3" and stored_format(registry.draft_dir(imported.version)) == "speculators"
+    again = prepare_served_head(DeployConfig(), registry, imported.version, no_target)
+    assert again.export_dir == again.head_dir  # stored in the engine's format: handed over as is
+    sglang = prepare_served_head(DeployConfig(format="sglang"), registry, seed.version, lambda: target)
+    assert stored_format(sglang.export_dir) == "sglang"

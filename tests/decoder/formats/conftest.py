@@ -1,4 +1,4 @@
-"""A small saved target (a directory, as engines name their verifier) and eagle3 heads with random
+"""A small saved random target (a directory, as engines name their verifier) and eagle3 heads with random
 weights for the engine-format tests."""
 
 from __future__ import annotations
@@ -31,27 +31,27 @@ def target_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="package")
-def target(target_dir: Path) -> TargetModel:
+def random_target(target_dir: Path) -> TargetModel:
     return load_target(target_dir, device="cpu")
 
 
 @torch.no_grad()
-def random_eagle3(target: TargetModel, seed: int = 0, **config: object) -> Eagle3Head:
+def random_eagle3(random_target: TargetModel, seed: int = 0, **config: object) -> Eagle3Head:
     """Every weight random (norms around 1); a reduced vocabulary gets scattered target ids."""
-    head = create_draft("eagle3", target, **config)
+    head = create_draft("eagle3", random_target, **config)
     assert isinstance(head, Eagle3Head)
     generator = torch.Generator().manual_seed(seed)
     size = head.eagle3_config.draft_vocab_size
     if size < VOCAB:
-        head.use_draft_vocabulary(torch.randperm(VOCAB, generator=generator)[:size], target)
+        head.use_draft_vocabulary(torch.randperm(VOCAB, generator=generator)[:size], random_target)
     for name, parameter in head.named_parameters():
         noise = torch.randn(parameter.shape, generator=generator)
         parameter.copy_((1.0 + 0.2 * noise) if "norm" in name else 0.3 * noise)
     return head.eval()
 
 
-def fixed_inputs(target: TargetModel, time: int = 11, seed: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_inputs(random_target: TargetModel, time: int = 11, seed: int = 9) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused aux states [1, time, 3H] and token ids [1, time]."""
     generator = torch.Generator().manual_seed(seed)
-    aux = torch.randn(1, time, 3 * target.hidden_size, generator=generator)
+    aux = torch.randn(1, time, 3 * random_target.hidden_size, generator=generator)
     return aux, torch.randint(0, VOCAB, (1, time), generator=generator)

@@ -125,7 +125,8 @@ def test_a_target_without_mtp_layers_is_not_an_mtp_head(
 ) -> None:
     directory = copy_target(reference_dir, tmp_path)
     edit_config(directory, num_nextn_predict_layers=0)
-    assert detect_format(directory) is None
+    detected = detect_format(directory)
+    assert detected is not None and detected.name == "causal-lm"  # a plain causal LM, not an MTP head
     with pytest.raises(DraftFormatError, match=r'models\.draft = "mtp" needs a target'):
         load_target_mtp(directory, target)
 

@@ -56,10 +56,10 @@ def sglang_logits(aux: torch.Tensor, tokens: torch.Tensor, w: dict[str, torch.Te
 
 @pytest.mark.parametrize("draft_vocab_size", [48, 19])
 def test_export_matches_sglang_layer_and_round_trips(
-    draft_vocab_size: int, target: TargetModel, tmp_path: Path
+    draft_vocab_size: int, random_target: TargetModel, tmp_path: Path
 ) -> None:
-    head = random_eagle3(target, draft_vocab_size=draft_vocab_size)
-    export_sglang_head(head, target, tmp_path / "first")
+    head = random_eagle3(random_target, draft_vocab_size=draft_vocab_size)
+    export_sglang_head(head, random_target, tmp_path / "first")
     assert detect_format(tmp_path / "first") is FORMATS["sglang"]
     config = json.loads((tmp_path / "first" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLMEagle3"] and config["draft_vocab_size"] == draft_vocab_size
@@ -67,10 +67,10 @@ def test_export_matches_sglang_layer_and_round_trips(
     weights = load_file(str(tmp_path / "first" / "model.safetensors"))
     assert {"fc.weight", "norm.weight", "lm_head.weight", "d2t", "t2d", "midlayer.hidden_norm.weight"} <= set(weights)
 
-    aux, tokens = fixed_inputs(target)
-    weights["embed_tokens.weight"] = target.input_embeddings().weight.detach()  # SGLang shares the target's
+    aux, tokens = fixed_inputs(random_target)
+    weights["embed_tokens.weight"] = random_target.input_embeddings().weight.detach()  # SGLang shares it
     expected = sglang_logits(aux[0], tokens[0], weights, config)
-    loaded = load_draft(tmp_path / "first", target)
+    loaded = load_draft(tmp_path / "first", random_target)
     assert isinstance(loaded, Eagle3Head)
     features = loaded.fc(torch.cat([aux[0], torch.zeros(1, aux.shape[2])])[None])
     outputs = loaded.chain_outputs(features, torch.cat([tokens[0, :1], tokens[0]])[None], torch.ones(1, 12), 1)
@@ -79,27 +79,27 @@ def test_export_matches_sglang_layer_and_round_trips(
     assert torch.equal(ours.isfinite(), finite) and (ours[finite] - expected[finite]).abs().max() <= 1e-5
     assert (loaded(aux, tokens) - head(aux, tokens)).abs().max() <= 1e-5
 
-    export_sglang_head(loaded, target, tmp_path / "second")
+    export_sglang_head(loaded, random_target, tmp_path / "second")
     assert draft_version(tmp_path / "first") == draft_version(tmp_path / "second")
 
 
 @pytest.mark.parametrize("config", [{"norm_before_residual": True}, {"layer_style": "qwen3"}])
 def test_heads_sglang_cannot_compute_are_not_exported(
-    config: dict[str, object], target: TargetModel, tmp_path: Path
+    config: dict[str, object], random_target: TargetModel, tmp_path: Path
 ) -> None:
     with pytest.raises(DraftFormatError, match="SGLang's EAGLE-3 layer is Llama's"):
-        export_sglang_head(random_eagle3(target, **config), target, tmp_path / "out")
+        export_sglang_head(random_eagle3(random_target, **config), random_target, tmp_path / "out")
 
 
-def test_sglang_loader_requirements(target: TargetModel, tmp_path: Path) -> None:
-    export_sglang_head(random_eagle3(target), target, tmp_path / "out")
+def test_sglang_loader_requirements(random_target: TargetModel, tmp_path: Path) -> None:
+    export_sglang_head(random_eagle3(random_target), random_target, tmp_path / "out")
     weights = load_file(str(tmp_path / "out" / "model.safetensors"))
     del weights["t2d"]
     save_file(weights, str(tmp_path / "out" / "model.safetensors"))
     with pytest.raises(DraftFormatError, match=r"missing \['t2d'\]"):
-        load_draft(tmp_path / "out", target)
+        load_draft(tmp_path / "out", random_target)
     config_path = tmp_path / "out" / "config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps(config | {"tie_word_embeddings": True}))
     with pytest.raises(DraftFormatError, match="tie_word_embeddings"):
-        load_draft(tmp_path / "out", target)
+        load_draft(tmp_path / "out", random_target)

@@ -52,9 +52,11 @@ def run_side(python: Path, *arguments: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def speculators_logits(python: Path, checkpoint: Path, target: TargetModel, work: Path) -> tuple[torch.Tensor, ...]:
+def speculators_logits(
+    python: Path, checkpoint: Path, random_target: TargetModel, work: Path
+) -> tuple[torch.Tensor, ...]:
     """(speculators' logits, aux states, token ids) on the fixed inputs."""
-    aux, tokens = fixed_inputs(target)
+    aux, tokens = fixed_inputs(random_target)
     save_file({"aux_states": aux.contiguous(), "token_ids": tokens.contiguous()}, str(work / "inputs.safetensors"))
     run_side(python, Path("logits"), checkpoint, work / "inputs.safetensors", work / "logits.safetensors")
     return load_file(str(work / "logits.safetensors"))["logits"], aux, tokens
@@ -69,11 +71,11 @@ def speculators_logits(python: Path, checkpoint: Path, target: TargetModel, work
     ],
 )
 def test_speculators_loads_our_export(
-    config: dict[str, object], compat_python: Path, target: TargetModel, tmp_path: Path
+    config: dict[str, object], compat_python: Path, random_target: TargetModel, tmp_path: Path
 ) -> None:
-    head = random_eagle3(target, **config)
-    export_speculators_head(head, target, tmp_path / "export")
-    theirs, aux, tokens = speculators_logits(compat_python, tmp_path / "export", target, tmp_path)
+    head = random_eagle3(random_target, **config)
+    export_speculators_head(head, random_target, tmp_path / "export")
+    theirs, aux, tokens = speculators_logits(compat_python, tmp_path / "export", random_target, tmp_path)
     with torch.no_grad():
         ours = head(aux, tokens)
     assert theirs.shape == ours.shape
@@ -91,15 +93,15 @@ def test_speculators_loads_our_export(
     ],
 )
 def test_a_head_speculators_created_imports(
-    spec: dict[str, object], compat_python: Path, target: TargetModel, target_dir: Path, tmp_path: Path
+    spec: dict[str, object], compat_python: Path, random_target: TargetModel, target_dir: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "spec.json").write_text(json.dumps(spec | {"seed": 3, "target_layer_ids": [1, 2, 3]}))
     run_side(compat_python, Path("create"), target_dir, tmp_path / "created", tmp_path / "spec.json")
-    head = load_draft(tmp_path / "created", target)
+    head = load_draft(tmp_path / "created", random_target)
     assert isinstance(head, Eagle3Head)
     assert head.eagle3_config.norm_before_residual is spec["norm_before_residual"]
     assert head.eagle3_config.aux_layer_ids == (1, 2, 3)
-    theirs, aux, tokens = speculators_logits(compat_python, tmp_path / "created", target, tmp_path)
+    theirs, aux, tokens = speculators_logits(compat_python, tmp_path / "created", random_target, tmp_path)
     with torch.no_grad():
         ours = head(aux, tokens)
     assert (theirs - ours).abs().max() <= TOLERANCE
