@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from decoder.formats import FORMATS, detect_format
+from decoder.formats import FORMATS, ExportResult, detect_format
 from decoder.target import TargetModel
 from monitor.base.config import DeployConfig
 from retrain.deploy import ServedHead
@@ -104,28 +104,38 @@ def prepare_served_head(
     return ServedHead(version, registry.draft_dir(version), head_format, final)
 
 
+EAGLE_NOT_MAPPABLE = (
+    "an eagle head cannot be mapped to EAGLE-3 exactly: it projects cat(norm(embedding), norm(feature)) to H "
+    "(input_proj) and norms it again before q/k/v, and its residual stream starts at that projection, while "
+    "EAGLE-3's q/k/v read the 2H concatenation and its residual starts at the feature; no weights express the "
+    "difference. Retrain it as an eagle3 head (specwatch retrain --now --kind eagle3), which exports losslessly"
+)
+
+
 def export_head(
     registry: HeadRegistry, version: str, head_format: str, out_dir: Path, target: Callable[[], TargetModel]
-) -> Path:
+) -> ExportResult:
     """Writes a registered head into `out_dir` (new or empty) in `head_format`: a copy of its files when
-    it is stored so, else the format's export of the loaded head (`target` is called only then)."""
+    it is stored so, else the format's export of the loaded head (`target` is called only then). The
+    result says which engines are proven to load it, and why not (`details`)."""
     head_dir = registry.draft_dir(version)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RegistryError(f"{out_dir} is not empty: export into a new directory")
     if stored_format(head_dir) == head_format:
         shutil.copytree(head_dir, out_dir, dirs_exist_ok=True, copy_function=shutil.copyfile)
-        return out_dir
+        return ExportResult(out_dir=out_dir, format=head_format, details={"copied": "stored in this format"})
     kind = registry.get(version).kind
     if head_format not in engine_formats_for(kind):
-        raise RegistryError(f"format {head_format!r} cannot hold a head of kind {kind}")
+        why = f": {EAGLE_NOT_MAPPABLE}" if kind == "eagle" else ""
+        raise RegistryError(f"format {head_format!r} cannot hold a head of kind {kind}{why}")
     export = FORMATS[head_format].export
     assert export is not None, "engine_formats_for lists only formats that export"
     from decoder import load_draft
 
     model = target()
-    export(load_draft(head_dir, model), model, out_dir)
-    log.info("exported head %s as %s to %s", version, head_format, out_dir)
-    return out_dir
+    result = export(load_draft(head_dir, model), model, out_dir)
+    log.info("exported head %s as %s to %s (engines proven: %s)", version, head_format, out_dir, result.engine_loadable)
+    return result
 
 
 def import_head(

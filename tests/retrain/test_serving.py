@@ -124,3 +124,20 @@ def test_an_eagle3_lineage_deploys_in_the_speculators_format(
     assert again.export_dir == again.head_dir  # stored in the engine's format: handed over as is
     sglang = prepare_served_head(DeployConfig(format="sglang"), registry, seed.version, lambda: target)
     assert stored_format(sglang.export_dir) == "sglang"
+
+
+def test_export_says_which_engines_are_proven_to_load_it_and_refuses_an_eagle_head_with_the_reason(
+    registry: HeadRegistry, reference_models: Path, target: TargetModel, tmp_path: Path
+) -> None:
+    from retrain.serving import export_head
+
+    eagle3 = registry.register(reference_models / "drafts" / "eagle3", parent=None, source="test")
+    result = export_head(registry, eagle3.version, "speculators", tmp_path / "speculators", lambda: target)
+    assert result.engine_loadable["speculators"] is True
+    assert result.engine_loadable["vllm"] is (target.num_layers >= 4)  # three distinct aux ids in 1..N-1
+    assert result.details["vllm_reasons"] or result.engine_loadable["vllm"]
+
+    eagle = registry.register(reference_models / "drafts" / "eagle", parent=None, source="test")
+    with pytest.raises(RegistryError, match="cannot hold a head of kind eagle: an eagle head cannot be mapped"):
+        export_head(registry, eagle.version, "speculators", tmp_path / "refused", no_target)
+    assert not (tmp_path / "refused").exists()

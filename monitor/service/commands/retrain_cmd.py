@@ -270,11 +270,23 @@ def heads_export_command(args: argparse.Namespace) -> int:
             raise CommandError("no live head and no version given (or models.target unset)")
         target_dir, device = config.models.target, config.models.device
         head_format = serving_format(DeployConfig(format=check_head_format(args.head_format)), heads, head.version)
-        export_head(heads, head.version, head_format, args.out, lambda: load_target(target_dir, device=device))
+        exported = export_head(
+            heads, head.version, head_format, args.out, lambda: load_target(target_dir, device=device)
+        )
     except (DecoderError, RegistryError, ValueError, OSError) as error:
         raise CommandError(str(error)) from None
-    result = {"version": head.version, "format": head_format, "out": str(args.out)}
-    print_json(result) if args.json else print(f"exported {head.version} as {head_format} to {args.out}")
+    loadable = dict(exported.engine_loadable)
+    result = {"version": head.version, "format": head_format, "out": str(args.out), "engine_loadable": loadable}
+    if args.json:
+        print_json(result | {"details": exported.details})
+        return 0
+    print(f"exported {head.version} as {head_format} to {args.out}")
+    for engine, proven in loadable.items():
+        print(f"  {engine}: {'proven to load it' if proven else 'not proven'}")
+    for key, reasons in exported.details.items():
+        if key.endswith("_reasons"):
+            for reason in reasons:
+                print(f"  - {reason}")
     return 0
 
 
