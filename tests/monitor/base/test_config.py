@@ -54,7 +54,7 @@ def test_training_kind_is_live_or_a_registered_draft_kind() -> None:
         assert config.retrain.training.kind == kind
     (problem,) = problems_of('[retrain.training]\nkind = "lookahead"\n')
     assert problem.startswith("retrain.training.kind:")
-    assert "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle, mtp" in problem
+    assert "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle, eagle3, mtp" in problem
 
 
 def test_retrain_kind_argument_is_checked_against_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
@@ -62,7 +62,7 @@ def test_retrain_kind_argument_is_checked_against_the_registry(capsys: pytest.Ca
         main(["retrain", "--now", "--kind", "lookahead"])
     assert exited.value.code == 2
     assert (
-        "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle, mtp" in capsys.readouterr().err
+        "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle, eagle3, mtp" in capsys.readouterr().err
     )
 
 

@@ -18,17 +18,19 @@ class GpuFailsMidRound:
 
 @pytest.mark.parametrize("policy", ["cpu", "pause"])
 def test_gpu_lost_mid_replay_moves_replay_to_the_cpu_or_pauses_it(
-    policy: str, engine: Engine, reference_models: Path
+    policy: str, engine: Engine, reference_models: Path, tmp_path: Path
 ) -> None:
-    from monitor.base.config import Config, ModelsConfig
+    from monitor.base.config import Config, ModelsConfig, StorageConfig
+    from monitor.replay.live_models import live_draft_dir
     from monitor.service.daemon import Daemon
     from monitor.service.metrics import Metrics
 
     models = ModelsConfig(
         target=reference_models / "target", draft=reference_models / "drafts" / "eagle", on_device_lost=policy
     )
-    daemon = Daemon(Config(models=models), Path("config.toml"))
-    daemon.engine, daemon.draft_dir = engine, models.draft
+    config = Config(models=models, storage=StorageConfig(data_dir=tmp_path))
+    daemon = Daemon(config, tmp_path / "config.toml")
+    daemon.engine, daemon.draft_dir = engine, live_draft_dir(config)  # as startup finds it: the registry's seed
     daemon.metrics = Metrics([])
     daemon.loop = GpuFailsMidRound()  # type: ignore[assignment]
     daemon.jobs.replay_job()
