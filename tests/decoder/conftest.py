@@ -16,7 +16,7 @@ from decoder.reference import ReferenceReport, build_reference
 from decoder.reference.corpus import CODE, code_documents, dialog_documents, split
 
 KINDS = tuple(DRAFT_KINDS)
-IMPORTED = ("vllm-medusa", "mtp-in-target")
+IMPORTED = ("vllm-medusa", "mtp-in-target", "speculators", "sglang")
 """Heads read from engine formats (`imported_drafts`), beside one draft of each kind."""
 GREEDY_MAX_NEW_TOKENS = 20
 
@@ -54,8 +54,9 @@ def imported_drafts(
     reference_dir: Path, target: TargetModel, drafts: dict[str, Draft], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Draft]:
     """The drafts and heads imported from engine formats: a vLLM MEDUSA directory written by hand from
-    the trained medusa head's weights (bias-free blocks, one original LM head), and the MTP layer
-    of the reference target's own checkpoint."""
+    the trained medusa head's weights (bias-free blocks, one original LM head), the MTP layer of the
+    reference target's own checkpoint, and the trained eagle3 head exported in the speculators and
+    SGLang formats and read back as `models.draft` would read them."""
     directory = tmp_path_factory.mktemp("vllm-medusa")
     weights = drafts["medusa"].state_dict()
     heads = sum(1 for name in weights if name.endswith(".linear.weight"))
@@ -65,10 +66,17 @@ def imported_drafts(
     config = {"architectures": ["MedusaModel"], "hidden_size": target.hidden_size, "vocab_size": target.vocab_size}
     config |= {"num_heads": heads, "num_hidden_layers": 1, "original_lm_head": True}
     (directory / "config.json").write_text(json.dumps(config))
+    engine_dirs = tmp_path_factory.mktemp("eagle3-exports")
+    for name in ("speculators", "sglang"):
+        export = FORMATS[name].export
+        assert export is not None
+        export(drafts["eagle3"], target, engine_dirs / name)
     return {
         **drafts,
         "vllm-medusa": FORMATS["vllm-medusa"].load(directory, target),
         "mtp-in-target": load_target_mtp(reference_dir / "target", target),
+        "speculators": load_draft(engine_dirs / "speculators", target),
+        "sglang": load_draft(engine_dirs / "sglang", target),
     }
 
 

@@ -62,7 +62,8 @@ def test_retrain_kind_argument_is_checked_against_the_registry(capsys: pytest.Ca
         main(["retrain", "--now", "--kind", "lookahead"])
     assert exited.value.code == 2
     assert (
-        "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle, eagle3, mtp" in capsys.readouterr().err
+        "unknown draft kind 'lookahead'; known kinds: live, draft_model, medusa, eagle, eagle3, mtp"
+        in capsys.readouterr().err
     )
 
 
