@@ -122,6 +122,37 @@ def swiglu(x: torch.Tensor, gate_proj: nn.Module, up_proj: nn.Module, down_proj:
     return out
 
 
+class SwiGLU(nn.Module):
+    """The Llama/Qwen MLP: down(silu(gate(x)) * up(x)), bias-free, under the checkpoints' names."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
+
+
+def rotated_projections(
+    x: torch.Tensor,
+    projections: tuple[nn.Module, nn.Module, nn.Module],
+    config: ChainLayerConfig,
+    positions: torch.Tensor,
+    head_norms: tuple[nn.Module, nn.Module] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries and keys (per-head normed when `head_norms`, then rotated) and values, [batch, heads,
+    time, head_dim], of x through the q, k and v projections."""
+    q_proj, k_proj, v_proj = projections
+    query = split_heads(q_proj(x), config.num_attention_heads, config.head_dim)
+    key = split_heads(k_proj(x), config.num_key_value_heads, config.head_dim)
+    value = split_heads(v_proj(x), config.num_key_value_heads, config.head_dim)
+    if head_norms is not None:
+        query, key = head_norms[0](query), head_norms[1](key)
+    return rotate(query, positions, config.rope_theta), rotate(key, positions, config.rope_theta), value
+
+
 def init_linear_weights(module: nn.Module, std: float = 0.02) -> None:
     """Normal(0, std) weights for every nn.Linear inside `module` (a fresh head's initialization)."""
     for child in module.modules():

@@ -38,8 +38,7 @@ from decoder.drafts.chain import (
     attend,
     init_linear_weights,
     layer_sizes,
-    rotate,
-    split_heads,
+    rotated_projections,
     swiglu,
 )
 from decoder.target import TargetModel, TargetOutput
@@ -79,12 +78,9 @@ class DecoderLayer(nn.Module):
 
     def project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Rotated queries, keys and values of x [batch, time, hidden] at positions [time]."""
-        normed = self.attention_norm(x)
-        config = self.config
-        query = split_heads(self.q_proj(normed), config.num_attention_heads, config.head_dim)
-        key = split_heads(self.k_proj(normed), config.num_key_value_heads, config.head_dim)
-        value = split_heads(self.v_proj(normed), config.num_key_value_heads, config.head_dim)
-        return rotate(query, positions, config.rope_theta), rotate(key, positions, config.rope_theta), value
+        return rotated_projections(
+            self.attention_norm(x), (self.q_proj, self.k_proj, self.v_proj), self.config, positions
+        )
 
     def finish(
         self,

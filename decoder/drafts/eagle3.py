@@ -44,12 +44,11 @@ from decoder.drafts.chain import (
     ChainLayerConfig,
     LayerInput,
     RMSNorm,
+    SwiGLU,
     attend,
     init_linear_weights,
     layer_sizes,
-    rotate,
-    split_heads,
-    swiglu,
+    rotated_projections,
 )
 from decoder.target import TargetModel, TargetOutput
 
@@ -119,24 +118,8 @@ class Eagle3Attention(nn.Module):
         self.k_norm = RMSNorm(dim, config.rms_norm_eps) if config.layer_style == "qwen3" else None
 
     def project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        config = self.config
-        query = split_heads(self.q_proj(x), config.num_attention_heads, config.head_dim)
-        key = split_heads(self.k_proj(x), config.num_key_value_heads, config.head_dim)
-        value = split_heads(self.v_proj(x), config.num_key_value_heads, config.head_dim)
-        if self.q_norm is not None and self.k_norm is not None:
-            query, key = self.q_norm(query), self.k_norm(key)
-        return rotate(query, positions, config.rope_theta), rotate(key, positions, config.rope_theta), value
-
-
-class SwiGLU(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
+        norms = (self.q_norm, self.k_norm) if self.q_norm is not None and self.k_norm is not None else None
+        return rotated_projections(x, (self.q_proj, self.k_proj, self.v_proj), self.config, positions, norms)
 
 
 class Eagle3Layer(nn.Module):

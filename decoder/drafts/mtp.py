@@ -35,12 +35,11 @@ from decoder.drafts.chain import (
     ChainLayerConfig,
     LayerInput,
     RMSNorm,
+    SwiGLU,
     attend,
     init_linear_weights,
     layer_sizes,
-    rotate,
-    split_heads,
-    swiglu,
+    rotated_projections,
 )
 from decoder.target import TargetModel, TargetOutput
 
@@ -87,14 +86,6 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(heads * dim, hidden, bias=False)
 
 
-class Mlp(nn.Module):
-    def __init__(self, config: MtpConfig) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-
-
 class MtpBlock(nn.Module):
     """A Llama/Qwen2 decoder layer (the checkpoint's names), with attention over keys the caller assembles."""
 
@@ -104,17 +95,14 @@ class MtpBlock(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = Mlp(config)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
     def project(
         self, attention_input: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        config, attention = self.config, self.self_attn
-        normed = self.input_layernorm(attention_input)
-        query = split_heads(attention.q_proj(normed), config.num_attention_heads, config.head_dim)
-        key = split_heads(attention.k_proj(normed), config.num_key_value_heads, config.head_dim)
-        value = split_heads(attention.v_proj(normed), config.num_key_value_heads, config.head_dim)
-        return rotate(query, positions, config.rope_theta), rotate(key, positions, config.rope_theta), value
+        attention = self.self_attn
+        projections = (attention.q_proj, attention.k_proj, attention.v_proj)
+        return rotated_projections(self.input_layernorm(attention_input), projections, self.config, positions)
 
     def finish(
         self,
@@ -125,8 +113,7 @@ class MtpBlock(nn.Module):
         allowed: torch.Tensor,
     ) -> torch.Tensor:
         x = residual + self.self_attn.o_proj(attend(query, keys, values, allowed))
-        mlp = self.mlp
-        return x + swiglu(self.post_attention_layernorm(x), mlp.gate_proj, mlp.up_proj, mlp.down_proj)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class SharedHead(nn.Module):
