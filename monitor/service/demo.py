@@ -12,7 +12,7 @@
    gate's decision, the deploy, and the zh alpha of the new head on traffic that arrived after it;
 6. SIGTERM (the daemon drains and exits 0), the intake summary, the HTML report's path.
 
-    specwatch demo                     # demo-size models: built once (~4 min on 2 cores), then ~2.5 min a run
+    specwatch demo                     # demo-size models: built once (~14 min on 2 busy cores), then ~4 min a run
     specwatch demo --models-size tiny  # tiny models: built in seconds; their small head often fails the gate
 """
 
