@@ -35,7 +35,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from decoder.drafts import draft_version
+from decoder.drafts import draft_version, read_manifest
+from decoder.errors import DraftFormatError
 from decoder.files import write_atomically
 from decoder.formats import detect_format
 
@@ -112,17 +113,12 @@ def draft_kind(draft_dir: Path) -> str:
     if engine_format is not None:
         return engine_format.kinds[0]
     data = _draft_config(draft_dir)
-    if data.get("format") == "specwatch-draft":
-        from decoder.drafts import read_manifest  # imported here: decoder pulls in torch
-        from decoder.errors import DraftFormatError
-
-        try:
-            return str(read_manifest(draft_dir).draft.kind)
-        except DraftFormatError as exc:
-            raise RegistryError(str(exc)) from None
-    if "model_type" in data:
-        return "draft_model"
-    raise RegistryError(f"{draft_dir / MANIFEST_FILE} is neither a specwatch draft nor a causal LM config")
+    if data.get("format") != "specwatch-draft":
+        raise RegistryError(f"{draft_dir / MANIFEST_FILE} is neither a specwatch draft nor a head format's config")
+    try:
+        return str(read_manifest(draft_dir).draft.kind)
+    except DraftFormatError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def registered_version(draft_dir: Path) -> str | None:

@@ -15,7 +15,6 @@ head, so a rollback finds it there).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import uuid
@@ -31,22 +30,13 @@ from retrain.registry import HeadManifest, HeadRegistry, RegistryError
 log = logging.getLogger(__name__)
 
 SPECWATCH_FORMAT = "specwatch"
-CAUSAL_LM_FORMAT = "causal-lm"
 
 
 def stored_format(draft_dir: Path) -> str:
     """The format a draft directory is in: an engine format's name, "causal-lm" for a plain causal LM
     directory (engines load it as a draft model), or "specwatch"."""
     engine_format = detect_format(draft_dir)
-    if engine_format is not None:
-        return engine_format.name
-    try:
-        config = json.loads((draft_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise RegistryError(f"{draft_dir} has no readable config.json") from None
-    if isinstance(config, dict) and config.get("format") != "specwatch-draft" and "model_type" in config:
-        return CAUSAL_LM_FORMAT
-    return SPECWATCH_FORMAT
+    return engine_format.name if engine_format is not None else SPECWATCH_FORMAT
 
 
 def engine_formats_for(kind: str) -> list[str]:
@@ -64,7 +54,7 @@ def serving_format(config: DeployConfig, registry: HeadRegistry, version: str) -
     ancestor: str | None = version
     while ancestor is not None:
         stored = stored_format(registry.draft_dir(ancestor))
-        if stored != SPECWATCH_FORMAT and (stored in engine_formats_for(kind) or stored == CAUSAL_LM_FORMAT):
+        if stored in engine_formats_for(kind):
             return stored
         ancestor = registry.get(ancestor).parent
     formats = engine_formats_for(kind)
@@ -75,10 +65,9 @@ def export_dir(registry: HeadRegistry, version: str, head_format: str) -> Path:
     return registry.root / "exports" / version / head_format
 
 
-def existing_served_head(config: DeployConfig, registry: HeadRegistry, version: str) -> ServedHead | None:
-    """The engine's copy when it exists already (stored so, or exported earlier); None otherwise."""
+def existing_served_head(registry: HeadRegistry, version: str, head_format: str) -> ServedHead | None:
+    """The engine's copy in `head_format` when it exists already (stored so, or exported earlier)."""
     head_dir = registry.draft_dir(version)
-    head_format = serving_format(config, registry, version)
     if head_format == SPECWATCH_FORMAT or stored_format(head_dir) == head_format:
         return ServedHead(version, head_dir, head_format, head_dir)
     exported = export_dir(registry, version, head_format)
@@ -90,10 +79,10 @@ def prepare_served_head(
 ) -> ServedHead:
     """The engine's copy of the head, exported first when it does not exist yet (written to a
     temporary name and renamed, so a crash leaves no half export). `target` is called only then."""
-    served = existing_served_head(config, registry, version)
+    head_format = serving_format(config, registry, version)
+    served = existing_served_head(registry, version, head_format)
     if served is not None:
         return served
-    head_format = serving_format(config, registry, version)
     final = export_dir(registry, version, head_format)
     staging = final.parent / f".{head_format}.{uuid.uuid4().hex}.tmp"
     try:

@@ -135,6 +135,35 @@ class SwiGLU(nn.Module):
         return swiglu(x, self.gate_proj, self.up_proj, self.down_proj)
 
 
+class Attention(nn.Module):
+    """Attention projections under the checkpoints' names."""
+
+    q_proj: nn.Module
+    k_proj: nn.Module
+    v_proj: nn.Module
+    o_proj: nn.Module
+
+
+class CheckpointLayer(nn.Module):
+    """A decoder layer under the checkpoints' names (`self_attn.o_proj`, `post_attention_layernorm`,
+    `mlp`): attention added to the residual stream, then the MLP, as the engines' layers finish."""
+
+    self_attn: Attention
+    post_attention_layernorm: nn.Module
+    mlp: nn.Module
+
+    def finish(
+        self,
+        residual: torch.Tensor,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        x = residual + self.self_attn.o_proj(attend(query, keys, values, allowed))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
 def rotated_projections(
     x: torch.Tensor,
     projections: tuple[nn.Module, nn.Module, nn.Module],

@@ -40,12 +40,13 @@ from torch import nn
 
 from decoder.drafts.base import DraftConfigBase, register_draft
 from decoder.drafts.chain import (
+    Attention,
     ChainHead,
     ChainLayerConfig,
+    CheckpointLayer,
     LayerInput,
     RMSNorm,
     SwiGLU,
-    attend,
     init_linear_weights,
     layer_sizes,
     rotated_projections,
@@ -100,7 +101,7 @@ def default_aux_layer_ids(num_layers: int) -> tuple[int, int, int]:
     return (0, 1, 1)
 
 
-class Eagle3Attention(nn.Module):
+class Eagle3Attention(Attention):
     def __init__(self, config: Eagle3Config) -> None:
         super().__init__()
         self.config = config
@@ -122,8 +123,10 @@ class Eagle3Attention(nn.Module):
         return rotated_projections(x, (self.q_proj, self.k_proj, self.v_proj), self.config, positions, norms)
 
 
-class Eagle3Layer(nn.Module):
+class Eagle3Layer(CheckpointLayer):
     """EAGLE-3's first decoder layer: q/k/v read the 2H concatenation (module docstring)."""
+
+    self_attn: Eagle3Attention
 
     def __init__(self, config: Eagle3Config) -> None:
         super().__init__()
@@ -145,17 +148,6 @@ class Eagle3Layer(nn.Module):
         self, attention_input: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.self_attn.project(attention_input, positions)
-
-    def finish(
-        self,
-        residual: torch.Tensor,
-        query: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        allowed: torch.Tensor,
-    ) -> torch.Tensor:
-        x = residual + self.self_attn.o_proj(attend(query, keys, values, allowed))
-        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 @register_draft

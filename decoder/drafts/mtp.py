@@ -31,12 +31,13 @@ from torch import nn
 
 from decoder.drafts.base import DraftConfigBase, register_draft
 from decoder.drafts.chain import (
+    Attention,
     ChainHead,
     ChainLayerConfig,
+    CheckpointLayer,
     LayerInput,
     RMSNorm,
     SwiGLU,
-    attend,
     init_linear_weights,
     layer_sizes,
     rotated_projections,
@@ -71,7 +72,7 @@ def mtp_config_for(model_config: Any, **overrides: Any) -> MtpConfig:
     return MtpConfig(**settings)
 
 
-class Attention(nn.Module):
+class MtpAttention(Attention):
     def __init__(self, config: MtpConfig) -> None:
         super().__init__()
         hidden, heads, kv_heads, dim = (
@@ -86,14 +87,14 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(heads * dim, hidden, bias=False)
 
 
-class MtpBlock(nn.Module):
+class MtpBlock(CheckpointLayer):
     """A Llama/Qwen2 decoder layer (the checkpoint's names), with attention over keys the caller assembles."""
 
     def __init__(self, config: MtpConfig) -> None:
         super().__init__()
         self.config = config
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config)
+        self.self_attn = MtpAttention(config)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
 
@@ -103,17 +104,6 @@ class MtpBlock(nn.Module):
         attention = self.self_attn
         projections = (attention.q_proj, attention.k_proj, attention.v_proj)
         return rotated_projections(self.input_layernorm(attention_input), projections, self.config, positions)
-
-    def finish(
-        self,
-        residual: torch.Tensor,
-        query: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
-        allowed: torch.Tensor,
-    ) -> torch.Tensor:
-        x = residual + self.self_attn.o_proj(attend(query, keys, values, allowed))
-        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class SharedHead(nn.Module):
