@@ -346,6 +346,11 @@ class IntakeConfig(Section):
         default=100, ge=1, description="IntakeErrorsHigh fires when more records than this were quarantined in an hour"
     )
     http: HttpIntakeConfig = Field(default_factory=HttpIntakeConfig)
+    live_counts: Literal["all", "sampled"] = Field(
+        default="all",
+        description="the engine's own per-request acceptance (a few numbers, no text) is stored for all records "
+        "that carry it, or only for those sampled for replay",
+    )
 
 
 class RetentionConfig(Section):
@@ -383,6 +388,11 @@ class ModelsConfig(Section):
 
 
 class ReplayConfig(Section):
+    enabled: bool = Field(
+        default=True,
+        description="replay sampled traffic through models.target + models.draft (shadow acceptance); false, or "
+        "no models configured, runs on the engines' own acceptance alone (GPU-free mode)",
+    )
     window: int = Field(default=4, ge=1, le=16, description="draft window k: tokens proposed per verify step")
     samples_per_round: int = Field(default=64, ge=1, le=100_000, description="samples a worker claims per round")
     batch_size: int = Field(default=16, ge=1, le=4096, description="samples per scored forward pass")
@@ -452,6 +462,16 @@ class DriftConfig(Section):
     reference_corpus: Path | None = Field(
         default=None, description="JSONL of the live head's training corpus; unset = samples before input_window"
     )
+    divergence_tolerance: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="ShadowLiveDivergence fires when the paired interval of live minus shadow alpha lies wholly "
+        "beyond this distance from zero",
+    )
+    divergence_min_pairs: int = Field(
+        default=30, ge=2, description="samples with both the engine's and the replay's counts a segment needs"
+    )
 
     def threshold_for(self, segment: str) -> tuple[float, str]:
         """The threshold that applies to `segment` and where it came from ("default" or the override key);
@@ -484,6 +504,11 @@ ALERT_RULES_DEFAULT: dict[str, tuple[str, str, str]] = {
     "DeployRolledBack": ("deploy_rolled_back", "critical", "a deployed head regressed and was rolled back"),
     "ReplayDeviceLost": ("device_lost", "critical", "the GPU is gone: replay runs on the CPU or is paused"),
     "IntakePaused": ("intake_paused", "critical", "a full disk paused intake: new traffic is not being stored"),
+    "ShadowLiveDivergence": (
+        "divergence",
+        "critical",
+        "the engine's own acceptance differs from the shadow replay of the registry's live head on the same requests",
+    ),
 }
 
 
@@ -703,6 +728,19 @@ class RetrainConfig(Section):
     watch: WatchConfig = Field(default_factory=WatchConfig)
 
 
+class EngineEndpointConfig(Section):
+    url: str = Field(
+        pattern=r"^https?://", description="the engine's Prometheus endpoint, e.g. http://127.0.0.1:8000/metrics"
+    )
+    kind: Literal["vllm"] = Field(
+        default="vllm",
+        description="whose counters: vllm (spec_decode_* counters). SGLang's spec gauges are per batch and cannot "
+        "be summed over a window, so they are not scraped",
+    )
+    interval_s: float = Field(default=30.0, ge=1.0, description="seconds between scrapes")
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="HTTP timeout of one scrape")
+
+
 class MetricsConfig(Section):
     enabled: bool = Field(default=True, description="serve Prometheus metrics at http://host:port/metrics")
     host: str = Field(default="127.0.0.1", description="bind address of the metrics endpoint")
@@ -755,6 +793,10 @@ class Config(Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    engines: dict[str, EngineEndpointConfig] = Field(
+        default_factory=dict,
+        description='serving engines whose spec-decode counters are scraped: [engines.NAME] with url = "http://HOST:8000/metrics"',
+    )
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
 
     @model_validator(mode="after")
@@ -783,6 +825,12 @@ class Config(Section):
             }
         )
         return self.model_copy(update={"storage": storage, "intake": intake, "models": models, "drift": drift})
+
+    @property
+    def replays(self) -> bool:
+        """Shadow replay runs: enabled, with a target and a draft to replay through. Otherwise specwatch runs
+        on the engines' own acceptance alone (GPU-free mode)."""
+        return self.replay.enabled and self.models.target is not None and self.models.draft is not None
 
     @property
     def heads_dir(self) -> Path:

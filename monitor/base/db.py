@@ -161,6 +161,10 @@ class IntakeCounter(Base):
     duplicates: Mapped[int] = mapped_column(BigInteger, default=0)
     sampled_out: Mapped[int] = mapped_column(BigInteger, default=0)
     quarantined: Mapped[int] = mapped_column(BigInteger, default=0)
+    live: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """records whose engine-reported acceptance was stored"""
+    live_refused: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    """records whose engine acceptance payload was present but refused (the sample itself was kept)"""
     updated_at: Mapped[datetime]
 
 
@@ -201,6 +205,67 @@ class ReplayResult(Base):
     """decoder.exchange.TokenSource: ids, completion_ids or text (None: replayed before it was recorded)"""
     retokenized_equal: Mapped[bool | None] = mapped_column(Boolean)
     """re-tokenizing the sample's text gave the logged ids; None without logged ids"""
+
+
+class LiveResult(Base):
+    """What the serving engine itself reported about one request's speculative decoding (its per-request
+    spec-decode stats, monitor.intake.engine_stats): the live head's real acceptance, free of any replay.
+
+    Stored for every parsed record that carries it, sampled out of replay or not (`intake.live_counts`),
+    keyed like samples; `sample_id` links it to the stored sample when there is one, so the two can be
+    paired with that sample's shadow replay. No text: counts, segment, language and the engine's labels."""
+
+    __tablename__ = "live_results"
+    __table_args__ = (Index("ix_live_results_segment_time", "segment", "occurred_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    sample_key: Mapped[str] = mapped_column(String(64), unique=True)
+    sample_id: Mapped[int | None] = mapped_column(Id, ForeignKey("samples.id", ondelete="SET NULL"), index=True)
+    received_at: Mapped[datetime]
+    occurred_at: Mapped[datetime] = mapped_column(index=True)
+    segment: Mapped[str] = mapped_column(String(255))
+    language: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str | None] = mapped_column(String(255))
+    engine: Mapped[str] = mapped_column(String(16))
+    """vllm | sglang | trtllm"""
+    method: Mapped[str | None] = mapped_column(String(32))
+    num_spec_tokens: Mapped[int | None] = mapped_column(Integer)
+    """the engine's window k, when it reported one"""
+    steps: Mapped[int] = mapped_column(Integer)
+    drafted: Mapped[int] = mapped_column(Integer)
+    accepted: Mapped[int] = mapped_column(Integer)
+    rejected: Mapped[int | None] = mapped_column(Integer)
+    rejected_basis: Mapped[str | None] = mapped_column(String(16))
+    """per_step: R exact (vLLM detailed); histogram: R estimated as S - hist[k]; None: R unknown"""
+    counts: Mapped[dict[str, Any]]
+    """EngineAcceptance.to_dict(): the histogram, per-position counts and per-step arrays as reported"""
+
+
+class EngineScrape(Base):
+    """One scrape of a serving engine's Prometheus counters (vLLM's spec_decode_*), as deltas since the
+    previous scrape of the same series (engine name, model_name, engine label); a counter that went
+    down restarted from zero, so its delta is its new value and `reset` says so."""
+
+    __tablename__ = "engine_scrapes"
+    __table_args__ = (Index("ix_engine_scrapes_series", "endpoint", "model_name", "engine_label", "scraped_at"),)
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(128))
+    """the [engines.NAME] key"""
+    model_name: Mapped[str] = mapped_column(String(255))
+    engine_label: Mapped[str] = mapped_column(String(64))
+    scraped_at: Mapped[datetime] = mapped_column(index=True)
+    totals: Mapped[dict[str, Any]]
+    """the counters' values as read: drafts, draft_tokens, accepted, accepted_per_position"""
+    drafts: Mapped[float] = mapped_column(Float)
+    """S since the previous scrape"""
+    draft_tokens: Mapped[float] = mapped_column(Float)
+    """D since the previous scrape"""
+    accepted: Mapped[float] = mapped_column(Float)
+    """A since the previous scrape"""
+    accepted_per_position: Mapped[list[Any]]
+    """per-position accepted counts since the previous scrape"""
+    reset: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ReplayClaim(Base):
