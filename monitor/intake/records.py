@@ -13,6 +13,17 @@ Two formats, auto-detected per record:
   "max_tokens" | "max_completion_tokens", ...}, "response": {"id", "created",
   "choices": [{"message": {"content"}, "finish_reason"}], "usage"}, "metadata"?}
 
+A streamed openai response is logged as the list of its chunks (`chat.completion.chunk` or completions
+chunks): the completion is the concatenation of choice 0's `delta.content` (or `text`), the finish
+reason the last one sent, id / created / model the first sent, completion token ids the concatenation
+of the chunks' (vLLM streams each chunk's new ids), prompt token ids the first sent.
+
+Either format may carry the serving engine's own per-request speculative-decoding stats (vLLM's
+`metrics.speculative_decoding`, SGLang's spec_* meta_info, TensorRT-LLM's per-choice
+`speculative_decoding`, or specwatch's top-level `engine_acceptance`; see monitor.intake.engine_stats):
+`engine_acceptance` holds them, `engine_acceptance_problem` says why a payload that was present was
+refused. A refused payload does not make the record unusable.
+
 A `prompt` (specwatch, or the completions API's `request.prompt`) is raw text the engine read as
 is: the record says so (`raw_prompt`), and replay encodes it without the chat template.
 
@@ -28,7 +39,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from monitor.intake.engine_stats import EngineAcceptance
 
 RecordFormat = Literal["auto", "specwatch", "openai"]
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
@@ -71,6 +85,10 @@ class TrafficRecord:
     """the prompt as the engine's tokenizer produced it (chat template applied), when logged"""
     completion_token_ids: list[int] | None = None
     """the generated tokens as the engine emitted them, when logged"""
+    engine_acceptance: EngineAcceptance | None = None
+    """the serving engine's own acceptance counts for this request, when the record carries them"""
+    engine_acceptance_problem: str | None = None
+    """why an engine payload that the record carries was refused (then `engine_acceptance` is None)"""
 
 
 def decode_line(raw: bytes, max_bytes: int) -> Any:
@@ -120,6 +138,7 @@ def _parse_specwatch(value: dict[str, Any]) -> TrafficRecord:
         raise RecordError("missing field: messages or prompt")
     if "completion" not in value:
         raise RecordError("missing field: completion")
+    acceptance, problem = _engine_payload(value, "specwatch")
     return TrafficRecord(
         raw_prompt="messages" not in value,
         finish_reason=finish_reason(value.get("finish_reason")),
@@ -134,6 +153,8 @@ def _parse_specwatch(value: dict[str, Any]) -> TrafficRecord:
         temperature=_temperature(value.get("temperature"), "temperature"),
         metadata=_metadata(value.get("metadata"), "metadata"),
         format="specwatch",
+        engine_acceptance=acceptance,
+        engine_acceptance_problem=problem,
     )
 
 
@@ -141,6 +162,9 @@ def _parse_openai(value: dict[str, Any]) -> TrafficRecord:
     request, response = value.get("request"), value.get("response")
     if not isinstance(request, dict):
         raise RecordError("request: missing or not an object")
+    choice_where = "response.choices[0]"
+    if isinstance(response, list):
+        response, choice_where = _assembled_stream(response), "response[*].choices[0]"
     if not isinstance(response, dict):
         raise RecordError("response: missing or not an object")
     if "messages" in request:
@@ -153,6 +177,7 @@ def _parse_openai(value: dict[str, Any]) -> TrafficRecord:
     if isinstance(request.get("user"), str) and "user" not in metadata:
         metadata["user"] = _text(request["user"], "request.user")
     first = _first_choice(response)
+    acceptance, problem = _engine_payload(value, "openai")
     return TrafficRecord(
         raw_prompt="messages" not in request,
         finish_reason=finish_reason(first.get("finish_reason")) or finish_reason(first.get("stop_reason")),
@@ -160,13 +185,15 @@ def _parse_openai(value: dict[str, Any]) -> TrafficRecord:
         prompt_token_ids=_first_ids([(first, "response.choices[0]"), (response, "response")], PROMPT_ID_FIELDS),
         completion_token_ids=_first_ids([(first, "response.choices[0]"), (response, "response")], COMPLETION_ID_FIELDS),
         messages=messages,
-        completion=_openai_completion(first),
+        completion=_openai_completion(first, choice_where),
         id=_optional_id(value.get("id", response.get("id")), "id"),
         timestamp=_timestamp(value.get("timestamp", response.get("created")), "timestamp"),
         model=_optional_str(request.get("model", response.get("model")), "request.model"),
         temperature=_temperature(request.get("temperature"), "request.temperature"),
         metadata=metadata,
         format="openai",
+        engine_acceptance=acceptance,
+        engine_acceptance_problem=problem,
     )
 
 
@@ -180,13 +207,114 @@ def _first_choice(response: dict[str, Any]) -> dict[str, Any]:
     return first
 
 
-def _openai_completion(first: dict[str, Any]) -> str:
-    if "message" in first:
-        message = first["message"]
-        if not isinstance(message, dict):
-            raise RecordError("response.choices[0].message: not an object")
-        return _completion(message.get("content"), "response.choices[0].message.content")
-    return _completion(first.get("text"), "response.choices[0].text")
+def _openai_completion(first: dict[str, Any], where: str) -> str:
+    for key in ("message", "delta"):
+        if key in first:
+            message = first[key]
+            if not isinstance(message, dict):
+                raise RecordError(f"{where}.{key}: not an object")
+            return _completion(message.get("content"), f"{where}.{key}.content")
+    return _completion(first.get("text"), f"{where}.text")
+
+
+def _engine_payload(value: dict[str, Any], fmt: RecordFormat) -> tuple[EngineAcceptance | None, str | None]:
+    """The engine's acceptance stats and no problem, or none and why the payload present was refused."""
+    from monitor.intake.engine_stats import EnginePayloadError, engine_acceptance  # it imports RecordError
+
+    try:
+        return engine_acceptance(value, fmt), None
+    except EnginePayloadError as exc:
+        return None, str(exc)
+
+
+def _assembled_stream(chunks: list[Any]) -> dict[str, Any]:
+    """A streamed response, logged as its chunks, -> the one response they stand for (choice 0 only)."""
+    if not chunks:
+        raise RecordError("response: an empty list of stream chunks")
+    stream = _Stream()
+    for index, chunk in enumerate(chunks):
+        if not isinstance(chunk, dict):
+            raise RecordError(f"response[{index}]: not an object")
+        stream.add(chunk, f"response[{index}]")
+    return stream.response()
+
+
+@dataclass
+class _Stream:
+    """What the chunks of one stream said so far about choice 0."""
+
+    header: dict[str, Any] = field(default_factory=dict)
+    """id, created, model, prompt_token_ids: the first value sent"""
+    choice: dict[str, Any] = field(default_factory=dict)
+    """finish_reason, stop_reason: the last value sent; prompt_token_ids: the first"""
+    texts: list[str] = field(default_factory=list)
+    chat: bool = False
+    completion_ids: dict[str, list[int]] = field(default_factory=dict)
+    seen_choice: bool = False
+
+    def add(self, chunk: dict[str, Any], where: str) -> None:
+        for key in ("id", "created", "model", *PROMPT_ID_FIELDS):
+            if self.header.get(key) is None and chunk.get(key) is not None:
+                self.header[key] = chunk[key]
+        found = _stream_choice(chunk, where)
+        if found is not None:
+            self._add_choice(*found)
+
+    def _add_choice(self, choice: dict[str, Any], where: str) -> None:
+        self.seen_choice = True
+        for key in ("finish_reason", "stop_reason"):
+            if choice.get(key) is not None:
+                self.choice[key] = choice[key]
+        for key in PROMPT_ID_FIELDS:
+            if self.choice.get(key) is None and choice.get(key) is not None:
+                self.choice[key] = choice[key]
+        self.chat = self.chat or "delta" in choice
+        text = _chunk_text(choice, where)
+        if text is not None:
+            self.texts.append(text)
+        self._add_ids(choice, where)
+
+    def _add_ids(self, choice: dict[str, Any], where: str) -> None:
+        for name in COMPLETION_ID_FIELDS:
+            if choice.get(name) is not None:
+                ids = token_ids(choice[name], f"{where}.{name}") or []
+                self.completion_ids.setdefault(name, []).extend(ids)
+                return
+
+    def response(self) -> dict[str, Any]:
+        if not self.seen_choice:
+            raise RecordError("response: no stream chunk carries choice 0")
+        content = "".join(self.texts) if self.texts else None
+        choice = {"delta": {"content": content}} if self.chat else {"text": content}
+        return {**self.header, "choices": [{**choice, **self.choice, **self.completion_ids}]}
+
+
+def _chunk_text(choice: dict[str, Any], where: str) -> str | None:
+    """The text one chunk's choice adds: `delta.content` (chat) or `text` (completions)."""
+    if "delta" not in choice:
+        return None if choice.get("text") is None else _text(choice["text"], f"{where}.text")
+    delta = choice["delta"]
+    if delta is None:
+        return None
+    if not isinstance(delta, dict):
+        raise RecordError(f"{where}.delta: not an object")
+    return None if delta.get("content") is None else _text(delta["content"], f"{where}.delta.content")
+
+
+def _stream_choice(chunk: dict[str, Any], where: str) -> tuple[dict[str, Any], str] | None:
+    """Choice 0 of one chunk: the choice whose index is 0 (or that has none); a stream interleaves the
+    choices of n > 1, and the last chunk may carry no choice (usage)."""
+    choices = chunk.get("choices")
+    if choices is None:
+        return None
+    if not isinstance(choices, list):
+        raise RecordError(f"{where}.choices: expected a list, got {type(choices).__name__}")
+    for index, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            raise RecordError(f"{where}.choices[{index}]: not an object")
+        if choice.get("index") in (0, None):
+            return choice, f"{where}.choices[{index}]"
+    return None
 
 
 def finish_reason(value: Any) -> str | None:
