@@ -39,7 +39,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -49,11 +48,8 @@ from decoder.exchange import Exchange, tokenize_exchange
 from decoder.metrics import draft_budget
 from monitor.base.config import Config, DriftConfig, GateConfig
 from monitor.base.stats import (
-    Interval,
     estimated_speedup,
-    expanded_levels,
-    percentile_interval,
-    resampled_sums,
+    paired_alpha_difference,
 )
 from retrain.gate_decision import GateDecision, LosslessResult, OverallResult, SegmentResult, SpeedupResult
 
@@ -187,33 +183,11 @@ def _score_both(
 # ---- overall gain -------------------------------------------------------------------------------
 
 
-def paired_gain_interval(
-    live: Sequence[AcceptCounts], candidate: Sequence[AcceptCounts], *, confidence: float, resamples: int, seed: int
-) -> Interval | None:
-    """Paired cluster-bootstrap interval of alpha(candidate) - alpha(live): each resample draws samples
-    with replacement and recomputes both ratio estimators on the same draw. None below 2 samples."""
-    if len(live) < 2:
-        return None
-    columns = np.array(
-        [
-            (old.accepted, old.accepted + old.rejected, new.accepted, new.accepted + new.rejected)
-            for old, new in zip(live, candidate, strict=True)
-        ],
-        dtype=np.float64,
-        order="F",
-    )
-    sums = resampled_sums(columns, resamples, np.random.default_rng(seed))
-    live_accepted, live_denominator, candidate_accepted, candidate_denominator = sums.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        gains = candidate_accepted / candidate_denominator - live_accepted / live_denominator
-    return percentile_interval(gains, expanded_levels(len(live), confidence))
-
-
 def _overall(scored: Sequence[_Scored], options: GateOptions, *, skipped: int) -> OverallResult:
     live_alpha = AcceptCounts.total(s.live for s in scored).alpha
     candidate_alpha = AcceptCounts.total(s.candidate for s in scored).alpha
     gain = None if live_alpha is None or candidate_alpha is None else candidate_alpha - live_alpha
-    interval = paired_gain_interval(
+    interval = paired_alpha_difference(
         [s.live for s in scored],
         [s.candidate for s in scored],
         confidence=options.gate.confidence,

@@ -25,8 +25,8 @@ from decoder import AcceptCounts, TargetModel, load_target
 from monitor.base.config import Config, window_length
 from monitor.base.db import HeadEvent, ReplayResult, utcnow
 from monitor.base.results import SCORED
+from monitor.base.stats import paired_alpha_difference
 from retrain.deploy import run_deploy_hook
-from retrain.gate import paired_gain_interval
 from retrain.pipeline import record_event
 from retrain.registry import HeadRegistry, RegistryError
 from retrain.serving import prepare_served_head
@@ -102,7 +102,7 @@ def watch_latest_deploy(config: Config, engine: Engine, now: datetime | None = N
     new_alpha = AcceptCounts.total(new_counts).alpha or 0.0
     old_alpha = AcceptCounts.total(old_counts).alpha or 0.0
     gain = new_alpha - old_alpha
-    interval = paired_gain_interval(
+    interval = paired_alpha_difference(
         old_counts, new_counts, confidence=config.retrain.gate.confidence, resamples=WATCH_RESAMPLES, seed=0
     )
     low, high = (interval.low, interval.high) if interval else (gain, gain)

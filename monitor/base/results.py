@@ -2,24 +2,27 @@
 
     results = load_results(engine, draft_version, since)    # scored results of one head, oldest first
     everything = load_scored(engine, since)                 # every head's scored results
+    live = load_live(engine, since)                         # the engines' own per-request counts
+    pairs = load_pairs(engine, draft_version, since)        # live and shadow counts of the same samples
     deploys(engine)                                         # each draft version and when it went live
     replay_backlog(engine, draft_version)                   # (pending samples, seconds the oldest waited)
 
 Replay stores results in two modes: SCORED (teacher-forced over the logged completion, every sample)
-and EXACT (the verify loop run for real, a share of them, with a measured speedup).
+and EXACT (the verify loop run for real, a share of them, with a measured speedup). Intake stores what
+the serving engine reported about each request (live_results): the live side of every statistic.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import Engine, exists, func, select
 from sqlalchemy.orm import Session
 
 from decoder.metrics import AcceptCounts
-from monitor.base.db import ReplayResult, Sample, as_utc, utcnow
-from monitor.base.stats import SampleResult
+from monitor.base.db import LiveResult, ReplayResult, Sample, as_utc, utcnow
+from monitor.base.stats import LIVE, SampleResult
 
 SCORED, EXACT = "scored", "exact"  # replay modes, as stored in replay_results.mode
 
@@ -121,3 +124,109 @@ def replay_backlog(
     if not pending or oldest is None:
         return 0, 0.0
     return int(pending), max(0.0, ((now or utcnow()) - as_utc(oldest)).total_seconds())
+
+
+HISTOGRAM_ESTIMATE, PER_STEP = "histogram", "per_step"  # live_results.rejected_basis
+
+
+def live_counts(row: LiveResult) -> AcceptCounts:
+    """An engine's report as verify-step counts. Engines do not report steps ended by an EOS (E = 0), so
+    tau is theirs, 1 + A / S. Only rows whose R is known (exact or estimated) are read as counts."""
+    counts = row.counts
+    return AcceptCounts(
+        accepted=float(row.accepted),
+        rejected=float(row.rejected if row.rejected is not None else 0),
+        drafted=float(row.drafted),
+        steps=float(row.steps),
+        accept_histogram=[float(x) for x in counts.get("accept_histogram") or []],
+        accepted_per_position=[float(x) for x in counts.get("accepted_per_position") or []],
+    )
+
+
+def live_result(row: LiveResult) -> SampleResult:
+    return SampleResult(
+        sample_id=row.sample_id if row.sample_id is not None else -row.id,
+        segment=row.segment,
+        occurred_at=row.occurred_at,
+        counts=live_counts(row),
+        completion_tokens=int(row.accepted + row.steps),
+        draft_version=LIVE,
+        rejected_estimated=row.rejected_basis == HISTOGRAM_ESTIMATE,
+    )
+
+
+def load_live(engine: Engine, since: datetime, until: datetime | None = None) -> list[SampleResult]:
+    """The engines' per-request counts for traffic in (since, until], oldest first; reports whose R is
+    unknown (no histogram or no window k) are left out: their alpha cannot be computed
+    (`live_without_alpha` counts them)."""
+    query = select(LiveResult).where(LiveResult.occurred_at > since, LiveResult.rejected.is_not(None))
+    if until is not None:
+        query = query.where(LiveResult.occurred_at <= until)
+    with Session(engine) as session:
+        rows = session.scalars(query.order_by(LiveResult.occurred_at, LiveResult.id))
+        return [live_result(row) for row in rows]
+
+
+def live_without_alpha(engine: Engine, since: datetime) -> int:
+    """Engine reports since `since` whose R is unknown, so they are in no live alpha."""
+    query = select(func.count()).where(LiveResult.occurred_at > since, LiveResult.rejected.is_(None))
+    with Session(engine) as session:
+        return int(session.scalar(query) or 0)
+
+
+@dataclass(frozen=True)
+class LiveShadowPair:
+    """One request measured twice: by the serving engine (live) and by replaying the registry's live head
+    on its logged completion (shadow). The shadow's R is counted the way the live one was: estimated as
+    S - hist[k] from its own histogram when the engine's is an estimate, so the two alphas compare like
+    for like."""
+
+    sample_id: int
+    segment: str
+    occurred_at: datetime
+    live: AcceptCounts
+    shadow: AcceptCounts
+    live_window: int | None
+    """the engine's k (num_spec_tokens), when it reported one"""
+    shadow_window: int
+    rejected_estimated: bool
+
+
+def shadow_like_live(shadow: AcceptCounts, rejected_basis: str | None, live_window: int | None) -> AcceptCounts:
+    """The shadow counts with R computed as the engine's was: exact, or S - hist[k] with the engine's k."""
+    if rejected_basis != HISTOGRAM_ESTIMATE or live_window is None:
+        return shadow
+    histogram = shadow.accept_histogram
+    full = histogram[live_window] if len(histogram) > live_window else 0.0
+    return replace(shadow, rejected=shadow.steps - full)
+
+
+def load_pairs(engine: Engine, draft_version: str, since: datetime) -> list[LiveShadowPair]:
+    """Samples since `since` with both the engine's counts (R known) and a scored replay of `draft_version`,
+    oldest first."""
+    query = (
+        select(LiveResult, ReplayResult.counts, ReplayResult.window)
+        .join(ReplayResult, ReplayResult.sample_id == LiveResult.sample_id)
+        .where(
+            ReplayResult.draft_version == draft_version,
+            ReplayResult.mode == SCORED,
+            ReplayResult.skipped.is_(None),
+            LiveResult.occurred_at > since,
+            LiveResult.rejected.is_not(None),
+        )
+        .order_by(LiveResult.occurred_at, LiveResult.id)
+    )
+    with Session(engine) as session:
+        return [
+            LiveShadowPair(
+                sample_id=int(row.sample_id or 0),
+                segment=row.segment,
+                occurred_at=row.occurred_at,
+                live=live_counts(row),
+                shadow=shadow_like_live(AcceptCounts.from_dict(counts), row.rejected_basis, row.num_spec_tokens),
+                live_window=row.num_spec_tokens,
+                shadow_window=window,
+                rejected_estimated=row.rejected_basis == HISTOGRAM_ESTIMATE,
+            )
+            for row, counts, window in session.execute(query)
+        ]

@@ -50,6 +50,8 @@ from decoder.metrics import AcceptCounts
 logger = logging.getLogger(__name__)
 
 ALL_SEGMENTS = "*"
+SHADOW, LIVE = "shadow", "live"
+"""where counts come from: specwatch's replay of the registry's live head, or the serving engine's own report"""
 _BOOTSTRAP_CHUNK = 2_000_000  # resampled indices held in memory at once
 
 
@@ -67,6 +69,8 @@ class SampleResult:
     """decoder.exchange.TokenSource; None for results stored before it was recorded"""
     retokenized_equal: bool | None = None
     """with logged ids: whether re-tokenizing the text gives the same ids"""
+    rejected_estimated: bool = False
+    """R is an estimate (an engine's histogram: S - hist[k]), not a count of steps"""
 
     @property
     def from_ids(self) -> bool:
@@ -106,6 +110,12 @@ class SegmentStats:
     """samples replayed from the engine's logged token ids"""
     retokenized_differs: int = 0
     """of those, samples whose text re-tokenizes to other ids: what a log without ids would have mismeasured"""
+    source: str = SHADOW
+    """SHADOW (specwatch's replay) or LIVE (the serving engine's own per-request report)"""
+    rejected_estimated: int = 0
+    """samples whose R is an estimate (S - hist[k]), so alpha is too: it reads low when drafts were shortened"""
+    paired: int = 0
+    """samples of the group and window that have both live and shadow counts"""
 
     @property
     def from_ids_share(self) -> float | None:
@@ -131,6 +141,9 @@ class SegmentStats:
             "from_ids": self.from_ids,
             "from_ids_share": self.from_ids_share,
             "retokenized_differs": self.retokenized_differs,
+            "source": self.source,
+            "rejected_estimated": self.rejected_estimated,
+            "paired": self.paired,
         }
 
 
@@ -188,6 +201,29 @@ def bootstrap_intervals(
     return percentile_interval(alphas, levels), percentile_interval(taus, levels)
 
 
+def paired_alpha_difference(
+    first: Sequence[AcceptCounts], second: Sequence[AcceptCounts], *, confidence: float, resamples: int, seed: int
+) -> Interval | None:
+    """Paired cluster-bootstrap interval of alpha(second) - alpha(first), the two lists holding the same
+    samples in the same order: each resample draws samples with replacement and recomputes both ratio
+    estimators on the same draw. None below 2 samples."""
+    if len(first) < 2:
+        return None
+    columns = np.array(
+        [
+            (one.accepted, one.accepted + one.rejected, two.accepted, two.accepted + two.rejected)
+            for one, two in zip(first, second, strict=True)
+        ],
+        dtype=np.float64,
+        order="F",
+    )
+    sums = resampled_sums(columns, resamples, np.random.default_rng(seed))
+    first_accepted, first_denominator, second_accepted, second_denominator = sums.T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        differences = second_accepted / second_denominator - first_accepted / first_denominator
+    return percentile_interval(differences, expanded_levels(len(first), confidence))
+
+
 def _stats_for(
     segment: str,
     window: str,
@@ -200,6 +236,7 @@ def _stats_for(
     confidence: float,
     resamples: int,
     seed: int,
+    source: str,
 ) -> SegmentStats:
     counts = [result.counts for result in results]
     total = AcceptCounts.total(counts)
@@ -222,6 +259,8 @@ def _stats_for(
         confidence=confidence,
         from_ids=sum(result.from_ids for result in results),
         retokenized_differs=sum(result.retokenized_equal is False for result in results),
+        source=source,
+        rejected_estimated=sum(result.rejected_estimated for result in results),
     )
 
 
@@ -252,6 +291,7 @@ def segment_stats(
     confidence: float = 0.95,
     resamples: int = 1000,
     seed: int = 0,
+    source: str = SHADOW,
 ) -> list[SegmentStats]:
     """One SegmentStats per (segment, window) with a sample in (now - window, now], plus "*" for all traffic.
 
@@ -279,6 +319,7 @@ def segment_stats(
                     confidence=confidence,
                     resamples=resamples,
                     seed=seed,
+                    source=source,
                 )
             )
         logger.debug("window %s: %d samples in %d segments", window, len(inside), max(len(groups) - 1, 0))

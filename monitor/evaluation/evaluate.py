@@ -1,9 +1,11 @@
-"""Evaluation: replay results -> per-segment statistics -> drift findings, stored with evidence.
+"""Evaluation: replay results and the engines' own counts -> per-segment statistics -> findings.
 
-results of the live draft version (scored mode)
-  -> segment_stats over the configured windows (bootstrap intervals over samples)
-  -> threshold findings (alpha confidently below 0.65), change findings (Page-Hinkley drop
-     from the segment's baseline), input drift (evidently, recent samples vs the reference)
+shadow: results of the live draft version (scored mode); live: the engines' per-request reports
+  -> segment_stats of each over the configured windows (bootstrap intervals over samples), side by side
+  -> threshold findings (alpha confidently below 0.65), change findings (Page-Hinkley drop from the
+     segment's baseline) on the primary source: shadow while replay runs, else live (GPU-free mode)
+  -> divergence findings on the samples with both (live - shadow alpha beyond a tolerance)
+  -> input drift (evidently, recent samples vs the reference)
   + health findings (replay stalled, intake errors)
   -> stored in `findings` and handed to `deliver_findings`, the one door to alerting (alerts/).
 """
@@ -14,8 +16,8 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,18 @@ from alerts.lifecycle import raise_findings
 from decoder import AcceptCounts
 from monitor.base.config import Config, window_length
 from monitor.base.db import Sample, StoredFinding, utcnow
-from monitor.base.results import load_results, measured_cost_ratio
-from monitor.base.stats import ALL_SEGMENTS, SampleResult, SegmentStats, alpha_series, segment_stats
+from monitor.base.results import LiveShadowPair, load_live, load_pairs, load_results, measured_cost_ratio
+from monitor.base.stats import (
+    ALL_SEGMENTS,
+    LIVE,
+    SHADOW,
+    SampleResult,
+    SegmentStats,
+    alpha_series,
+    segment_stats,
+)
+from monitor.evaluation.divergence import DETECTOR as DIVERGENCE
+from monitor.evaluation.divergence import divergence_findings
 from monitor.evaluation.drift import (
     INPUT_DRIFT_REPORT,
     REPORT_STAMP,
@@ -49,8 +61,14 @@ class Evaluation:
     at: datetime
     draft_version: str
     stats: list[SegmentStats]
+    """shadow and live statistics side by side (`SegmentStats.source`)"""
     findings: list[Finding]
     cost_ratio: float | None
+    primary: str = SHADOW
+    """the source threshold and change findings read: SHADOW while replay runs, else LIVE"""
+
+    def stats_of(self, source: str) -> list[SegmentStats]:
+        return [item for item in self.stats if item.source == source]
 
 
 def baselines(results: Sequence[SampleResult], recent_since: datetime, min_samples: int) -> dict[str, float]:
@@ -160,29 +178,85 @@ def detect_input_drift(config: Config, engine: Engine, now: datetime) -> tuple[l
 
 
 def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime | None = None) -> Evaluation:
+    """Statistics and findings now. `draft_version` names the registry's live head: the one replay measures
+    (shadow) and the one findings are filed under. Threshold and change findings read the shadow results
+    while replay runs or has results in the lookback, else the engines' own counts (GPU-free mode:
+    `Config.replays` false and nothing replayed)."""
     now = now or utcnow()
     windows = {name: window_length(name) for name in config.stats.windows}
     change_span = window_length(config.drift.change_window)
     lookback = max([*windows.values(), change_span * 2])
-    results = load_results(engine, draft_version, now - lookback)
+    replayed = config.replay.enabled
+    shadow = load_results(engine, draft_version, now - lookback) if replayed else []
+    live = load_live(engine, now - lookback)
+    pairs = load_pairs(engine, draft_version, now - max(windows.values())) if replayed else []
     cost_ratio = config.stats.cost_ratio
-    if cost_ratio is None:
+    if cost_ratio is None and replayed:
         cost_ratio = measured_cost_ratio(engine, draft_version, config.replay.window)
-    stats = segment_stats(
-        results,
+    stats = side_by_side(config, shadow, live, pairs, windows, now, cost_ratio)
+    primary, results = (SHADOW, shadow) if shadow or config.replays else (LIVE, live)
+    findings = threshold_findings([item for item in stats if item.source == primary], config.drift)
+    findings += segment_change_findings(config, results, now - change_span)
+    drift = config.drift
+    findings += divergence_findings(
+        pairs,
         windows,
         now,
-        window_k=config.replay.window,
-        cost_ratio=cost_ratio,
+        tolerance=drift.divergence_tolerance,
+        min_pairs=drift.divergence_min_pairs,
         confidence=config.stats.confidence,
         resamples=config.stats.resamples,
     )
+    input_drift, input_checked = detect_input_drift(config, engine, now)
+    findings += input_drift
+    findings += health_findings(config, engine, draft_version, now)
+    evaluation = Evaluation(now, draft_version, stats, findings, cost_ratio, primary)
+    store_findings(engine, evaluation)
+    evaluated = {"threshold", "change", DIVERGENCE, *HEALTH_DETECTORS, *(["input_drift"] if input_checked else [])}
+    deliver_findings(config, engine, evaluation.findings, evaluated, now)
+    return evaluation
+
+
+def side_by_side(
+    config: Config,
+    shadow: Sequence[SampleResult],
+    live: Sequence[SampleResult],
+    pairs: Sequence[LiveShadowPair],
+    windows: dict[str, timedelta],
+    now: datetime,
+    cost_ratio: float | None,
+) -> list[SegmentStats]:
+    """Shadow then live statistics per (group, window), each carrying how many of its samples have both."""
+    k, confidence, resamples = config.replay.window, config.stats.confidence, config.stats.resamples
+    stats = segment_stats(
+        shadow, windows, now, window_k=k, cost_ratio=cost_ratio, confidence=confidence, resamples=resamples
+    )
+    stats += segment_stats(
+        live, windows, now, window_k=k, cost_ratio=None, confidence=confidence, resamples=resamples, source=LIVE
+    )
+    paired = paired_counts(pairs, windows, now)
+    return [replace(item, paired=paired.get((item.segment, item.window), 0)) for item in stats]
+
+
+def paired_counts(
+    pairs: Sequence[LiveShadowPair], windows: dict[str, timedelta], now: datetime
+) -> dict[tuple[str, str], int]:
+    """(group, window) -> samples with both live and shadow counts."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for window, length in windows.items():
+        for pair in pairs:
+            if now - length < pair.occurred_at <= now:
+                counts[(pair.segment, window)] += 1
+                counts[(ALL_SEGMENTS, window)] += 1
+    return counts
+
+
+def segment_change_findings(config: Config, results: Sequence[SampleResult], recent_since: datetime) -> list[Finding]:
+    """Page-Hinkley drops of per-sample alpha since `recent_since`, per segment and for all traffic."""
     drift = config.drift
-    findings = threshold_findings(stats, drift)
-    recent_since = now - change_span
     recent = [r for r in results if r.occurred_at > recent_since]
     series = {segment: alpha_series(recent, segment) for segment in {r.segment for r in recent} | {ALL_SEGMENTS}}
-    findings += change_findings(
+    return change_findings(
         series,
         baselines(results, recent_since, drift.min_samples),
         delta=drift.change_delta,
@@ -190,14 +264,6 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
         min_samples=drift.min_samples,
         window=drift.change_window,
     )
-    input_drift, input_checked = detect_input_drift(config, engine, now)
-    findings += input_drift
-    findings += health_findings(config, engine, draft_version, now)
-    evaluation = Evaluation(now, draft_version, stats, findings, cost_ratio)
-    store_findings(engine, evaluation)
-    evaluated = {"threshold", "change", *HEALTH_DETECTORS, *(["input_drift"] if input_checked else [])}
-    deliver_findings(config, engine, evaluation.findings, evaluated, now)
-    return evaluation
 
 
 def store_findings(engine: Engine, evaluation: Evaluation) -> None:

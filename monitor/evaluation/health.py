@@ -93,7 +93,7 @@ def deploy_rolled_back(engine: Engine, now: datetime) -> Finding | None:
 
 def health_findings(config: Config, engine: Engine, draft_version: str, now: datetime) -> list[Finding]:
     found = [
-        replay_stalled(engine, draft_version, config.replay.stall_after_s, now),
+        replay_stalled(engine, draft_version, config.replay.stall_after_s, now) if config.replays else None,
         intake_errors(engine, config.intake.quarantined_per_hour_alert, now),
         retrain_failed(engine),
         deploy_rolled_back(engine, now),

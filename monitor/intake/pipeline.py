@@ -1,7 +1,12 @@
 """The intake pipeline: raw records in, redacted samples and quarantined records out.
 
     decode -> parse -> key -> language -> segment -> rate -> redact -> (one transaction:
-    dedupe -> hourly cap -> insert samples + quarantine + counters + file cursor)
+    dedupe -> hourly cap -> insert samples + the engine's own counts + quarantine + counters + file cursor)
+
+The engine's per-request acceptance (monitor.intake.engine_stats), when a record carries it, is stored in
+live_results for every record (`intake.live_counts = "all"`: a few numbers and labels, no text) or only
+for sampled ones, linked to the stored sample when there is one. A payload that is present but wrong is
+refused with its reason in the quarantine (counted as `live_refused`); the sample itself is still kept.
 
 Everything a batch changes, the file cursor included, commits in one transaction, so a
 crash at any moment neither loses nor doubles a record.
@@ -34,7 +39,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from monitor.base.config import Config, Secret
-from monitor.base.db import IntakeCounter, IntakeCursor, QuarantinedRecord, Sample, SamplingBucket, utcnow
+from monitor.base.db import (
+    IntakeCounter,
+    IntakeCursor,
+    LiveResult,
+    QuarantinedRecord,
+    Sample,
+    SamplingBucket,
+    utcnow,
+)
 from monitor.base.failures import is_permanent_database_error
 from monitor.intake.language import LANGUAGES, detect_language
 from monitor.intake.records import RecordError, TrafficRecord, decode_line, parse_record
@@ -104,12 +117,18 @@ class IngestReport:
     duplicates: int = 0
     sampled_out: int = 0
     quarantined: int = 0
+    live: int = 0
+    """engine-reported acceptance counts stored"""
+    live_refused: int = 0
+    """engine payloads present but refused (their records' samples were kept)"""
     problems: list[tuple[str, str]] = field(default_factory=list)
 
     def describe(self) -> str:
+        live = f", {self.live} engine acceptance reports" if self.live else ""
+        refused = f" ({self.live_refused} refused)" if self.live_refused else ""
         return (
             f"{self.records} records: {self.stored} stored, {self.duplicates} duplicates, "
-            f"{self.sampled_out} sampled out, {self.quarantined} quarantined"
+            f"{self.sampled_out} sampled out, {self.quarantined} quarantined{live}{refused}"
         )
 
     def add(self, other: IngestReport) -> None:
@@ -118,7 +137,17 @@ class IngestReport:
         self.duplicates += other.duplicates
         self.sampled_out += other.sampled_out
         self.quarantined += other.quarantined
+        self.live += other.live
+        self.live_refused += other.live_refused
         self.problems.extend(other.problems)
+
+
+@dataclass(frozen=True)
+class Live:
+    """The engine's own counts of one record, ready for live_results, or why its payload was refused."""
+
+    row: dict[str, Any] | None
+    refused: Rejected | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +157,7 @@ class Candidate:
     row: dict[str, Any]
     hourly_cap: int
     record: RawRecord
+    live: Live | None = None
 
     @property
     def bucket(self) -> Bucket:
@@ -141,6 +171,13 @@ class Rejected:
     raw: bytes
 
 
+@dataclass(frozen=True)
+class SampledOut:
+    """A record the rate left out of replay; its engine counts may still be kept."""
+
+    live: Live | None
+
+
 @dataclass
 class Prepared:
     """A batch after reading, checking and sampling: what to store and what to quarantine."""
@@ -148,6 +185,8 @@ class Prepared:
     candidates: list[Candidate] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     sampled_out: int = 0
+    live: list[Live] = field(default_factory=list)
+    """engine counts of records left out of replay (by the rate or the hourly cap)"""
 
 
 def resolve_salt(config: Config) -> Secret:
@@ -207,13 +246,15 @@ class IntakePipeline:
             outcome = self._prepare(raw, source, received_at)
             if isinstance(outcome, Rejected):
                 prepared.rejected.append(outcome)
-            elif outcome is None:
+            elif isinstance(outcome, SampledOut):
                 prepared.sampled_out += 1
+                if outcome.live is not None:
+                    prepared.live.append(outcome.live)
             else:
                 prepared.candidates.append(outcome)
         return prepared
 
-    def _prepare(self, raw: RawRecord, source: str, received_at: datetime) -> Candidate | Rejected | None:
+    def _prepare(self, raw: RawRecord, source: str, received_at: datetime) -> Candidate | Rejected | SampledOut:
         """One record; whatever goes wrong with it quarantines this record, never the batch."""
         try:
             return self._prepare_record(raw, source, received_at)
@@ -224,7 +265,7 @@ class IntakePipeline:
             log.error("%s %s: %s; record quarantined", source, raw.position, reason)
             return Rejected(raw.position, reason, raw_bytes(raw))
 
-    def _prepare_record(self, raw: RawRecord, source: str, received_at: datetime) -> Candidate | None:
+    def _prepare_record(self, raw: RawRecord, source: str, received_at: datetime) -> Candidate | SampledOut:
         limit = self.intake.max_record_bytes
         if raw.data is not None:
             value = decode_line(raw.data, limit)
@@ -239,11 +280,43 @@ class IntakePipeline:
         segment = segment_for(self._segment_values(record.metadata), language, self.intake.segment_keys)
         check_fits({"segment": segment})
         rate, hourly_cap = self.intake.sampling.rule_for(segment)
+        live = self._live(raw, record, key, segment, language, received_at)
         if not passes_rate(key, rate):
-            return None
+            return SampledOut(live if self.intake.live_counts == "all" else None)
         row = self._row(record, key, segment, language, source, received_at)
         check_fits(row)
-        return Candidate(row, hourly_cap, raw)
+        return Candidate(row, hourly_cap, raw, live)
+
+    def _live(
+        self, raw: RawRecord, record: TrafficRecord, key: str, segment: str, language: str, received_at: datetime
+    ) -> Live | None:
+        """The record's engine counts as a live_results row (the sample id is filled in at commit)."""
+        if record.engine_acceptance_problem is not None:
+            reason = f"engine_acceptance refused, the sample itself kept: {record.engine_acceptance_problem}"
+            return Live(None, Rejected(f"{raw.position} (engine_acceptance)", reason, raw_bytes(raw)))
+        acceptance = record.engine_acceptance
+        if acceptance is None:
+            return None
+        model = storable(self.redactor.redact(record.model).text, 255) if record.model is not None else None
+        row = {
+            "sample_key": key,
+            "sample_id": None,
+            "received_at": received_at,
+            "occurred_at": record.timestamp or received_at,
+            "segment": segment,
+            "language": language,
+            "model": model,
+            "engine": acceptance.engine,
+            "method": acceptance.method,
+            "num_spec_tokens": acceptance.num_spec_tokens,
+            "steps": acceptance.steps,
+            "drafted": acceptance.drafted,
+            "accepted": acceptance.accepted,
+            "rejected": acceptance.rejected,
+            "rejected_basis": acceptance.rejected_basis,
+            "counts": acceptance.to_dict(),
+        }
+        return Live(row)
 
     def _language(self, record: TrafficRecord) -> str:
         """The record's `language` when it is one of our labels (any case), else the detected one."""
@@ -314,7 +387,9 @@ class IntakePipeline:
         """One transaction: samples, quarantine, counters and the file cursor, all or nothing."""
         report = IngestReport(records=records, sampled_out=prepared.sampled_out)
         with Session(self.engine) as session, session.begin():
-            self._store(session, prepared.candidates, report)
+            stored_live = self._store(session, prepared.candidates, report)
+            self._store_live(session, [*prepared.live, *stored_live], report)
+            self._refuse_live(session, source, [*prepared.live, *stored_live], received_at, report)
             self._quarantine(session, source, prepared.rejected, received_at, report)
             self._count(session, source, report, received_at)
             if cursor is not None:
@@ -327,7 +402,7 @@ class IntakePipeline:
         """After the database refused a whole batch: each sample in its own transaction, a refused one
         quarantined, the cursor last. A crash in between can quarantine or count a record twice on
         the re-read (a stored sample is still stored once)."""
-        head = Prepared(rejected=prepared.rejected, sampled_out=prepared.sampled_out)
+        head = Prepared(rejected=prepared.rejected, sampled_out=prepared.sampled_out, live=prepared.live)
         report = self._commit_or_refuse(source, head, records, received_at, None)
         for candidate in prepared.candidates:
             try:
@@ -351,28 +426,67 @@ class IntakePipeline:
                 raise IntakeRefused(f"the database refused the batch ({_error_name(error)})") from error
             raise
 
-    def _store(self, session: Session, candidates: list[Candidate], report: IngestReport) -> None:
+    def _store(self, session: Session, candidates: list[Candidate], report: IngestReport) -> list[Live]:
+        """Inserts the samples; returns the engine counts of every candidate (stored, duplicate or over the
+        hourly cap) that are to be kept, each linked to its stored sample."""
         if not candidates:
-            return
+            return []
         existing = self._existing_keys(session, [candidate.row["sample_key"] for candidate in candidates])
         cap = HourlyCap(self._kept_so_far(session, {candidate.bucket for candidate in candidates}))
-        rows = []
+        rows, live = [], []
         for candidate in candidates:
             key = candidate.row["sample_key"]
             if key in existing:
                 report.duplicates += 1
+                live.append(candidate.live)
                 continue
             existing.add(key)
             if not cap.admit(candidate.row["segment"], candidate.row["occurred_at"], candidate.hourly_cap):
                 report.sampled_out += 1
+                live.append(candidate.live if self.intake.live_counts == "all" else None)
                 continue
             rows.append(candidate.row)
+            live.append(candidate.live)
         statement = self._insert(Sample).on_conflict_do_nothing(index_elements=["sample_key"])
+        sample_ids: dict[str, int] = {}
         for chunk in chunks(rows, ROWS_PER_INSERT):
-            stored = len(session.execute(statement.returning(Sample.sample_key), chunk).all())
-            report.stored += stored
-            report.duplicates += len(chunk) - stored
+            stored = session.execute(statement.returning(Sample.sample_key, Sample.id), chunk).all()
+            sample_ids.update({key: sample_id for key, sample_id in stored})
+            report.stored += len(stored)
+            report.duplicates += len(chunk) - len(stored)
         self._count_buckets(session, cap)
+        kept = [item for item in live if item is not None]
+        self._link_samples(session, kept, sample_ids)
+        return kept
+
+    def _link_samples(self, session: Session, live: list[Live], sample_ids: dict[str, int]) -> None:
+        """Fills each live row's sample id: the sample just stored, or the one stored before with its key."""
+        missing = [item.row["sample_key"] for item in live if item.row and item.row["sample_key"] not in sample_ids]
+        for chunk in chunks(missing, PARAMETERS_PER_STATEMENT):
+            found = session.execute(select(Sample.sample_key, Sample.id).where(Sample.sample_key.in_(chunk)))
+            sample_ids.update({key: sample_id for key, sample_id in found})
+        for item in live:
+            if item.row is not None:
+                item.row["sample_id"] = sample_ids.get(item.row["sample_key"])
+
+    def _store_live(self, session: Session, live: list[Live], report: IngestReport) -> None:
+        """The engine's counts, once per record key (a record sent again adds nothing)."""
+        rows = [item.row for item in live if item.row is not None]
+        statement = self._insert(LiveResult).on_conflict_do_nothing(index_elements=["sample_key"])
+        for chunk in chunks(rows, ROWS_PER_INSERT):
+            report.live += len(session.execute(statement.returning(LiveResult.id), chunk).all())
+
+    def _refuse_live(
+        self, session: Session, source: str, live: list[Live], received_at: datetime, report: IngestReport
+    ) -> None:
+        refused = [item.refused for item in live if item.refused is not None]
+        self._add_quarantined(session, source, refused, received_at)
+        report.live_refused += len(refused)
+        report.problems.extend((item.position, item.reason) for item in refused)
+        if refused:
+            log.warning(
+                "%s: refused %d engine acceptance payload(s), first: %s", source, len(refused), refused[0].reason
+            )
 
     def _existing_keys(self, session: Session, keys: list[str]) -> set[str]:
         existing: set[str] = set()
@@ -410,6 +524,13 @@ class IntakePipeline:
         received_at: datetime,
         report: IngestReport,
     ) -> None:
+        self._add_quarantined(session, source, rejected, received_at)
+        report.quarantined += len(rejected)
+        report.problems.extend((item.position, item.reason) for item in rejected)
+        if rejected:
+            log.warning("%s: quarantined %d record(s), first: %s", source, len(rejected), rejected[0].reason)
+
+    def _add_quarantined(self, session: Session, source: str, rejected: list[Rejected], received_at: datetime) -> None:
         for item in rejected:
             session.add(
                 QuarantinedRecord(
@@ -422,10 +543,6 @@ class IntakePipeline:
                     excerpt=self._excerpt(item.raw),
                 )
             )
-            report.quarantined += 1
-            report.problems.append((item.position, item.reason))
-        if rejected:
-            log.warning("%s: quarantined %d record(s), first: %s", source, len(rejected), rejected[0].reason)
 
     def _excerpt(self, raw: bytes) -> str:
         """The record's start, redacted; JSON escapes (\\u0040) are read first, so PII spelt with
@@ -441,6 +558,8 @@ class IntakePipeline:
             "duplicates": report.duplicates,
             "sampled_out": report.sampled_out,
             "quarantined": report.quarantined,
+            "live": report.live,
+            "live_refused": report.live_refused,
         }
         statement = self._insert(IntakeCounter).values(source=source, updated_at=now, **totals)
         increments: dict[str, Any] = {name: getattr(IntakeCounter, name) + value for name, value in totals.items()}

@@ -19,8 +19,9 @@ import torch
 from decoder import AcceptCounts, Draft, TargetModel, create_draft, load_draft
 from decoder.exchange import Exchange
 from monitor.base.config import DriftConfig, GateConfig
+from monitor.base.stats import paired_alpha_difference
 from monitor.service.demo_traffic import served, traffic
-from retrain.gate import GateOptions, draft_cost_ratio, paired_gain_interval, run_gate
+from retrain.gate import GateOptions, draft_cost_ratio, run_gate
 from retrain.gate_decision import GateDecision, LosslessResult, OverallResult, SegmentResult
 from retrain.pipeline import JobOutcome
 from tests.retrain.stored_decision import STORED_BEFORE_TYPING
@@ -163,11 +164,11 @@ def test_an_empty_holdout_is_refused_without_scoring(target: TargetModel, traine
 def test_the_paired_interval_cancels_what_both_heads_share() -> None:
     live = [AcceptCounts(accepted=a, rejected=r) for a, r in [(1, 3), (9, 1), (4, 4), (2, 2), (7, 1)]]
     shifted = [AcceptCounts(accepted=c.accepted + 1, rejected=c.rejected) for c in live]
-    same = paired_gain_interval(live, live, confidence=0.95, resamples=200, seed=0)
+    same = paired_alpha_difference(live, live, confidence=0.95, resamples=200, seed=0)
     assert same is not None and same.low == same.high == 0.0
-    gain = paired_gain_interval(live, shifted, confidence=0.95, resamples=200, seed=0)
+    gain = paired_alpha_difference(live, shifted, confidence=0.95, resamples=200, seed=0)
     assert gain is not None and 0 < gain.low <= gain.high
-    assert paired_gain_interval(live[:1], shifted[:1], confidence=0.95, resamples=200, seed=0) is None
+    assert paired_alpha_difference(live[:1], shifted[:1], confidence=0.95, resamples=200, seed=0) is None
 
 
 def test_a_decision_stored_before_typing_loads_and_stores_the_same_shape() -> None:

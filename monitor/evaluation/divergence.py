@@ -1,0 +1,154 @@
+"""Live/shadow divergence: does the serving engine accept what a replay of the registry's live head predicts?
+
+    findings = divergence_findings(pairs, windows, now, tolerance=0.05, min_pairs=30)
+
+On the samples that carry both the engine's own per-request counts (live) and a shadow replay of the
+live head on the same completion, the paired cluster-bootstrap interval of alpha(live) - alpha(shadow)
+(`monitor.base.stats.paired_alpha_difference`) is computed per segment and for all traffic ("*"), for
+each window. When the whole interval lies more than `tolerance` away from zero, the two measurements
+disagree beyond noise and a `divergence` finding (alert ShadowLiveDivergence) names the group, the
+positions where they differ most, the segments that diverge on their own, and an onset: the pair after
+which the excess difference started to accumulate (the lowest point of the cumulative sum of
+sign * d_i - tolerance over per-sample differences d_i, as in a Page-Hinkley test).
+
+Neither side alone sees this: after a sleep/wake that did not reload the draft weights (vLLM #52479) the
+engine rejects nearly every draft while the replay of the registry's head stays healthy.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from decoder import AcceptCounts
+from monitor.base.results import LiveShadowPair
+from monitor.base.stats import ALL_SEGMENTS, Interval, paired_alpha_difference
+from monitor.evaluation.drift import CRITICAL, Finding
+
+DETECTOR = "divergence"
+CAUSES = (
+    "the engine serves another head than the registry's live one (the deploy not reloaded yet, a reverted "
+    "rollout, draft weights lost on sleep/wake)",
+    "the engine samples differently from replay (temperature, top-p) or runs another window k",
+    "a tokenizer or chat-template mismatch between the engine and replay",
+)
+POSITIONS_SHOWN = 3
+
+
+def divergence_findings(
+    pairs: Sequence[LiveShadowPair],
+    windows: Mapping[str, timedelta],
+    now: datetime,
+    *,
+    tolerance: float,
+    min_pairs: int,
+    confidence: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> list[Finding]:
+    """One finding per (group, window) whose paired interval of live - shadow alpha excludes [-tolerance,
+    tolerance], on at least `min_pairs` pairs."""
+    findings: list[Finding] = []
+    for window, length in windows.items():
+        inside = [pair for pair in pairs if now - length < pair.occurred_at <= now]
+        groups = _groups(inside)
+        diverging: dict[str, float] = {}
+        found: dict[str, Finding] = {}
+        for group in sorted(groups, key=lambda name: (name != ALL_SEGMENTS, name)):
+            members = groups[group]
+            if len(members) < min_pairs:
+                continue
+            shadow = [pair.shadow for pair in members]
+            live = [pair.live for pair in members]
+            interval = paired_alpha_difference(shadow, live, confidence=confidence, resamples=resamples, seed=seed)
+            if interval is None or not (interval.low > tolerance or interval.high < -tolerance):
+                continue  # the interval reaches into the tolerated band
+            finding = _finding(group, window, members, interval, tolerance, confidence)
+            found[group] = finding
+            if group != ALL_SEGMENTS:
+                diverging[group] = finding.evidence["difference"]
+        if ALL_SEGMENTS in found:
+            found[ALL_SEGMENTS].evidence["segments"] = dict(sorted(diverging.items()))
+        findings.extend(found.values())
+    return findings
+
+
+def _groups(pairs: Sequence[LiveShadowPair]) -> dict[str, list[LiveShadowPair]]:
+    groups: dict[str, list[LiveShadowPair]] = defaultdict(list)
+    for pair in pairs:
+        groups[pair.segment].append(pair)
+        groups[ALL_SEGMENTS].append(pair)
+    return groups
+
+
+def _finding(
+    group: str,
+    window: str,
+    pairs: Sequence[LiveShadowPair],
+    interval: Interval,
+    tolerance: float,
+    confidence: float,
+) -> Finding:
+    live = AcceptCounts.total(pair.live for pair in pairs)
+    shadow = AcceptCounts.total(pair.shadow for pair in pairs)
+    live_alpha, shadow_alpha = live.alpha or 0.0, shadow.alpha or 0.0
+    difference = live_alpha - shadow_alpha
+    onset = onset_of(pairs, sign=1.0 if difference > 0 else -1.0, tolerance=tolerance)
+    summary = (
+        f"the engine's alpha {live_alpha:.3f} vs shadow replay {shadow_alpha:.3f} on the same {len(pairs)} requests "
+        f"of {group} over {window} (live - shadow {difference:+.3f}, CI {confidence:.0%} "
+        f"{interval.low:+.3f}..{interval.high:+.3f}, tolerance {tolerance:.2f}), since {onset.isoformat()}"
+    )
+    evidence: dict[str, Any] = {
+        "live_alpha": live_alpha,
+        "shadow_alpha": shadow_alpha,
+        "difference": difference,
+        "interval": [interval.low, interval.high],
+        "confidence": confidence,
+        "tolerance": tolerance,
+        "pairs": len(pairs),
+        "since": onset.isoformat(),
+        "live_tau": live.tau,
+        "shadow_tau": shadow.tau,
+        "live_draft_acceptance_rate": live.draft_acceptance_rate,
+        "shadow_draft_acceptance_rate": shadow.draft_acceptance_rate,
+        "positions": position_differences(live, shadow),
+        "rejected_estimated": sum(pair.rejected_estimated for pair in pairs),
+        "windows_k": {
+            "live": sorted({pair.live_window for pair in pairs if pair.live_window is not None}),
+            "shadow": sorted({pair.shadow_window for pair in pairs}),
+        },
+        "causes": list(CAUSES),
+    }
+    return Finding(DETECTOR, group, window, CRITICAL, summary, evidence)
+
+
+def position_differences(live: AcceptCounts, shadow: AcceptCounts) -> list[dict[str, float | int]]:
+    """The positions where live and shadow acceptance differ most: 1-based position, both rates, the gap."""
+    live_rates, shadow_rates = live.per_position_rates, shadow.per_position_rates
+    size = max(len(live_rates), len(shadow_rates))
+    rows = []
+    for index in range(size):
+        live_rate = live_rates[index] if index < len(live_rates) else 0.0
+        shadow_rate = shadow_rates[index] if index < len(shadow_rates) else 0.0
+        rows.append({"position": index + 1, "live": live_rate, "shadow": shadow_rate, "gap": live_rate - shadow_rate})
+    rows.sort(key=lambda row: -abs(row["gap"]))
+    return rows[:POSITIONS_SHOWN]
+
+
+def onset_of(pairs: Sequence[LiveShadowPair], *, sign: float, tolerance: float) -> datetime:
+    """When the difference began: the pair after the lowest point of sum_i (sign * d_i - tolerance), with
+    d_i the per-sample live - shadow alpha (pairs where either side drafted nothing are skipped)."""
+    ordered = sorted(pairs, key=lambda pair: (pair.occurred_at, pair.sample_id))
+    cumulative, lowest, start = 0.0, 0.0, ordered[0].occurred_at
+    for index, pair in enumerate(ordered):
+        live_alpha, shadow_alpha = pair.live.alpha, pair.shadow.alpha
+        if live_alpha is None or shadow_alpha is None:
+            continue
+        cumulative += sign * (live_alpha - shadow_alpha) - tolerance
+        if cumulative < lowest:
+            lowest = cumulative
+            start = ordered[index + 1].occurred_at if index + 1 < len(ordered) else pair.occurred_at
+    return start
