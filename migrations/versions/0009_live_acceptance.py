@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("accepted", sa.Float(), nullable=False),
         sa.Column("accepted_per_position", sa.JSON(), nullable=False),
         sa.Column("reset", sa.Boolean(), nullable=False),
+        sa.Column("previous_id", Id, nullable=True, unique=True),
     )
     op.create_index(
         "ix_engine_scrapes_series", "engine_scrapes", ["endpoint", "model_name", "engine_label", "scraped_at"]

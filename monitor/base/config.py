@@ -354,7 +354,9 @@ class IntakeConfig(Section):
 
 
 class RetentionConfig(Section):
-    samples_days: int = Field(default=30, ge=1, description="samples older than this many days are purged")
+    samples_days: int = Field(
+        default=30, ge=1, description="samples and engine counter scrapes older than this many days are purged"
+    )
     quarantine_days: int = Field(default=14, ge=1, description="quarantined records older than this are purged")
     interval_s: float = Field(default=3600.0, gt=0, description="daemon: seconds between retention purges")
 

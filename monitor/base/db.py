@@ -266,6 +266,9 @@ class EngineScrape(Base):
     accepted_per_position: Mapped[list[Any]]
     """per-position accepted counts since the previous scrape"""
     reset: Mapped[bool] = mapped_column(Boolean, default=False)
+    previous_id: Mapped[int | None] = mapped_column(Id, unique=True)
+    """the scrape of the same series these deltas are taken against; None on a series' first scrape. Unique:
+    two scrapers that read the same previous scrape at once cannot both store (its interval would count twice)"""
 
 
 class ReplayClaim(Base):

@@ -1,4 +1,5 @@
-"""Retention: purge samples and quarantined records older than the configured number of days."""
+"""Retention: purge samples, the engines' counter scrapes and quarantined records older than the configured
+number of days."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Delete
 
 from monitor.base.config import RetentionConfig
-from monitor.base.db import QuarantinedRecord, Sample, SamplingBucket, utcnow
+from monitor.base.db import EngineScrape, QuarantinedRecord, Sample, SamplingBucket, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ class PurgeReport:
     samples: int
     quarantined: int
     sampling_buckets: int
+    engine_scrapes: int
 
 
 def deleted(session: Session, statement: Delete) -> int:
@@ -38,6 +40,12 @@ def purge_expired(engine: Engine, config: RetentionConfig, now: datetime | None 
             session, delete(QuarantinedRecord).where(QuarantinedRecord.received_at < quarantine_cutoff)
         )
         buckets = deleted(session, delete(SamplingBucket).where(SamplingBucket.hour < now - timedelta(days=2)))
-    report = PurgeReport(samples, quarantined, buckets)
-    log.info("retention purged %d samples and %d quarantined records", report.samples, report.quarantined)
+        scrapes = deleted(session, delete(EngineScrape).where(EngineScrape.scraped_at < sample_cutoff))
+    report = PurgeReport(samples, quarantined, buckets, scrapes)
+    log.info(
+        "retention purged %d samples, %d quarantined records and %d engine scrapes",
+        report.samples,
+        report.quarantined,
+        report.engine_scrapes,
+    )
     return report

@@ -39,6 +39,7 @@ from monitor.replay.replayer import ReplayReport, Versions
 
 if TYPE_CHECKING:
     from monitor.evaluation.evaluate import Evaluation
+    from monitor.intake.engine_metrics import EngineTotals
     from monitor.intake.pipeline import IngestReport
 
 log = logging.getLogger(__name__)
@@ -55,20 +56,25 @@ class MetricsUnavailable(Exception):
 
 
 class _Readings:
-    """The current values of one observable gauge, keyed by attributes; its callback reports them."""
+    """The current values of one observable gauge, keyed by attributes; its callback reports them. Series
+    may be kept in parts, each replaced on its own (the engine gauges: one part per endpoint)."""
 
     def __init__(self) -> None:
-        self._values: dict[Attributes, float] = {}
+        self._parts: dict[str, dict[Attributes, float]] = {}
         self._lock = threading.Lock()
 
-    def replace(self, values: Mapping[Attributes, float]) -> None:
-        """All series at once: a series not in `values` disappears from the next collection."""
+    def replace(self, values: Mapping[Attributes, float], part: str = "") -> None:
+        """All series (of `part`) at once: a series not in `values` disappears from the next collection."""
         with self._lock:
-            self._values = dict(values)
+            self._parts[part] = dict(values)
 
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
-            return [Observation(value, dict(attributes)) for attributes, value in self._values.items()]
+            return [
+                Observation(value, dict(attributes))
+                for values in self._parts.values()
+                for attributes, value in values.items()
+            ]
 
 
 class MetricsServer:
@@ -168,7 +174,10 @@ class Metrics:
         if otlp_endpoint:
             readers.append(otlp_metric_reader(otlp_endpoint))
         self.provider = MeterProvider(metric_readers=readers, resource=Resource.create({SERVICE_NAME: service_name}))
-        self._readings = {name: _Readings() for name in ("alpha", "tau", "low", "high", "live")}
+        self._readings = {
+            name: _Readings()
+            for name in ("alpha", "tau", "low", "high", "live", "engine_rate", "engine_tau", "engine_alpha")
+        }
         self._histogram_carry: dict[int, float] = defaultdict(float)
         self._carry_lock = threading.Lock()
         self._create_instruments()
@@ -181,6 +190,18 @@ class Metrics:
             "low": ("specwatch_alpha_interval_low", "lower end of alpha's bootstrap confidence interval"),
             "high": ("specwatch_alpha_interval_high", "upper end of alpha's bootstrap confidence interval"),
             "live": ("specwatch_live_draft_info", "1 for the live (draft_version, target_version) pair"),
+            "engine_rate": (
+                "specwatch_engine_draft_acceptance_rate",
+                "A / D from a serving engine's own spec-decode counters, per endpoint, model, engine and window",
+            ),
+            "engine_tau": (
+                "specwatch_engine_mean_acceptance_length",
+                "1 + A / S from a serving engine's own spec-decode counters (vLLM's mean acceptance length)",
+            ),
+            "engine_alpha": (
+                "specwatch_engine_alpha_estimate",
+                "A / (A + R) from a serving engine's counters, R estimated as S - per_pos[k-1]: at most the true alpha",
+            ),
         }
         for key, (name, description) in gauges.items():
             meter.create_observable_gauge(name, callbacks=[self._readings[key].observe], description=description)
@@ -218,6 +239,21 @@ class Metrics:
                 values["high"][key] = stats.alpha_interval.high
         for name, series in values.items():
             self._readings[name].replace(series)
+
+    def observe_engine_totals(self, endpoint: str, windows: Mapping[str, Sequence[EngineTotals]]) -> None:
+        """A/D, tau and the alpha estimate of one [engines.NAME] per (model, engine, window); the other
+        endpoints' series stay as they are."""
+        values: dict[str, dict[Attributes, float | None]] = {"engine_rate": {}, "engine_tau": {}, "engine_alpha": {}}
+        for window, totals in windows.items():
+            for series in totals:
+                key = _attributes(
+                    endpoint=endpoint, model_name=series.model_name, engine=series.engine_label, window=window
+                )
+                values["engine_rate"][key] = series.draft_acceptance_rate
+                values["engine_tau"][key] = series.tau
+                values["engine_alpha"][key] = series.alpha
+        for name, gauge in values.items():
+            self._readings[name].replace({key: value for key, value in gauge.items() if value is not None}, endpoint)
 
     def observe_live_draft(self, versions: Versions) -> None:
         self._readings["live"].replace({_attributes(draft_version=versions.draft, target_version=versions.target): 1})

@@ -161,6 +161,9 @@ def purge_command(args: argparse.Namespace) -> int:
     config = load_config(args)
     engine = open_database(config)
     report = purge_expired(engine, config.retention)
-    print(f"purged {report.samples} samples, {report.quarantined} quarantined records")
+    print(
+        f"purged {report.samples} samples, {report.quarantined} quarantined records, "
+        f"{report.engine_scrapes} engine scrapes"
+    )
     engine.dispose()
     return 0

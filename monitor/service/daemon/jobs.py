@@ -10,16 +10,20 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING
 
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from alerts.outbox import dispatch
+from monitor.base.config import window_length
+from monitor.base.db import utcnow
 from monitor.base.failures import describe, is_database_unreachable, is_device_lost, is_disk_full
 from monitor.base.results import replay_backlog
 from monitor.evaluation.drift import Finding
 from monitor.evaluation.evaluate import deliver_findings, evaluate
+from monitor.intake.engine_metrics import ScrapeError, engine_totals_by_window, scrape_engine
 from monitor.intake.retention import purge_expired
 from monitor.service.daemon.memory import trim_heap
 from retrain.schedule import start_scheduler
@@ -75,6 +79,10 @@ class Jobs:
         every(scheduler, "retrain-check", replay.evaluate_interval_s, self.retrain_check_job)
         every(scheduler, "deploy-watch", replay.evaluate_interval_s, self.watch_job)
         every(scheduler, "retention", daemon.config.retention.interval_s, self.retention_job, now=True)
+        for name, endpoint in daemon.config.engines.items():
+            every(
+                scheduler, f"engine-scrape:{name}", endpoint.interval_s, partial(self.engine_scrape_job, name), now=True
+            )
         self.scheduler = scheduler
 
     def stop(self, timeout_s: float) -> bool:
@@ -187,3 +195,19 @@ class Jobs:
 
     def retention_job(self) -> None:
         self.run_job("retention", lambda: purge_expired(self.daemon.db, self.daemon.config.retention))
+
+    # -- the engines' own counters
+
+    def engine_scrape_job(self, name: str) -> None:
+        self.run_job(f"engine-scrape:{name}", lambda: self.scrape_and_observe_engine(name))
+
+    def scrape_and_observe_engine(self, name: str) -> None:
+        """One scrape of [engines.NAME]; one that fails (the engine restarting, say) is a warning and the next
+        tick tries again. Then the engine gauges show that endpoint's stored windows."""
+        daemon = self.daemon
+        try:
+            scrape_engine(name, daemon.config.engines[name], daemon.db, utcnow())
+        except ScrapeError as error:
+            log.warning("engine-scrape:%s: %s", name, error)
+        windows = {window: window_length(window) for window in daemon.config.stats.windows}
+        daemon.meters.observe_engine_totals(name, engine_totals_by_window(daemon.db, windows, utcnow(), endpoint=name))
