@@ -179,28 +179,18 @@ def detect_input_drift(config: Config, engine: Engine, now: datetime) -> tuple[l
 
 def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime | None = None) -> Evaluation:
     """Statistics and findings now. `draft_version` names the registry's live head: the one replay measures
-    (shadow) and the one findings are filed under. Threshold and change findings read the shadow results
-    while replay runs or has results in the lookback, else the engines' own counts (GPU-free mode:
-    `Config.replays` false and nothing replayed)."""
+    (shadow) and the one findings are filed under. Threshold and change findings read `measure`'s primary
+    source."""
     now = now or utcnow()
-    windows = {name: window_length(name) for name in config.stats.windows}
-    change_span = window_length(config.drift.change_window)
-    lookback = max([*windows.values(), change_span * 2])
-    replayed = config.replay.enabled
-    shadow = load_results(engine, draft_version, now - lookback) if replayed else []
-    live = load_live(engine, now - lookback)
-    pairs = load_pairs(engine, draft_version, now - max(windows.values())) if replayed else []
-    cost_ratio = config.stats.cost_ratio
-    if cost_ratio is None and replayed:
-        cost_ratio = measured_cost_ratio(engine, draft_version, config.replay.window)
-    stats = side_by_side(config, shadow, live, pairs, windows, now, cost_ratio)
-    primary, results = (SHADOW, shadow) if shadow or config.replays else (LIVE, live)
+    measured = measure(config, engine, draft_version, now)
+    stats, primary = measured.stats, measured.primary
     findings = threshold_findings([item for item in stats if item.source == primary], config.drift)
-    findings += segment_change_findings(config, results, now - change_span)
+    results = measured.shadow if primary == SHADOW else measured.live
+    findings += segment_change_findings(config, results, now - window_length(config.drift.change_window))
     drift = config.drift
     findings += divergence_findings(
-        pairs,
-        windows,
+        measured.pairs,
+        measured.windows,
         now,
         tolerance=drift.divergence_tolerance,
         min_pairs=drift.divergence_min_pairs,
@@ -210,11 +200,42 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
     input_drift, input_checked = detect_input_drift(config, engine, now)
     findings += input_drift
     findings += health_findings(config, engine, draft_version, now)
-    evaluation = Evaluation(now, draft_version, stats, findings, cost_ratio, primary)
+    evaluation = Evaluation(now, draft_version, stats, findings, measured.cost_ratio, primary)
     store_findings(engine, evaluation)
     evaluated = {"threshold", "change", DIVERGENCE, *HEALTH_DETECTORS, *(["input_drift"] if input_checked else [])}
     deliver_findings(config, engine, evaluation.findings, evaluated, now)
     return evaluation
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What the detectors read: both sources' results over the lookback, their pairs, and the statistics."""
+
+    windows: dict[str, timedelta]
+    shadow: list[SampleResult]
+    live: list[SampleResult]
+    pairs: list[LiveShadowPair]
+    stats: list[SegmentStats]
+    cost_ratio: float | None
+    primary: str
+
+
+def measure(config: Config, engine: Engine, draft_version: str, now: datetime) -> Measured:
+    """Shadow (the replay of `draft_version`) and live (the engines' counts) statistics side by side over
+    the configured windows; `primary` is the source alerts read: SHADOW while replay runs or has results in
+    the lookback, else LIVE (GPU-free mode: `Config.replays` false and nothing replayed)."""
+    windows = {name: window_length(name) for name in config.stats.windows}
+    lookback = max([*windows.values(), window_length(config.drift.change_window) * 2])
+    replayed = config.replay.enabled
+    shadow = load_results(engine, draft_version, now - lookback) if replayed else []
+    live = load_live(engine, now - lookback)
+    pairs = load_pairs(engine, draft_version, now - max(windows.values())) if replayed else []
+    cost_ratio = config.stats.cost_ratio
+    if cost_ratio is None and replayed:
+        cost_ratio = measured_cost_ratio(engine, draft_version, config.replay.window)
+    stats = side_by_side(config, shadow, live, pairs, windows, now, cost_ratio)
+    primary = SHADOW if shadow or config.replays else LIVE
+    return Measured(windows, shadow, live, pairs, stats, cost_ratio, primary)
 
 
 def side_by_side(
