@@ -36,6 +36,19 @@ def require_directory(path: Path | None, key: str) -> Path:
     return path
 
 
+ENGINE_VERSION = "engine"
+"""what findings are filed under in GPU-free mode when the registry knows no live head"""
+
+
+def version_without_models(config: Config) -> str:
+    """The live head's name when nothing is replayed (GPU-free mode): the registry's live version (the head
+    the engine should serve, when one was imported or deployed), else ENGINE_VERSION."""
+    try:
+        return HeadRegistry(config.heads_dir).live_version() or ENGINE_VERSION
+    except RegistryError as error:
+        raise ModelsUnavailable(str(error)) from None
+
+
 def live_draft_dir(config: Config) -> Path | None:
     """The live head: the head registry's live pointer, which `models.draft` seeds on first use (so
     every head, the seed included, has one name: its registry version; an MTP layer is kept without

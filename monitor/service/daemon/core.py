@@ -37,6 +37,8 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.loop: ReplayLoop | None = None  # replay on the live models; None while replay is paused
         self.draft_dir: Path | None = None  # the live head's directory, as loaded
+        self.gpu_free = not config.replays  # no shadow replay: acceptance is the engines' own
+        self.version_without_models: str | None = None  # the live head's name in GPU-free mode
         self.lifecycle = Lifecycle(self)
         self.jobs = Jobs(self)
         self.device = DeviceWatch(self)
@@ -72,7 +74,9 @@ class Daemon:
 
     @property
     def live_draft_version(self) -> str:
-        """The live head's version, also while replay is paused (no models loaded)."""
+        """The live head's version, also while replay is paused (no models loaded) and in GPU-free mode."""
+        if self.version_without_models is not None:
+            return self.version_without_models
         if self.loop is not None:
             return self.loop.models.versions.draft
         assert self.device.paused_version is not None, "replay runs, or device_lost paused it"

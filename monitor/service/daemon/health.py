@@ -93,13 +93,14 @@ class Health:
             problems.append(f"replay lag {self.replay_lag_s:.0f}s over daemon.max_replay_lag_s = {max_replay_lag_s:g}")
         return problems
 
-    def liveness_problem(self, scheduler_running: bool, stall_after_s: float, now: float) -> str | None:
-        """Why the main loop is not healthy (the watchdog withholds its pings), or None."""
+    def liveness_problem(self, scheduler_running: bool, stall_after_s: float | None, now: float) -> str | None:
+        """Why the main loop is not healthy (the watchdog withholds its pings), or None; `stall_after_s` None:
+        nothing replays (GPU-free mode), so replay rounds are not the loop's heartbeat."""
         if self.phase == "starting":
             return None  # startup makes its own progress; systemd's start timeout bounds it
         if not scheduler_running:
             return "the scheduler is not running"
         idle = now - self.replay_progress_at
-        if idle > stall_after_s:
+        if stall_after_s is not None and idle > stall_after_s:
             return f"no replay round completed for {idle:.0f}s (daemon.stall_after_s = {stall_after_s:g})"
         return None

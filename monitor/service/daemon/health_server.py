@@ -27,7 +27,8 @@ log = logging.getLogger("monitor.service.daemon")  # one logger for all the daem
 
 def liveness_problem(daemon: Daemon) -> str | None:
     """Why the main loop is not healthy (/healthz 503, the watchdog withholds its pings), or None."""
-    return daemon.health.liveness_problem(daemon.jobs.running, daemon.config.daemon.stall_after_s, time.monotonic())
+    stall_after_s = None if daemon.gpu_free else daemon.config.daemon.stall_after_s  # GPU-free: no replay rounds
+    return daemon.health.liveness_problem(daemon.jobs.running, stall_after_s, time.monotonic())
 
 
 def readiness_problems(daemon: Daemon) -> list[str]:
@@ -42,7 +43,8 @@ def readiness_body(daemon: Daemon, problems: list[str]) -> dict[str, Any]:
         "problems": problems,
         "pending": health.pending,
         "replay_lag_s": health.replay_lag_s,
-        "draft_version": loop.models.versions.draft if loop else None,
+        "draft_version": loop.models.versions.draft if loop else daemon.version_without_models,
+        "acceptance": "engine" if daemon.gpu_free else "shadow and engine",
     }
 
 

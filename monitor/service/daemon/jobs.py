@@ -25,6 +25,7 @@ from monitor.evaluation.drift import Finding
 from monitor.evaluation.evaluate import deliver_findings, evaluate
 from monitor.intake.engine_metrics import ScrapeError, engine_totals_by_window, scrape_engine
 from monitor.intake.retention import purge_expired
+from monitor.replay.live_models import version_without_models
 from monitor.service.daemon.memory import trim_heap
 from retrain.schedule import start_scheduler
 from retrain.watch import watch_latest_deploy
@@ -73,7 +74,8 @@ class Jobs:
         scheduler = start_scheduler(daemon.config_path, daemon.config, daemon.db)
         scheduler.add_jobstore(MemoryJobStore(), MEMORY_STORE)
         replay, alerts = daemon.config.replay, daemon.config.alerts
-        every(scheduler, "replay", replay.interval_s, self.replay_job, now=True)
+        if not daemon.gpu_free:
+            every(scheduler, "replay", replay.interval_s, self.replay_job, now=True)
         every(scheduler, "evaluate", replay.evaluate_interval_s, self.evaluate_job)
         every(scheduler, "alert-dispatch", alerts.dispatch_interval_s, self.dispatch_job)
         every(scheduler, "retrain-check", replay.evaluate_interval_s, self.retrain_check_job)
@@ -168,6 +170,8 @@ class Jobs:
 
     def evaluate_and_alert(self) -> None:
         daemon = self.daemon
+        if daemon.gpu_free:  # the registry's live head may change by hand (heads import --live) or by a deploy
+            daemon.version_without_models = version_without_models(daemon.config)
         evaluation = evaluate(daemon.config, daemon.db, daemon.live_draft_version)
         daemon.meters.observe_evaluation(evaluation)
         deliver_findings(daemon.config, daemon.db, self.daemon_findings(), DAEMON_DETECTORS, evaluation.at)

@@ -25,6 +25,7 @@ from monitor.replay.live_models import (
     live_draft_dir,
     load_live_models,
     require_directory,
+    version_without_models,
 )
 from monitor.service.commands.common import open_database
 from monitor.service.daemon.errors import StartupRefused
@@ -51,7 +52,8 @@ class Lifecycle:
         try:
             self.start()
             if not daemon.stop.is_set():
-                daemon.systemd.notify("READY=1", f"STATUS=running: draft {daemon.live_draft_version}")
+                mode = " (GPU-free: the engines' own acceptance)" if daemon.gpu_free else ""
+                daemon.systemd.notify("READY=1", f"STATUS=running: draft {daemon.live_draft_version}{mode}")
                 log.info("specwatch daemon ready (pid %d)", os.getpid())
             while not daemon.stop.wait(1.0):
                 pass
@@ -75,13 +77,17 @@ class Lifecycle:
 
     def start(self) -> None:
         daemon = self.daemon
-        daemon.draft_dir = self.check_model_directories()
+        if daemon.gpu_free:
+            daemon.version_without_models = self.gpu_free_version()
+        else:
+            daemon.draft_dir = self.check_model_directories()
         daemon.metrics, self.http = start_http(daemon, daemon.config.metrics)
         self.start_watchdog()
         daemon.engine = self.connect_database()
         if daemon.engine is None:
             return
-        daemon.use_models(self.load_models())
+        if not daemon.gpu_free:
+            daemon.use_models(self.load_models())
         if daemon.stop.is_set():
             return
         daemon.jobs.start()
@@ -126,6 +132,23 @@ class Lifecycle:
             return require_directory(draft_dir, "models.draft")
         except ModelsUnavailable as error:
             raise StartupRefused(str(error)) from None
+
+    def gpu_free_version(self) -> str:
+        """GPU-free mode (no replay: replay.enabled is false or no target/draft is set): nothing to load;
+        acceptance is what the serving engines report, findings are filed under the registry's live head."""
+        config = self.daemon.config
+        try:
+            version = version_without_models(config)
+        except ModelsUnavailable as error:
+            raise StartupRefused(str(error)) from None
+        why = "replay.enabled is false" if not config.replay.enabled else "models.target or models.draft is not set"
+        log.info(
+            "GPU-free mode (%s): acceptance is the serving engines' own per-request counts; findings are filed "
+            "under %s; retraining needs models.target, models.draft and a device",
+            why,
+            version,
+        )
+        return version
 
     def start_watchdog(self) -> None:
         interval = self.daemon.systemd.watchdog_interval_s

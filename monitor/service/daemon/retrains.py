@@ -22,6 +22,7 @@ class Retrains:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.said_untrainable = False
 
     def start_due(self) -> None:
         """Resumes an interrupted retrain (a stop or crash killed it), else starts a due recapture one."""
@@ -36,11 +37,26 @@ class Retrains:
             job = None
         if job is None:
             reason = recapture_due(config, db)
+            if reason and not self.can_train():
+                return
             job = queue_job(config, db, trigger="recapture", reason=reason) if reason else None
         if job is not None:
             process = spawn_job(daemon.config_path, job)
             self.processes.append(process)
             log.info("retrain job %d (%s) started, pid %d, log %s", job.id, job.trigger, process.pid, job.work_dir)
+
+    def can_train(self) -> bool:
+        """Retraining needs the target and the live head on a device; without them a due recapture is said, once."""
+        models = self.daemon.config.models
+        if models.target is not None and models.draft is not None:
+            return True
+        if not self.said_untrainable:
+            log.warning(
+                "a recapture retrain is due, but retraining needs models.target, models.draft and a device "
+                "(GPU-free mode measures the engines' acceptance only); no retrain started"
+            )
+            self.said_untrainable = True
+        return False
 
     def reap(self) -> None:
         for process in self.processes:
