@@ -1,5 +1,5 @@
-"""Retention: purge samples, the engines' counter scrapes and quarantined records older than the configured
-number of days."""
+"""Retention: purge samples, the engines' per-request counts and counter scrapes, and quarantined records
+older than the configured number of days."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import Delete
 
 from monitor.base.config import RetentionConfig
-from monitor.base.db import EngineScrape, QuarantinedRecord, Sample, SamplingBucket, utcnow
+from monitor.base.db import EngineScrape, LiveResult, QuarantinedRecord, Sample, SamplingBucket, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class PurgeReport:
     quarantined: int
     sampling_buckets: int
     engine_scrapes: int
+    live_results: int = 0
 
 
 def deleted(session: Session, statement: Delete) -> int:
@@ -35,16 +36,18 @@ def purge_expired(engine: Engine, config: RetentionConfig, now: datetime | None 
     sample_cutoff = now - timedelta(days=config.samples_days)
     quarantine_cutoff = now - timedelta(days=config.quarantine_days)
     with Session(engine) as session, session.begin():
+        live = deleted(session, delete(LiveResult).where(LiveResult.received_at < sample_cutoff))
         samples = deleted(session, delete(Sample).where(Sample.received_at < sample_cutoff))
         quarantined = deleted(
             session, delete(QuarantinedRecord).where(QuarantinedRecord.received_at < quarantine_cutoff)
         )
         buckets = deleted(session, delete(SamplingBucket).where(SamplingBucket.hour < now - timedelta(days=2)))
         scrapes = deleted(session, delete(EngineScrape).where(EngineScrape.scraped_at < sample_cutoff))
-    report = PurgeReport(samples, quarantined, buckets, scrapes)
+    report = PurgeReport(samples, quarantined, buckets, scrapes, live)
     log.info(
-        "retention purged %d samples, %d quarantined records and %d engine scrapes",
+        "retention purged %d samples, %d engine-reported counts, %d quarantined records and %d engine scrapes",
         report.samples,
+        report.live_results,
         report.quarantined,
         report.engine_scrapes,
     )

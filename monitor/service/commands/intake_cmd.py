@@ -162,8 +162,8 @@ def purge_command(args: argparse.Namespace) -> int:
     engine = open_database(config)
     report = purge_expired(engine, config.retention)
     print(
-        f"purged {report.samples} samples, {report.quarantined} quarantined records, "
-        f"{report.engine_scrapes} engine scrapes"
+        f"purged {report.samples} samples, {report.live_results} engine-reported counts, "
+        f"{report.quarantined} quarantined records, {report.engine_scrapes} engine scrapes"
     )
     engine.dispose()
     return 0

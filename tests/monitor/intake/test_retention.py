@@ -24,3 +24,19 @@ def test_purges_only_what_is_past_retention(config: Config, engine: Engine) -> N
     with Session(engine) as session:
         assert session.scalar(select(func.count()).select_from(Sample)) == 4
         assert session.scalar(select(func.count()).select_from(QuarantinedRecord)) == 0
+
+
+def test_engine_counts_are_purged_with_the_samples_they_came_with(config: Config, engine: Engine) -> None:
+    from monitor.base.db import LiveResult
+    from tests.monitor.intake.test_live_intake import take_in, with_engine_counts
+
+    take_in(config, engine, [with_engine_counts(i) for i in range(4)])
+    old = utcnow() - timedelta(days=40)
+    with Session(engine) as session, session.begin():
+        session.execute(update(LiveResult).where(LiveResult.id <= 3).values(received_at=old))
+        session.execute(update(Sample).where(Sample.id <= 3).values(received_at=old))
+    report = purge_expired(engine, RetentionConfig(samples_days=30))
+    assert (report.samples, report.live_results) == (3, 3)
+    with Session(engine) as session:
+        [kept] = session.scalars(select(LiveResult))
+        assert kept.sample_id == session.scalars(select(Sample.id)).one()
