@@ -9,6 +9,14 @@ loading here): the new head's alpha minus the old one's, with a paired bootstrap
 by more than `retrain.watch.tolerance` whose interval lies below zero, on at least
 `watch.min_samples` shared samples, rolls back at once; otherwise the head is kept once the watch
 window has passed.
+
+Where the serving engine reports its own acceptance (live counts), the watch also asks whether the engine
+serves the new head at all: on the latest requests since the deploy, the engine's alpha must match the shadow
+replay of the new head (paired interval of live - shadow within `drift.divergence_tolerance`). That is
+"live acceptance moved as the gate predicted", measured on the same requests rather than before against
+after (which traffic drift confounds). While it does not, the head is not kept (the evaluation's
+ShadowLiveDivergence alert, on the pairs since the deploy, says why), and nothing is rolled back: the
+registry's head is fine, the engine has not loaded it.
 """
 
 from __future__ import annotations
@@ -24,8 +32,8 @@ from sqlalchemy.orm import Session
 from decoder import AcceptCounts, TargetModel, load_target
 from monitor.base.config import Config, window_length
 from monitor.base.db import HeadEvent, ReplayResult, utcnow
-from monitor.base.results import SCORED
-from monitor.base.stats import paired_alpha_difference
+from monitor.base.results import SCORED, load_pairs
+from monitor.base.stats import Interval, beyond_tolerance, paired_alpha_difference
 from retrain.deploy import run_deploy_hook
 from retrain.pipeline import record_event
 from retrain.registry import HeadRegistry, RegistryError
@@ -109,8 +117,11 @@ def watch_latest_deploy(config: Config, engine: Engine, now: datetime | None = N
     numbers = (
         f"alpha {new_alpha:.3f} vs {old_alpha:.3f} (gain {gain:+.3f}, CI {low:+.3f}..{high:+.3f}, n={len(new_counts)})"
     )
+    unserved = engine_not_serving(config, engine, event)
     if gain < -settings.tolerance and high < 0:
         state, summary = "rolled_back", f"regression beyond {settings.tolerance}: {numbers}"
+    elif unserved is not None:
+        state, summary = "waiting", f"{unserved}; {numbers}"
     elif elapsed:
         state, summary = "kept", f"held up over {settings.window}: {numbers}"
     else:
@@ -119,6 +130,37 @@ def watch_latest_deploy(config: Config, engine: Engine, now: datetime | None = N
         event.version, event.previous_version, state, len(new_counts), new_alpha, old_alpha, gain, low, high, summary
     )
     return _conclude(config, engine, event, verdict)
+
+
+def engine_not_serving(config: Config, engine: Engine, event: HeadEvent) -> str | None:
+    """Why the engine's own counts since the deploy say it does not serve the new head, or None (it does, or
+    too few requests carry both the engine's counts and a replay of the new head to tell). The newest
+    2 x watch.min_samples requests are judged, so an engine that loads the head late is seen to."""
+    minimum = config.retrain.watch.min_samples
+    pairs = [pair for pair in load_pairs(engine, event.version, event.at) if pair.occurred_at > event.at]
+    pairs = pairs[-2 * minimum :]
+    if len(pairs) < minimum:
+        return None
+    interval = paired_alpha_difference(
+        [pair.shadow for pair in pairs],
+        [pair.live for pair in pairs],
+        confidence=config.retrain.gate.confidence,
+        resamples=WATCH_RESAMPLES,
+        seed=0,
+    )
+    tolerance = config.drift.divergence_tolerance
+    if interval is None or not beyond_tolerance(interval, tolerance):
+        return None
+    live = AcceptCounts.total(pair.live for pair in pairs).alpha or 0.0
+    shadow = AcceptCounts.total(pair.shadow for pair in pairs).alpha or 0.0
+    return (
+        f"the engine does not serve {event.version}: its own alpha {live:.3f} vs {shadow:.3f} replayed on the "
+        f"same {len(pairs)} requests since the deploy (live - shadow {_span(interval)}, tolerance {tolerance})"
+    )
+
+
+def _span(interval: Interval) -> str:
+    return f"{interval.low:+.3f}..{interval.high:+.3f}"
 
 
 def _conclude(config: Config, engine: Engine, event: HeadEvent, verdict: WatchVerdict) -> WatchVerdict:

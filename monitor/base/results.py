@@ -21,7 +21,7 @@ from sqlalchemy import Engine, exists, func, select
 from sqlalchemy.orm import Session
 
 from decoder.metrics import AcceptCounts
-from monitor.base.db import LiveResult, ReplayResult, Sample, as_utc, utcnow
+from monitor.base.db import HeadEvent, LiveResult, ReplayResult, Sample, as_utc, utcnow
 from monitor.base.stats import LIVE, SampleResult
 
 SCORED, EXACT = "scored", "exact"  # replay modes, as stored in replay_results.mode
@@ -95,6 +95,15 @@ def deploys(engine: Engine) -> list[Deploy]:
     )
     with Session(engine) as session:
         return [Deploy(version, at, count) for version, at, count in session.execute(query)]
+
+
+def last_head_change(engine: Engine) -> HeadEvent | None:
+    """The latest change of the live head (a deploy or a rollback): since then the engine should serve it."""
+    query = (
+        select(HeadEvent).where(HeadEvent.event.in_(["deployed", "rolled_back"])).order_by(HeadEvent.id.desc()).limit(1)
+    )
+    with Session(engine) as session:
+        return session.scalars(query).first()
 
 
 @dataclass(frozen=True)

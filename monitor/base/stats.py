@@ -224,6 +224,11 @@ def paired_alpha_difference(
     return percentile_interval(differences, expanded_levels(len(first), confidence))
 
 
+def beyond_tolerance(interval: Interval, tolerance: float) -> bool:
+    """The whole interval of a difference lies more than `tolerance` away from zero, on either side."""
+    return interval.low > tolerance or interval.high < -tolerance
+
+
 def _stats_for(
     segment: str,
     window: str,

@@ -24,7 +24,7 @@ from typing import Any
 
 from decoder import AcceptCounts
 from monitor.base.results import LiveShadowPair
-from monitor.base.stats import ALL_SEGMENTS, Interval, paired_alpha_difference
+from monitor.base.stats import ALL_SEGMENTS, Interval, beyond_tolerance, paired_alpha_difference
 from monitor.evaluation.drift import CRITICAL, Finding
 
 DETECTOR = "divergence"
@@ -35,6 +35,20 @@ CAUSES = (
     "a tokenizer or chat-template mismatch between the engine and replay",
 )
 POSITIONS_SHOWN = 3
+SINCE_HEAD_CHANGE = "since-deploy"
+"""the window of pairs since the live head last changed: the engine should serve the new head from then on"""
+
+
+def divergence_windows(
+    windows: Mapping[str, timedelta], head_changed_at: datetime | None, watched_for: timedelta, now: datetime
+) -> dict[str, timedelta]:
+    """The configured windows, plus SINCE_HEAD_CHANGE while the live head's last change is under watch (for
+    `watched_for`, retrain.watch.window, and within the longest window): a window that mixes requests
+    served before and after a deploy can hide an engine that never loaded it."""
+    spans = dict(windows)
+    if head_changed_at is not None and timedelta(0) < now - head_changed_at < min(watched_for, max(windows.values())):
+        spans[SINCE_HEAD_CHANGE] = now - head_changed_at
+    return spans
 
 
 def divergence_findings(
@@ -63,7 +77,7 @@ def divergence_findings(
             shadow = [pair.shadow for pair in members]
             live = [pair.live for pair in members]
             interval = paired_alpha_difference(shadow, live, confidence=confidence, resamples=resamples, seed=seed)
-            if interval is None or not (interval.low > tolerance or interval.high < -tolerance):
+            if interval is None or not beyond_tolerance(interval, tolerance):
                 continue  # the interval reaches into the tolerated band
             finding = _finding(group, window, members, interval, tolerance, confidence)
             found[group] = finding

@@ -28,7 +28,14 @@ from alerts.lifecycle import raise_findings
 from decoder import AcceptCounts
 from monitor.base.config import Config, window_length
 from monitor.base.db import Sample, StoredFinding, utcnow
-from monitor.base.results import LiveShadowPair, load_live, load_pairs, load_results, measured_cost_ratio
+from monitor.base.results import (
+    LiveShadowPair,
+    last_head_change,
+    load_live,
+    load_pairs,
+    load_results,
+    measured_cost_ratio,
+)
 from monitor.base.stats import (
     ALL_SEGMENTS,
     LIVE,
@@ -39,7 +46,7 @@ from monitor.base.stats import (
     segment_stats,
 )
 from monitor.evaluation.divergence import DETECTOR as DIVERGENCE
-from monitor.evaluation.divergence import divergence_findings
+from monitor.evaluation.divergence import divergence_findings, divergence_windows
 from monitor.evaluation.drift import (
     INPUT_DRIFT_REPORT,
     REPORT_STAMP,
@@ -188,9 +195,15 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
     results = measured.shadow if primary == SHADOW else measured.live
     findings += segment_change_findings(config, results, now - window_length(config.drift.change_window))
     drift = config.drift
+    change = last_head_change(engine)
     findings += divergence_findings(
         measured.pairs,
-        measured.windows,
+        divergence_windows(
+            measured.windows,
+            change.at if change and change.version == draft_version else None,
+            window_length(config.retrain.watch.window),
+            now,
+        ),
         now,
         tolerance=drift.divergence_tolerance,
         min_pairs=drift.divergence_min_pairs,
