@@ -18,7 +18,7 @@ import logging
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -38,6 +38,7 @@ from monitor.base.serving import ThreadedServer
 from monitor.replay.replayer import ReplayReport, Versions
 
 if TYPE_CHECKING:
+    from monitor.base.stats import SegmentStats
     from monitor.evaluation.evaluate import Evaluation
     from monitor.intake.engine_metrics import EngineTotals
     from monitor.intake.pipeline import IngestReport
@@ -49,6 +50,8 @@ ACCEPTED_LENGTH_BOUNDARIES = [float(length) for length in range(17)]  # tokens a
 OTLP_PACKAGE = "opentelemetry-exporter-otlp"
 
 Attributes = tuple[tuple[str, str], ...]
+SEGMENT_GAUGES = ("alpha", "tau", "low", "high", "draft_rate", "paired", "position")
+"""the gauges per (segment, window, source) the latest evaluation sets"""
 
 
 class MetricsUnavailable(Exception):
@@ -164,6 +167,27 @@ def _attributes(**labels: str) -> Attributes:
     return tuple(sorted(labels.items()))
 
 
+def _segment_readings(stats: SegmentStats) -> Iterator[tuple[str, Attributes, float]]:
+    """(gauge, attributes, value) of one segment's statistics; a value that is not known is left out."""
+    labels = {"segment": stats.segment, "window": stats.window, "source": stats.source}
+    key = _attributes(**labels)
+    interval = stats.alpha_interval
+    known = {
+        "alpha": stats.alpha,
+        "tau": stats.tau,
+        "low": interval.low if interval else None,
+        "high": interval.high if interval else None,
+        "draft_rate": stats.draft_acceptance_rate,
+        "paired": float(stats.paired),
+    }
+    for name, value in known.items():
+        if value is not None:
+            yield name, key, value
+    if stats.counts.steps:
+        for position, rate in enumerate(stats.per_position_rates, start=1):
+            yield "position", _attributes(**labels, position=str(position)), rate
+
+
 class Metrics:
     """specwatch's instruments on a MeterProvider of its own, fed by the replay/evaluation loop."""
 
@@ -175,8 +199,7 @@ class Metrics:
             readers.append(otlp_metric_reader(otlp_endpoint))
         self.provider = MeterProvider(metric_readers=readers, resource=Resource.create({SERVICE_NAME: service_name}))
         self._readings = {
-            name: _Readings()
-            for name in ("alpha", "tau", "low", "high", "live", "engine_rate", "engine_tau", "engine_alpha")
+            name: _Readings() for name in (*SEGMENT_GAUGES, "live", "engine_rate", "engine_tau", "engine_alpha")
         }
         self._histogram_carry: dict[int, float] = defaultdict(float)
         self._carry_lock = threading.Lock()
@@ -185,10 +208,20 @@ class Metrics:
     def _create_instruments(self) -> None:
         meter = self.provider.get_meter(METER_NAME)
         gauges = {
-            "alpha": ("specwatch_alpha", "acceptance rate A / (A + R) of the live draft per segment and window"),
+            "alpha": (
+                "specwatch_alpha",
+                "acceptance rate A / (A + R) of the live draft per segment, window and source (shadow: replay; "
+                "live: the serving engine's own counts)",
+            ),
             "tau": ("specwatch_tau", "emitted tokens per verify step (A + S - E) / S"),
             "low": ("specwatch_alpha_interval_low", "lower end of alpha's bootstrap confidence interval"),
             "high": ("specwatch_alpha_interval_high", "upper end of alpha's bootstrap confidence interval"),
+            "draft_rate": ("specwatch_draft_acceptance_rate", "accepted / drafted tokens A / D (vLLM's rate)"),
+            "paired": ("specwatch_paired_samples", "samples of the segment and window with live and shadow counts"),
+            "position": (
+                "specwatch_per_position_acceptance",
+                "share of verify steps whose i-th drafted token was accepted (p_i; position 1..k)",
+            ),
             "live": ("specwatch_live_draft_info", "1 for the live (draft_version, target_version) pair"),
             "engine_rate": (
                 "specwatch_engine_draft_acceptance_rate",
@@ -226,17 +259,12 @@ class Metrics:
         )
 
     def observe_evaluation(self, evaluation: Evaluation) -> None:
-        """alpha, tau and alpha's interval per (segment, window) from the latest evaluation."""
-        values: dict[str, dict[Attributes, float]] = {"alpha": {}, "tau": {}, "low": {}, "high": {}}
+        """alpha, its interval, tau, A/D, paired samples and p_i per (segment, window, source) from the latest
+        evaluation; a series the evaluation no longer has disappears."""
+        values: dict[str, dict[Attributes, float]] = {name: {} for name in SEGMENT_GAUGES}
         for stats in evaluation.stats:
-            key = _attributes(segment=stats.segment, window=stats.window)
-            if stats.alpha is not None:
-                values["alpha"][key] = stats.alpha
-            if stats.tau is not None:
-                values["tau"][key] = stats.tau
-            if stats.alpha_interval is not None:
-                values["low"][key] = stats.alpha_interval.low
-                values["high"][key] = stats.alpha_interval.high
+            for name, key, value in _segment_readings(stats):
+                values[name][key] = value
         for name, series in values.items():
             self._readings[name].replace(series)
 

@@ -3,10 +3,13 @@
     specwatch report [--out FILE]     # default <data_dir>/reports/specwatch-report-<UTC stamp>.html
 
 Per segment (the busiest N, plus "*" for all traffic): hourly alpha of every draft version's scored
-results against the alert threshold, with a marker where each draft version went live (its first
-replay), the live draft's per-position acceptance p_1..p_k, and its current alpha (with interval),
-tau and samples; then the drift detectors' latest findings and links to evidently's input-drift
-reports. No scripts, stylesheets or fonts are fetched: the charts are inline SVG drawn here.
+results and of the serving engine's own reports against the alert threshold, with a marker where each
+draft version went live (its first replay), the primary source's per-position acceptance p_1..p_k, and
+the current alpha (with interval), tau, A/D and samples of the live draft's replay (shadow) and of the
+engine's own counts (live) side by side, with the samples that have both (paired); for all traffic, live
+against shadow p_i. Then the detectors' latest findings (live/shadow divergence among them) and links to
+evidently's input-drift reports. In GPU-free mode (no replay) the numbers are the engine's own. No
+scripts, stylesheets or fonts are fetched: the charts are inline SVG drawn here.
 """
 
 from __future__ import annotations
@@ -25,17 +28,19 @@ from sqlalchemy import Engine
 
 from monitor.base.config import Config, window_length
 from monitor.base.db import StoredFinding, utcnow
-from monitor.base.results import Deploy, deploys, load_scored, measured_cost_ratio
-from monitor.base.stats import ALL_SEGMENTS, SampleResult, SegmentStats, segment_stats
+from monitor.base.results import Deploy, deploys, live_without_alpha, load_live, load_scored
+from monitor.base.stats import ALL_SEGMENTS, LIVE, SHADOW, SampleResult, SegmentStats
 from monitor.evaluation.drift import REPORT_STAMP
-from monitor.evaluation.evaluate import REPORTS_DIR, input_drift_reports, latest_findings
-from monitor.evaluation.status import BREACH, OK, UNKNOWN, WARNING, state_of
+from monitor.evaluation.evaluate import REPORTS_DIR, input_drift_reports, latest_findings, measure
+from monitor.evaluation.status import BREACH, ESTIMATE_MARK, GPU_FREE_NOTE, OK, UNKNOWN, WARNING, state_of
 
 log = logging.getLogger(__name__)
 
 BUCKET = timedelta(hours=1)
 DRIFT_REPORTS_SHOWN = 12  # newest input-drift reports linked from the page
 LIVE_COLOUR = "#1d4ed8"
+ENGINE_COLOUR = "#059669"  # the serving engine's own counts (the LIVE source)
+SOURCE_NAMES = {SHADOW: "shadow (replay)", LIVE: "engine's own (live)"}
 EARLIER_COLOURS = ("#d97706", "#7c3aed", "#0f766e", "#be185d", "#6b7280")
 STATE_COLOURS = {OK: "#15803d", WARNING: "#b45309", BREACH: "#b91c1c", UNKNOWN: "#6b7280"}
 
@@ -54,12 +59,24 @@ class HourlyAlpha:
 class SegmentPanel:
     segment: str
     samples: int
-    series: dict[str, list[HourlyAlpha]]  # draft version -> hourly alpha, oldest first
-    current: SegmentStats | None  # the live draft over the report window
-    positions: list[float]  # p_1..p_k of the live draft over the window, zeros up to the replay window k
+    series: dict[str, list[HourlyAlpha]]  # draft version (LIVE: the engine's own counts) -> hourly alpha
+    shadow: SegmentStats | None  # the live draft's replay over the report window
+    live: SegmentStats | None  # the serving engine's own counts over the report window
+    primary: str  # the source the state reads
+    positions: list[float]  # p_1..p_k of the primary source over the window, zeros up to the replay window k
     state: str
     threshold: float
     findings: list[StoredFinding]
+
+    @property
+    def current(self) -> SegmentStats | None:
+        return self.shadow if self.primary == SHADOW else self.live
+
+    @property
+    def paired(self) -> int:
+        """Samples with both live and shadow counts (both sources carry the same number)."""
+        present = self.shadow or self.live
+        return present.paired if present else 0
 
 
 @dataclass(frozen=True)
@@ -74,10 +91,19 @@ class ReportData:
     deploys: list[Deploy]
     findings: list[StoredFinding]
     drift_reports: list[Path]
+    primary: str = SHADOW
+    """the source states and alerts read: LIVE in GPU-free mode"""
+    live_without_alpha: int = 0
+    """engine reports in the window whose R is unknown, so they are in no live alpha"""
 
     @property
     def empty(self) -> bool:
         return not self.panels
+
+    @property
+    def sources(self) -> list[str]:
+        """The sources with statistics in some panel, shadow first."""
+        return [s for s in (SHADOW, LIVE) if any((p.shadow if s == SHADOW else p.live) for p in self.panels)]
 
 
 def hourly_alpha(results: Iterable[SampleResult], segment: str) -> dict[str, list[HourlyAlpha]]:
@@ -108,22 +134,17 @@ def busiest_segments(results: Iterable[SampleResult], top: int) -> list[tuple[st
     return [(segment, len(samples[segment])) for segment in [ALL_SEGMENTS, *ranked] if segment in samples]
 
 
-def current_stats(
-    config: Config, engine: Engine, results: Sequence[SampleResult], live: str, window: str, now: datetime
-) -> dict[str, SegmentStats]:
-    cost_ratio = config.stats.cost_ratio
-    if cost_ratio is None:
-        cost_ratio = measured_cost_ratio(engine, live, config.replay.window)
-    stats = segment_stats(
-        [r for r in results if r.draft_version == live],
-        {window: window_length(window)},
-        now,
-        window_k=config.replay.window,
-        cost_ratio=cost_ratio,
-        confidence=config.stats.confidence,
-        resamples=config.stats.resamples,
-    )
-    return {item.segment: item for item in stats}
+def window_stats(
+    config: Config, engine: Engine, live: str | None, window: str, now: datetime
+) -> tuple[dict[str, SegmentStats], dict[str, SegmentStats], str]:
+    """Shadow and live statistics per segment over `window` (evaluation's `measure`, on that window alone),
+    and the primary source."""
+    one_window = config.model_copy(update={"stats": config.stats.model_copy(update={"windows": [window]})})
+    measured = measure(one_window, engine, live or LIVE, now)  # no live draft: no version has results named LIVE
+    by_source: dict[str, dict[str, SegmentStats]] = {SHADOW: {}, LIVE: {}}
+    for item in measured.stats:
+        by_source[item.source][item.segment] = item
+    return by_source[SHADOW], by_source[LIVE], measured.primary
 
 
 def build_report(
@@ -139,20 +160,32 @@ def build_report(
     """Everything the page shows. `live_draft` defaults to the version that went live last."""
     now = now or utcnow()
     window = window or max(config.stats.windows, key=window_length)
-    results = load_scored(engine, now - timedelta(days=days))
+    since = now - timedelta(days=days)
+    scored, engine_counts = load_scored(engine, since), load_live(engine, since)
     versions = deploys(engine)
     live = live_draft or (versions[-1].draft_version if versions else None)
     findings = latest_findings(engine, limit=20)
     reports = input_drift_reports(config.storage.data_dir)[:DRIFT_REPORTS_SHOWN]
-    if not results or live is None:
+    if not engine_counts and (not scored or live is None):
         return ReportData(now, live, window, days, now, now, [], versions, findings, reports)
-    current = current_stats(config, engine, results, live, window, now)
+    shadow, measured_live, primary = window_stats(config, engine, live, window, now)
+    charted = [*scored, *engine_counts]
     panels = [
-        segment_panel(config, segment, samples, hourly_alpha(results, segment), current.get(segment), findings)
-        for segment, samples in busiest_segments(results, top)
+        segment_panel(
+            config,
+            segment,
+            samples,
+            hourly_alpha(charted, segment),
+            shadow=shadow.get(segment),
+            live=measured_live.get(segment),
+            primary=primary,
+            findings=findings,
+        )
+        for segment, samples in busiest_segments(charted, top)
     ]
-    start, end = time_range(results, versions)
-    return ReportData(now, live, window, days, start, end, panels, versions, findings, reports)
+    start, end = time_range(charted, versions)
+    without_alpha = live_without_alpha(engine, now - window_length(window))
+    return ReportData(now, live, window, days, start, end, panels, versions, findings, reports, primary, without_alpha)
 
 
 def segment_panel(
@@ -160,19 +193,24 @@ def segment_panel(
     segment: str,
     samples: int,
     series: dict[str, list[HourlyAlpha]],
-    current: SegmentStats | None,
+    *,
+    shadow: SegmentStats | None,
+    live: SegmentStats | None,
+    primary: str,
     findings: Sequence[StoredFinding],
 ) -> SegmentPanel:
-    if current is not None:
-        state, threshold = state_of(current, config.drift)
+    """The segment's shadow and live statistics over the window; state and p_i from the primary source."""
+    stats = shadow if primary == SHADOW else live
+    if stats is not None:
+        state, threshold = state_of(stats, config.drift)
     else:
         state = UNKNOWN
         threshold, _ = config.drift.threshold_for(segment)
     own = [finding for finding in findings if finding.segment == segment][:5]
-    positions = list(current.per_position_rates) if current and current.counts.steps else []
+    positions = list(stats.per_position_rates) if stats and stats.counts.steps else []
     if positions:
         positions += [0.0] * (config.replay.window - len(positions))
-    return SegmentPanel(segment, samples, series, current, positions, state, threshold, own)
+    return SegmentPanel(segment, samples, series, shadow, live, primary, positions, state, threshold, own)
 
 
 def time_range(results: Sequence[SampleResult], versions: Sequence[Deploy]) -> tuple[datetime, datetime]:
@@ -291,11 +329,18 @@ def _series(frame: Frame, version: str, points: Sequence[HourlyAlpha], colour: s
     dots = [
         f'<circle cx="{frame.x(p.hour + BUCKET / 2):.1f}" cy="{frame.y(p.alpha):.1f}" '
         f'r="{min(4.5, 1.6 + math.sqrt(p.samples) * 0.6):.1f}" fill="{colour}">'
-        f"<title>{p.hour:%Y-%m-%d %H:00} UTC, draft {html.escape(version[:8])}: alpha {p.alpha:.3f}, "
+        f"<title>{p.hour:%Y-%m-%d %H:00} UTC, {html.escape(series_name(version))}: alpha {p.alpha:.3f}, "
         f"{p.samples} samples</title></circle>"
         for p in points
     ]
     return f'<g class="version" data-version="{html.escape(version)}">' + "".join(lines + dots) + "</g>"
+
+
+def series_name(version: str, live_draft: str | None = None) -> str:
+    """A charted series: a draft version's replays, or (LIVE) the serving engine's own counts."""
+    if version == LIVE:
+        return "engine's own (live)"
+    return f"draft {version[:8]}" + (" (live)" if version == live_draft else "")
 
 
 def version_colours(data: ReportData) -> dict[str, str]:
@@ -303,6 +348,7 @@ def version_colours(data: ReportData) -> dict[str, str]:
     colours = {version: EARLIER_COLOURS[i % len(EARLIER_COLOURS)] for i, version in enumerate(reversed(earlier))}
     if data.live_draft:
         colours[data.live_draft] = LIVE_COLOUR
+    colours[LIVE] = ENGINE_COLOUR
     return colours
 
 
@@ -310,7 +356,7 @@ def alpha_chart(data: ReportData, panel: SegmentPanel, colours: dict[str, str]) 
     frame = Frame(760, 260, 46, 14, 34, 26, data.start, data.end)
     parts = [*_axes(frame), *_threshold_line(frame, panel.threshold)]
     parts += _deploy_markers(frame, data.deploys, data.live_draft)
-    ordered = sorted(panel.series, key=lambda version: version == data.live_draft)  # live drawn on top
+    ordered = sorted(panel.series, key=lambda version: version in (data.live_draft, LIVE))  # live drawn on top
     parts += [_series(frame, version, panel.series[version], colours.get(version, "#6b7280")) for version in ordered]
     label = f"hourly alpha of {panel.segment}"
     return (
@@ -392,6 +438,8 @@ svg text { font-family: inherit; }
   margin-right: 6px; }
 .swatch.dashed { border-top-style: dashed; }
 .swatch.dotted { border-top-style: dotted; }
+.positions { width: auto; margin-top: 10px; }
+.note { color: #4b5563; margin: 4px 0 0; }
 .findings { margin: 10px 0 0; padding-left: 18px; font-size: 14px; }
 .empty { color: #4b5563; }
 footer { color: #6b7280; font-size: 13px; }
@@ -437,17 +485,40 @@ def _number(label: str, value: str, sub: str = "") -> str:
     return f'<div><span class="label">{_e(label)}</span><span class="value">{_e(value)}</span>{sub_html}</div>'
 
 
+def _alpha(stats: SegmentStats | None) -> str:
+    """alpha, marked as an estimate when the engine's R was estimated from its histogram."""
+    if stats is None:
+        return "–"
+    mark = ESTIMATE_MARK if stats.source == LIVE and stats.rejected_estimated else ""
+    return mark + _fmt(stats.alpha)
+
+
+def _interval(stats: SegmentStats | None) -> str:
+    interval = stats.alpha_interval if stats else None
+    return f"{interval.low:.3f}–{interval.high:.3f}" if interval else "–"
+
+
+def _other_source(panel: SegmentPanel) -> str:
+    """The source the state does not read, beside the primary one's numbers."""
+    other = panel.live if panel.primary == SHADOW else panel.shadow
+    if other is None:
+        return ""
+    return _number(f"{SOURCE_NAMES[other.source]} alpha", _alpha(other), f"{other.paired:,} paired samples")
+
+
 def _numbers(panel: SegmentPanel, window: str) -> str:
     stats = panel.current
     if stats is None:
-        return f'<p class="empty">No results of the live draft in the last {_e(window)}.</p>'
+        other = _other_source(panel)
+        missing = f'<p class="empty">No {_e(SOURCE_NAMES[panel.primary])} counts in the last {_e(window)}.</p>'
+        return missing + (f'<div class="numbers">{other}</div>' if other else "")
     alpha_ci = stats.alpha_interval
     tau_ci = stats.tau_interval
     level = f"{stats.confidence:.0%} CI"
     items = [
         _number(
-            f"alpha ({window})",
-            _fmt(stats.alpha),
+            f"alpha ({window}), {SOURCE_NAMES[stats.source]}",
+            _alpha(stats),
             f"{level} {_fmt(alpha_ci.low)}–{_fmt(alpha_ci.high)}" if alpha_ci else "no interval",
         ),
         _number("tau", _fmt(stats.tau, 2), f"{level} {_fmt(tau_ci.low, 2)}–{_fmt(tau_ci.high, 2)}" if tau_ci else ""),
@@ -457,13 +528,36 @@ def _numbers(panel: SegmentPanel, window: str) -> str:
     ]
     if stats.estimated_speedup is not None:
         items.append(_number("est. speedup", f"{stats.estimated_speedup:.2f}×"))
+    items.append(_other_source(panel))
     return '<div class="numbers">' + "".join(items) + "</div>"
+
+
+def _position_comparison(panel: SegmentPanel) -> str:
+    """Live against shadow p_i for all traffic, when both sources have verify steps."""
+    shadow, live = panel.shadow, panel.live
+    if panel.segment != ALL_SEGMENTS or not (shadow and live and shadow.counts.steps and live.counts.steps):
+        return ""
+    shadow_rates, live_rates = shadow.per_position_rates, live.per_position_rates
+    rows = "".join(
+        f'<tr><td class="num">p{index + 1}</td><td class="num">{_fmt(shadow_rate)}</td>'
+        f'<td class="num">{_fmt(live_rate)}</td><td class="num">{_fmt(gap)}</td></tr>'
+        for index, (shadow_rate, live_rate, gap) in enumerate(_position_pairs(shadow_rates, live_rates))
+    )
+    head = _head("#position", "#shadow", "#live", "#live − shadow")
+    return f'<h3>per-position acceptance, live against shadow</h3><table class="positions">{head}{rows}</table>'
+
+
+def _position_pairs(shadow: Sequence[float], live: Sequence[float]) -> list[tuple[float, float, float]]:
+    """(shadow p_i, live p_i, live - shadow) up to the longer list; a position one side never drafted is 0."""
+    length = max(len(shadow), len(live))
+    padded = [list(rates) + [0.0] * (length - len(rates)) for rates in (shadow, live)]
+    return [(one, two, two - one) for one, two in zip(*padded, strict=True)]
 
 
 def _legend(panel: SegmentPanel, data: ReportData, colours: dict[str, str]) -> str:
     items = []
-    for version in sorted(panel.series, key=lambda v: v != data.live_draft):
-        label = f"draft {version[:8]}" + (" (live)" if version == data.live_draft else "")
+    for version in sorted(panel.series, key=lambda v: (v != LIVE, v != data.live_draft)):
+        label = series_name(version, data.live_draft)
         colour = colours.get(version, "#6b7280")
         items.append(f'<span><span class="swatch" style="border-color:{colour}"></span>{_e(label)}</span>')
     items.append('<span><span class="swatch dashed" style="border-color:#dc2626"></span>alert threshold</span>')
@@ -484,38 +578,51 @@ def _panel_findings(panel: SegmentPanel) -> str:
 
 def _panel(index: int, panel: SegmentPanel, data: ReportData, colours: dict[str, str]) -> str:
     title = _title(panel.segment)
+    engine_series = " and the engine's own counts" if LIVE in panel.series else ""
     positions = position_chart(panel.positions) if panel.positions else '<p class="empty">no verify steps</p>'
     return (
         f'<section class="card segment" id="{_anchor(index)}" data-segment="{_e(panel.segment)}">'
         f"<header><h2>{_e(title)}</h2>{_badge(panel.state, STATE_COLOURS.get(panel.state, '#6b7280'))}</header>"
         + _numbers(panel, data.window)
-        + '<div class="charts"><div><h3>alpha per hour (UTC), every draft version</h3>'
+        + f'<div class="charts"><div><h3>alpha per hour (UTC), every draft version{engine_series}</h3>'
         + alpha_chart(data, panel, colours)
         + _legend(panel, data, colours)
-        + f"</div><div><h3>per-position acceptance p<sub>i</sub>, live draft, {_e(data.window)}</h3>"
+        + f"</div><div><h3>per-position acceptance p<sub>i</sub>, {_e(SOURCE_NAMES[panel.primary])}, "
+        + f"{_e(data.window)}</h3>"
         + positions
         + "</div></div>"
+        + _position_comparison(panel)
         + _panel_findings(panel)
         + "</section>"
     )
 
 
+def _source_cells(stats: SegmentStats | None) -> str:
+    """alpha, interval, tau, A/D and samples of one source."""
+    values = [
+        _alpha(stats),
+        _interval(stats),
+        _fmt(stats.tau if stats else None, 2),
+        _fmt(stats.draft_acceptance_rate if stats else None),
+        f"{stats.samples if stats else 0:,}",
+    ]
+    return "".join(f'<td class="num">{value}</td>' for value in values)
+
+
 def _summary(data: ReportData) -> str:
+    sources = data.sources
     rows = []
     for index, panel in enumerate(data.panels):
-        stats = panel.current
-        interval = stats.alpha_interval if stats else None
-        shown = f"{interval.low:.3f}–{interval.high:.3f}" if interval else "–"
+        cells = "".join(_source_cells(panel.shadow if source == SHADOW else panel.live) for source in sources)
         rows.append(
-            f'<tr><td><a href="#{_anchor(index)}">{_e(_title(panel.segment))}</a></td>'
-            f'<td class="num">{_fmt(stats.alpha if stats else None)}</td><td class="num">{shown}</td>'
-            f'<td class="num">{_fmt(stats.tau if stats else None, 2)}</td>'
-            f'<td class="num">{stats.samples if stats else 0:,}</td>'
+            f'<tr><td><a href="#{_anchor(index)}">{_e(_title(panel.segment))}</a></td>{cells}'
+            f'<td class="num">{panel.paired:,}</td>'
             f"<td>{_badge(panel.state, STATE_COLOURS.get(panel.state, '#6b7280'))}</td></tr>"
         )
-    head = _head("segment", "#alpha", "#interval", "#tau", "#samples", "state")
-    title = f"Live draft over the last {_e(data.window)}"
-    return f'<section class="card"><h2>{title}</h2><table>{head}{"".join(rows)}</table></section>'
+    columns = [f"#{name}" for source in sources for name in (f"{source} alpha", "interval", "tau", "A/D", "samples")]
+    head = _head("segment", *columns, "#paired", "state")
+    title = f"Acceptance over the last {_e(data.window)}: " + ", ".join(_e(SOURCE_NAMES[s]) for s in sources)
+    return f'<section class="card"><h2>{title}</h2><table class="summary">{head}{"".join(rows)}</table></section>'
 
 
 def _finding_link(finding: StoredFinding, base: Path) -> str:
@@ -565,7 +672,10 @@ FOOTER = (
     "verify step (E: steps ended by an accepted EOS). "
     "<b>draft acceptance A/D</b> is vLLM's accepted / drafted tokens. <b>p<sub>i</sub></b>: the share of verify "
     "steps whose i-th drafted token was accepted. Intervals: cluster bootstrap over samples. A draft version "
-    "went live when it was first replayed.</p></footer>"
+    "went live when it was first replayed. <b>shadow</b>: specwatch's replay of the live draft on the logged "
+    "completions; <b>live</b>: the serving engine's own per-request counts; <b>paired</b>: samples with both. "
+    f"{ESTIMATE_MARK} marks a live alpha whose R was estimated from the engine's histogram (S − hist[k]): it "
+    "reads low when drafts were shortened.</p></footer>"
 )
 
 
@@ -573,8 +683,23 @@ def _header(data: ReportData) -> str:
     live = f'live draft <span class="mono">{_e(data.live_draft)}</span>' if data.live_draft else "no live draft yet"
     return (
         f'<header><h1>specwatch report</h1><p class="meta">generated {data.generated_at:%Y-%m-%d %H:%M} UTC · '
-        f"{live} · traffic {data.start:%Y-%m-%d %H:%M} – {data.end:%Y-%m-%d %H:%M} UTC</p></header>"
+        f"{live} · traffic {data.start:%Y-%m-%d %H:%M} – {data.end:%Y-%m-%d %H:%M} UTC</p>"
+        + _source_notes(data)
+        + "</header>"
     )
+
+
+def _source_notes(data: ReportData) -> str:
+    """Which source the states read, in GPU-free mode plainly; engine reports in no alpha."""
+    notes = []
+    if data.primary == LIVE:
+        notes.append(f'<p class="note gpu-free">{_e(GPU_FREE_NOTE[0].upper() + GPU_FREE_NOTE[1:])}.</p>')
+    if data.live_without_alpha:
+        notes.append(
+            f'<p class="note">{data.live_without_alpha:,} engine reports in the last {_e(data.window)} lacked R '
+            "(no histogram or window k): they are in no live alpha.</p>"
+        )
+    return "".join(notes)
 
 
 def _nothing_to_chart(data: ReportData) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from monitor.base.config import Config
 from monitor.service.commands.common import CommandError, add_config_argument, load_config, open_database, print_json
 
 
@@ -16,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     evaluate.add_argument("--json", action="store_true", help="machine-readable output")
     evaluate.set_defaults(handler=evaluate_command)
 
-    status = subparsers.add_parser("status", help="per segment: alpha with interval, tau, samples, trend, state")
+    status = subparsers.add_parser(
+        "status",
+        help="per segment, shadow and live side by side: alpha with interval, tau, A/D, samples, paired; trend, state",
+    )
     add_config_argument(status)
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--window", default=None, help="window to show (default: the longest configured)")
@@ -29,11 +33,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     findings.set_defaults(handler=findings_command)
 
 
-def live_draft_version(args: argparse.Namespace) -> str:
-    from monitor.replay.live_models import ModelsUnavailable, live_draft_dir
-    from retrain.registry import head_version
+ENGINE_VERSION = "engine"
+"""what findings are filed under in GPU-free mode when the head registry has no live head"""
 
-    config = load_config(args)
+
+def live_draft_version(config: Config) -> str:
+    """The live head's version: the one replay measures and findings are filed under. In GPU-free mode
+    (no replay) the head registry's live version when there is one, else ENGINE_VERSION: models.draft is
+    not needed there."""
+    from monitor.replay.live_models import ModelsUnavailable, live_draft_dir
+    from retrain.registry import HeadRegistry, RegistryError, head_version
+
+    if not config.replays:
+        try:
+            return HeadRegistry(config.heads_dir).live_version() or ENGINE_VERSION
+        except RegistryError as error:
+            raise CommandError(str(error)) from None
     try:
         draft = live_draft_dir(config)
     except ModelsUnavailable as error:
@@ -48,14 +63,18 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from monitor.evaluation.evaluate import evaluate
 
     config = load_config(args)
+    draft_version = live_draft_version(config)
     engine = open_database(config)
-    evaluation = evaluate(config, engine, live_draft_version(args))
+    evaluation = evaluate(config, engine, draft_version)
     dispatch(config.alerts, engine)
     engine.dispose()
     if args.json:
         print_json({"findings": [f.to_dict() for f in evaluation.findings]})
     else:
-        print(f"{len(evaluation.stats)} segment windows evaluated, {len(evaluation.findings)} findings")
+        evaluated = len(evaluation.stats_of(evaluation.primary))
+        print(
+            f"{evaluated} segment windows evaluated on {evaluation.primary} counts, {len(evaluation.findings)} findings"
+        )
         for finding in evaluation.findings:
             print(f"  [{finding.severity}] {finding.detector}: {finding.summary}")
     return 0
@@ -64,9 +83,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     from monitor.base.config import window_length
     from monitor.base.db import utcnow
-    from monitor.base.results import load_results
-    from monitor.base.stats import segment_stats
-    from monitor.evaluation.status import render_table, segment_statuses
+    from monitor.base.results import live_without_alpha
+    from monitor.evaluation.evaluate import measure
+    from monitor.evaluation.status import render_table, segment_statuses, source_line, table_notes
 
     config = load_config(args)
     windows = {name: window_length(name) for name in config.stats.windows}
@@ -74,27 +93,26 @@ def status_command(args: argparse.Namespace) -> int:
     if window not in windows:
         raise CommandError(f"--window {window}: not one of the configured windows {list(windows)}")
     trend_window = min(windows, key=lambda name: windows[name])
+    draft_version = live_draft_version(config)
     engine = open_database(config)
     now = utcnow()
-    results = load_results(engine, live_draft_version(args), now - max(windows.values()))
-    engine.dispose()
-    stats = segment_stats(
-        results,
-        windows,
-        now,
-        window_k=config.replay.window,
-        cost_ratio=config.stats.cost_ratio,
-        confidence=config.stats.confidence,
-        resamples=config.stats.resamples,
-    )
-    statuses = segment_statuses(stats, window, trend_window, config.drift)
+    try:
+        measured = measure(config, engine, draft_version, now)
+        without_alpha = live_without_alpha(engine, now - windows[window])
+    finally:
+        engine.dispose()
+    statuses = segment_statuses(measured.stats, window, trend_window, config.drift, measured.primary)
     if args.json:
         print_json([status.to_dict() for status in statuses])
-    elif not statuses:
-        print(f"no replayed samples in the last {window}")
+        return 0
+    print(source_line(measured.primary, config.replays, draft_version))
+    if not statuses:
+        print(f"no replayed samples or engine reports in the last {window}")
     else:
         print(f"window {window}, trend against {trend_window}, threshold {config.drift.threshold}")
         print(render_table(statuses, colour=sys.stdout.isatty()))
+    for note in table_notes(statuses, without_alpha, window):
+        print(note)
     return 0
 
 

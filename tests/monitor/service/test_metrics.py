@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from decoder import AcceptCounts
 from monitor.base.config import Config, MetricsConfig, ModelsConfig, ReplayConfig, Secret
 from monitor.base.db import ReplayResult
 from monitor.base.results import EXACT, SCORED, replay_backlog
-from monitor.base.stats import SampleResult, segment_stats
+from monitor.base.stats import LIVE, SampleResult, segment_stats
 from monitor.evaluation.evaluate import Evaluation
 from monitor.intake.pipeline import IngestReport, IntakePipeline, RawRecord
 from monitor.replay.live_models import LiveModels, load_live_models
@@ -82,9 +83,10 @@ def sample_result(sample_id: int, segment: str, hours_ago: float, steps: list[tu
     return SampleResult(sample_id, segment, NOW - timedelta(hours=hours_ago), counts(steps), 20, "draft-a")
 
 
-def evaluation_of(results: list[SampleResult]) -> Evaluation:
+def evaluation_of(results: list[SampleResult], live: Sequence[SampleResult] = ()) -> Evaluation:
     windows = {"1h": timedelta(hours=1), "24h": timedelta(hours=24)}
     stats = segment_stats(results, windows, NOW, window_k=4, cost_ratio=None, resamples=200)
+    stats += segment_stats(live, windows, NOW, window_k=4, cost_ratio=None, resamples=200, source=LIVE)
     return Evaluation(NOW, "draft-a", stats, [], None)
 
 
@@ -97,17 +99,44 @@ def zh_and_en() -> list[SampleResult]:
 def test_evaluation_gauges(metrics: Metrics, reader: InMemoryMetricReader) -> None:
     metrics.observe_evaluation(evaluation_of(zh_and_en()))
     alpha = values(reader, "specwatch_alpha")
-    zh = (("segment", "lang=zh"), ("window", "24h"))
+    zh = (("segment", "lang=zh"), ("source", "shadow"), ("window", "24h"))
     assert alpha[zh] == pytest.approx(3 / (3 + 3))  # A = 1 + 0 + 2 per sample, R = 3 rejections
-    assert alpha[(("segment", "lang=en"), ("window", "1h"))] == pytest.approx(7 / 8)
-    assert (("segment", "lang=zh"), ("window", "1h")) not in alpha, "no zh traffic in the last hour"
+    assert alpha[(("segment", "lang=en"), ("source", "shadow"), ("window", "1h"))] == pytest.approx(7 / 8)
+    zh_last_hour = (("segment", "lang=zh"), ("source", "shadow"), ("window", "1h"))
+    assert zh_last_hour not in alpha, "no zh traffic in the last hour"
     assert values(reader, "specwatch_tau")[zh] == pytest.approx(1 + 3 / 3)
     low, high = values(reader, "specwatch_alpha_interval_low")[zh], values(reader, "specwatch_alpha_interval_high")[zh]
     assert low <= alpha[zh] <= high
-    assert (("segment", "*"), ("window", "24h")) in alpha
+    assert (("segment", "*"), ("source", "shadow"), ("window", "24h")) in alpha
+    assert values(reader, "specwatch_draft_acceptance_rate")[zh] == pytest.approx(3 / 12)
+    assert values(reader, "specwatch_paired_samples")[zh] == 0
+    positions = values(reader, "specwatch_per_position_acceptance")
+    assert positions[(("position", "1"), *zh)] == pytest.approx(2 / 3), "two of three steps accept p_1"
+    assert not any(dict(key)["source"] == "live" for key in alpha), "no engine counts, no live series"
 
     metrics.observe_evaluation(evaluation_of(zh_and_en()[3:]))
     assert zh not in values(reader, "specwatch_alpha"), "a segment gone from the evaluation leaves the gauge"
+
+
+def test_evaluation_gauges_carry_both_sources(metrics: Metrics, reader: InMemoryMetricReader) -> None:
+    live = [replace(result, draft_version=LIVE) for result in zh_and_en()[:3]]  # the engine saw zh only
+    live[0] = replace(live[0], counts=counts([(4, 0), (4, 0), (4, 0)]))
+    evaluation = evaluation_of(zh_and_en(), live)
+    paired = [replace(item, paired=3 if item.segment in ("lang=zh", "*") else 0) for item in evaluation.stats]
+    metrics.observe_evaluation(replace(evaluation, stats=paired))
+    alpha = values(reader, "specwatch_alpha")
+    zh_live = (("segment", "lang=zh"), ("source", "live"), ("window", "24h"))
+    zh_shadow = (("segment", "lang=zh"), ("source", "shadow"), ("window", "24h"))
+    assert alpha[zh_shadow] == pytest.approx(3 / 6) and alpha[zh_live] == pytest.approx(6 / 15)
+    assert (("segment", "lang=en"), ("source", "live"), ("window", "24h")) not in alpha
+    assert values(reader, "specwatch_draft_acceptance_rate")[zh_live] == pytest.approx(6 / 36)
+    paired_samples = values(reader, "specwatch_paired_samples")
+    assert paired_samples[zh_live] == paired_samples[zh_shadow] == 3
+    low = values(reader, "specwatch_alpha_interval_low")
+    assert zh_live in low and zh_shadow in low
+    position_one = values(reader, "specwatch_per_position_acceptance")
+    assert position_one[(("position", "1"), *zh_live)] == pytest.approx(4 / 9)
+    assert position_one[(("position", "1"), *zh_shadow)] == pytest.approx(2 / 3)
 
 
 def test_live_draft_info(metrics: Metrics, reader: InMemoryMetricReader) -> None:
@@ -176,12 +205,17 @@ def test_prometheus_scrape_over_http() -> None:
     other = Metrics([prometheus_reader(other_registry)])
     other_server = serve_prometheus("127.0.0.1", 0, registry=other_registry)
     try:
-        metrics.observe_evaluation(evaluation_of(zh_and_en()))
+        live = [replace(result, draft_version=LIVE) for result in zh_and_en()]
+        metrics.observe_evaluation(evaluation_of(zh_and_en(), live))
         metrics.record_intake("http", IngestReport(records=4, stored=3, quarantined=1))
         metrics.record_replay([row(SCORED, [(4, 2)])])
         body = scrape(server.url)
         assert server.port > 0
-        assert 'specwatch_alpha{segment="lang=zh",window="24h"} 0.5' in body.splitlines()
+        lines = body.splitlines()
+        assert 'specwatch_alpha{segment="lang=zh",source="shadow",window="24h"} 0.5' in lines
+        assert 'specwatch_alpha{segment="lang=zh",source="live",window="24h"} 0.5' in lines
+        assert 'specwatch_paired_samples{segment="*",source="live",window="24h"} 0.0' in lines
+        assert 'specwatch_per_position_acceptance{position="1",segment="*",source="live",window="24h"}' in body
         assert 'specwatch_samples_ingested_total{source="http"} 3.0' in body
         assert 'specwatch_samples_quarantined_total{source="http"} 1.0' in body
         assert 'specwatch_accepted_length_bucket{le="2.0"} 1.0' in body

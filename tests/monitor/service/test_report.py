@@ -23,8 +23,10 @@ from sqlalchemy.orm import Session
 from decoder import AcceptCounts
 from monitor.base.config import Config, DriftConfig, ModelsConfig, ReplayConfig, Secret, StatsConfig, StorageConfig
 from monitor.base.db import ReplayResult, create_db_engine, upgrade, utcnow
-from monitor.base.stats import SampleResult
+from monitor.base.results import HISTOGRAM_ESTIMATE, PER_STEP
+from monitor.base.stats import LIVE, SampleResult
 from monitor.evaluation.evaluate import evaluate, latest_findings
+from monitor.evaluation.status import GPU_FREE_NOTE
 from monitor.intake.pipeline import IntakePipeline, RawRecord
 from monitor.replay.live_models import LiveModels, load_live_models
 from monitor.replay.replayer import Replayer
@@ -39,6 +41,7 @@ from monitor.service.report import (
     write_report,
 )
 from tests.conftest import BACKENDS, POSTGRES_URL, fresh_postgres_schema
+from tests.monitor.stored_counts import HIGH, LOW, store_engine_reports, store_traffic
 
 # The tiny reference drafts reach alpha of roughly 0.3-0.6 on English and code; draft A about 0 on
 # Chinese: the line goes at 0.2, as in test_evaluate.
@@ -278,3 +281,61 @@ def test_report_renders_in_headless_chromium(history: History, history_engine: E
     png = screenshot.read_bytes()
     assert struct.unpack(">II", png[16:24]) == (1400, 2400)
     assert len(png) > 50_000 and distinct_scanlines(png) > 300
+
+
+def side_by_side_config(config: Config) -> Config:
+    return config.model_copy(
+        update={
+            "stats": StatsConfig(windows=["1h", "24h"], resamples=200),
+            "drift": DriftConfig(min_samples=10, divergence_min_pairs=10, input_interval="1000d"),
+        }
+    )
+
+
+def test_report_shows_live_beside_shadow_with_positions_and_divergence(config: Config, engine: Engine) -> None:
+    config = side_by_side_config(config)
+    now = utcnow()
+    # the engine accepts far less of English than the replay of the live draft: they diverge
+    store_traffic(engine, "lang=en", 12, now=now, shadow=HIGH, live=LOW, basis=HISTOGRAM_ESTIMATE)
+    store_traffic(engine, "lang=zh", 12, now=now, shadow=LOW, live=LOW, basis=PER_STEP)
+    store_engine_reports(engine, "lang=en", 2, now=now, steps=HIGH, basis=None)
+    evaluation = evaluate(config, engine, "draft-a", now=now)
+    assert any(f.detector == "divergence" and f.segment == "*" for f in evaluation.findings)
+
+    data = build_report(config, engine, live_draft="draft-a", now=now)
+    everything = data.panels[0]
+    assert everything.segment == "*" and data.primary == "shadow" and data.sources == ["shadow", "live"]
+    assert everything.shadow is not None and everything.live is not None and everything.paired == 24
+    assert data.live_without_alpha == 2
+    page = render_html(data, config.storage.data_dir / "reports")
+    summary = page.split('<table class="summary">')[1].split("</table>")[0]
+    for column in ("shadow alpha", "live alpha", "A/D", "paired"):
+        assert f'<th class="num">{column}</th>' in summary
+    en_row = summary.split(">lang=en</a>")[1].split("</tr>")[0]
+    assert '<td class="num">0.917</td>' in en_row, "shadow alpha of English"
+    assert '<td class="num">~0.250</td>' in en_row, "live alpha of English, R estimated"
+    assert '<td class="num">24</td>' in summary.split(">all traffic (*)</a>")[1].split("</tr>")[0]
+    star_panel = page.split('data-segment="*"')[1].split("</section>")[0]
+    assert "per-position acceptance, live against shadow" in star_panel
+    assert star_panel.count("<tr>") == 1 + 4, "a header and p1..p4"
+    zh_panel = page.split('data-segment="lang=zh"')[1].split("</section>")[0]
+    assert "live against shadow" not in zh_panel, "the comparison is for all traffic"
+    assert f'<g class="version" data-version="{LIVE}">' in zh_panel, "the engine's hourly alpha is charted"
+    findings = page.split("<h2>Latest findings</h2>")[1].split("</section>")[0]
+    assert "<td>divergence</td>" in findings
+    assert "2 engine reports in the last 24h lacked R" in page
+    assert GPU_FREE_NOTE not in page
+
+
+def test_report_in_gpu_free_mode_says_the_numbers_are_the_engines_own(config: Config, engine: Engine) -> None:
+    config = side_by_side_config(config)
+    now = utcnow()
+    store_traffic(engine, "lang=en", 12, now=now, shadow=None, live=HIGH)
+    data = build_report(config, engine, now=now)
+    assert not data.empty and data.live_draft is None
+    assert data.primary == "live" and data.sources == ["live"]
+    assert data.panels[0].current is data.panels[0].live and data.panels[0].state == "ok"
+    page = render_html(data, config.storage.data_dir / "reports")
+    assert "Acceptance is the serving engine&#x27;s own (GPU-free mode: no replay)" in page
+    assert "shadow alpha" not in page and '<th class="num">live alpha</th>' in page
+    assert "Nothing replayed yet" not in page
