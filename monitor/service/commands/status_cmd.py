@@ -33,23 +33,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     findings.set_defaults(handler=findings_command)
 
 
-ENGINE_VERSION = "engine"
-"""what findings are filed under in GPU-free mode when the head registry has no live head"""
-
-
 def live_draft_version(config: Config) -> str:
     """The live head's version: the one replay measures and findings are filed under. In GPU-free mode
     (no replay) the head registry's live version when there is one, else ENGINE_VERSION: models.draft is
     not needed there."""
-    from monitor.replay.live_models import ModelsUnavailable, live_draft_dir
-    from retrain.registry import HeadRegistry, RegistryError, head_version
+    from monitor.replay.live_models import ModelsUnavailable, live_draft_dir, version_without_models
+    from retrain.registry import head_version
 
-    if not config.replays:
-        try:
-            return HeadRegistry(config.heads_dir).live_version() or ENGINE_VERSION
-        except RegistryError as error:
-            raise CommandError(str(error)) from None
     try:
+        if not config.replays:
+            return version_without_models(config)
         draft = live_draft_dir(config)
     except ModelsUnavailable as error:
         raise CommandError(str(error)) from None

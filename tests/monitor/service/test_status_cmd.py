@@ -16,8 +16,9 @@ from monitor.base.db import utcnow
 from monitor.base.results import HISTOGRAM_ESTIMATE, PER_STEP
 from monitor.evaluation.evaluate import latest_findings
 from monitor.evaluation.status import ESTIMATE_MARK, GPU_FREE_NOTE
+from monitor.replay.live_models import ENGINE_VERSION
 from monitor.service.cli import main
-from monitor.service.commands.status_cmd import ENGINE_VERSION, live_draft_version
+from monitor.service.commands.status_cmd import live_draft_version
 from retrain.registry import HeadRegistry
 from tests.monitor.stored_counts import HIGH, LOW, NONE_ACCEPTED, store_engine_reports, store_traffic
 
