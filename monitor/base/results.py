@@ -211,8 +211,8 @@ def shadow_like_live(shadow: AcceptCounts, rejected_basis: str | None, live_wind
 
 
 def load_pairs(engine: Engine, draft_version: str, since: datetime) -> list[LiveShadowPair]:
-    """Samples since `since` with both the engine's counts (R known) and a scored replay of `draft_version`,
-    oldest first."""
+    """Samples since `since` with both the engine's counts (R known) and a scored replay of `draft_version`
+    (the newest, when the sample was replayed under more than one target version), oldest first."""
     query = (
         select(LiveResult, ReplayResult.counts, ReplayResult.window)
         .join(ReplayResult, ReplayResult.sample_id == LiveResult.sample_id)
@@ -223,10 +223,10 @@ def load_pairs(engine: Engine, draft_version: str, since: datetime) -> list[Live
             LiveResult.occurred_at > since,
             LiveResult.rejected.is_not(None),
         )
-        .order_by(LiveResult.occurred_at, LiveResult.id)
+        .order_by(LiveResult.occurred_at, LiveResult.id, ReplayResult.id)
     )
     with Session(engine) as session:
-        return [
+        pairs = [
             LiveShadowPair(
                 sample_id=int(row.sample_id or 0),
                 segment=row.segment,
@@ -239,3 +239,5 @@ def load_pairs(engine: Engine, draft_version: str, since: datetime) -> list[Live
             )
             for row, counts, window in session.execute(query)
         ]
+    latest = {pair.sample_id: pair for pair in pairs}  # a sample replayed under two targets: the newest replay
+    return sorted(latest.values(), key=lambda pair: (pair.occurred_at, pair.sample_id))
