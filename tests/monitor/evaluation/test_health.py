@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine
 
-from monitor.base.config import Config, IntakeConfig, ReplayConfig, SamplingConfig, Secret
+from monitor.base.config import Config, IntakeConfig, ModelsConfig, ReplayConfig, SamplingConfig, Secret
 from monitor.base.db import utcnow
 from monitor.evaluation.health import health_findings, intake_errors, replay_stalled
 from monitor.intake.pipeline import IntakePipeline, RawRecord
@@ -46,11 +46,15 @@ def test_health_findings_use_the_configured_limits(config: Config, engine: Engin
         update={
             "intake": IntakeConfig(sampling=SamplingConfig(rate=1.0), quarantined_per_hour_alert=3),
             "replay": ReplayConfig(stall_after_s=60),
+            "models": ModelsConfig(target=Path("target"), draft=Path("draft")),
         }
     )
     ingest(config, engine, good=2, bad=4)
     found = health_findings(config, engine, DRAFT, utcnow() + timedelta(minutes=2))
     assert sorted(f.detector for f in found) == ["intake_errors", "replay_stalled"]
+    gpu_free = config.model_copy(update={"replay": ReplayConfig(enabled=False, stall_after_s=60)})
+    found = health_findings(gpu_free, engine, DRAFT, utcnow() + timedelta(minutes=2))
+    assert [f.detector for f in found] == ["intake_errors"], "nothing replays in GPU-free mode: nothing stalls"
 
 
 def test_retrain_failed_until_a_later_job_finishes(config: Config, engine: Engine, tmp_path: Path) -> None:
