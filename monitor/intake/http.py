@@ -179,6 +179,8 @@ class Tally:
             "duplicates": report.duplicates,
             "sampled_out": report.sampled_out,
             "quarantined": report.quarantined,
+            "live": report.live,
+            "live_refused": report.live_refused,
             "problems": [{"position": position, "reason": reason} for position, reason in report.problems],
             "problems_omitted": self.problems_omitted,
         }

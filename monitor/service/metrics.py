@@ -247,6 +247,10 @@ class Metrics:
         self._quarantined = meter.create_counter(
             "specwatch_samples_quarantined", description="records intake could not use (see specwatch intake errors)"
         )
+        self._live = meter.create_counter(
+            "specwatch_engine_reports_ingested",
+            description="requests whose engine-reported acceptance intake stored (outcome stored) or refused (refused)",
+        )
         self._replayed = meter.create_counter("specwatch_samples_replayed", description="replay results stored")
         self._tokens_per_second = meter.create_gauge(
             "specwatch_replay_tokens_per_second", description="target tokens scored per second in the last round"
@@ -289,6 +293,8 @@ class Metrics:
     def record_intake(self, source: str, report: IngestReport) -> None:
         self._ingested.add(report.stored, {"source": source})
         self._quarantined.add(report.quarantined, {"source": source})
+        self._live.add(report.live, {"source": source, "outcome": "stored"})
+        self._live.add(report.live_refused, {"source": source, "outcome": "refused"})
 
     def record_replay(self, rows: Iterable[Mapping[str, Any]], report: ReplayReport | None = None) -> None:
         """Results as the Replayer stores them (keys mode, counts, skipped), and the round's throughput."""

@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     errors.add_argument("--json", action="store_true", help="machine-readable output")
     errors.add_argument("--limit", type=int, default=50, help="newest N records (default 50)")
     errors.set_defaults(handler=errors_command)
-    stats = commands.add_parser("stats", help="records, stored, duplicates, sampled out, quarantined per source")
+    stats = commands.add_parser(
+        "stats", help="records, stored, duplicates, sampled out, quarantined, engine counts (live) per source"
+    )
     add_config_argument(stats)
     stats.add_argument("--json", action="store_true", help="machine-readable output")
     stats.set_defaults(handler=stats_command)
@@ -106,7 +108,7 @@ def stats_command(args: argparse.Namespace) -> int:
     engine = open_database(load_config(args))
     with Session(engine) as session:
         rows = list(session.scalars(select(IntakeCounter).order_by(IntakeCounter.source)))
-    fields = ["records", "stored", "duplicates", "sampled_out", "quarantined"]
+    fields = ["records", "stored", "duplicates", "sampled_out", "quarantined", "live", "live_refused"]
     items = [{"source": row.source, **{name: getattr(row, name) for name in fields}} for row in rows]
     if args.json:
         print_json(items)

@@ -359,3 +359,18 @@ def test_intake_serve_refuses_an_exposed_bind_without_token_with_exit_2(tmp_path
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert "0.0.0.0" in done.stderr and "SPECWATCH_INGEST_TOKEN" in done.stderr
+
+
+def test_engine_payloads_posted_over_http_are_stored_or_refused_with_the_sample_kept(
+    server: IntakeHTTPServer, engine: Engine
+) -> None:
+    from monitor.base.db import LiveResult
+    from tests.monitor.intake.test_live_intake import with_engine_counts
+
+    broken = with_engine_counts(2)
+    broken["engine_acceptance"]["acceptance_histogram"] = [1, 1]  # does not sum to the steps
+    status, body = post(server, json.dumps([with_engine_counts(1), broken]).encode())
+    assert status == 200
+    assert (body["stored"], body["quarantined"], body["live"], body["live_refused"]) == (2, 0, 1, 1)
+    assert body["problems"][0]["position"].endswith("(engine_acceptance)")
+    assert count(engine, LiveResult) == 1 and count(engine, Sample) == 2
