@@ -147,6 +147,26 @@ class SegmentStats:
         }
 
 
+class BySource:
+    """A group's statistics over one window from both sources, and the one alerts read (`primary`); mixed
+    into the dataclasses that show them (status rows, report panels), which declare the three fields."""
+
+    shadow: SegmentStats | None
+    live: SegmentStats | None
+    primary: str
+
+    @property
+    def current(self) -> SegmentStats | None:
+        """The primary source's statistics: what the state and the alerts read."""
+        return self.shadow if self.primary == SHADOW else self.live
+
+    @property
+    def paired(self) -> int:
+        """Samples with both live and shadow counts (both sources carry the same number)."""
+        present = self.shadow or self.live
+        return present.paired if present else 0
+
+
 def estimated_speedup(tau: float | None, window_k: int, cost_ratio: float | None) -> float | None:
     """tau / (1 + k * c): tokens per target forward over the cost of one verify step in target forwards."""
     if tau is None or cost_ratio is None:

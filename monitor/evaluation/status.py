@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.base.config import DriftConfig
-from monitor.base.stats import ALL_SEGMENTS, LIVE, SHADOW, SegmentStats
+from monitor.base.stats import ALL_SEGMENTS, LIVE, SHADOW, BySource, SegmentStats
 
 OK, WARNING, BREACH, UNKNOWN = "ok", "warning", "breach", "too few samples"
 COLOURS = {OK: "\x1b[32m", WARNING: "\x1b[33m", BREACH: "\x1b[31m", UNKNOWN: "\x1b[2m"}
@@ -26,7 +26,7 @@ ESTIMATE_NOTE = (
 
 
 @dataclass(frozen=True)
-class SegmentStatus:
+class SegmentStatus(BySource):
     """One segment ("*" for all traffic) over one window: both sources, and the state of the primary one."""
 
     segment: str
@@ -36,17 +36,6 @@ class SegmentStatus:
     threshold: float
     state: str
     trend: str
-
-    @property
-    def current(self) -> SegmentStats | None:
-        """The primary source's statistics: what the state and the alerts read."""
-        return self.shadow if self.primary == SHADOW else self.live
-
-    @property
-    def paired(self) -> int:
-        """Samples with both live and shadow counts (both sources carry the same number)."""
-        present = self.shadow or self.live
-        return present.paired if present else 0
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -29,7 +29,7 @@ from sqlalchemy import Engine
 from monitor.base.config import Config, window_length
 from monitor.base.db import StoredFinding, utcnow
 from monitor.base.results import Deploy, deploys, live_without_alpha, load_live, load_scored
-from monitor.base.stats import ALL_SEGMENTS, LIVE, SHADOW, SampleResult, SegmentStats
+from monitor.base.stats import ALL_SEGMENTS, LIVE, SHADOW, BySource, SampleResult, SegmentStats
 from monitor.evaluation.drift import REPORT_STAMP
 from monitor.evaluation.evaluate import REPORTS_DIR, input_drift_reports, latest_findings, measure
 from monitor.evaluation.status import BREACH, ESTIMATE_MARK, GPU_FREE_NOTE, OK, UNKNOWN, WARNING, state_of
@@ -56,7 +56,7 @@ class HourlyAlpha:
 
 
 @dataclass(frozen=True)
-class SegmentPanel:
+class SegmentPanel(BySource):
     segment: str
     samples: int
     series: dict[str, list[HourlyAlpha]]  # draft version (LIVE: the engine's own counts) -> hourly alpha
@@ -67,16 +67,6 @@ class SegmentPanel:
     state: str
     threshold: float
     findings: list[StoredFinding]
-
-    @property
-    def current(self) -> SegmentStats | None:
-        return self.shadow if self.primary == SHADOW else self.live
-
-    @property
-    def paired(self) -> int:
-        """Samples with both live and shadow counts (both sources carry the same number)."""
-        present = self.shadow or self.live
-        return present.paired if present else 0
 
 
 @dataclass(frozen=True)
