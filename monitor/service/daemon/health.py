@@ -52,6 +52,8 @@ class Health:
     models: str | None = "models not loaded yet"  # what is wrong with the models; None when the live head is loaded
     device: str | None = None  # the configured GPU is gone: replaying on the CPU, or paused (see .models)
     pending: int | None = None
+    replays: bool = True
+    """False in GPU-free mode: no replay lag to measure, no models to load"""
     replay_lag_s: float | None = None
     replay_progress_at: float = field(default_factory=time.monotonic)
     jobs: dict[str, float] = field(default_factory=dict)  # running job -> when it last made progress (monotonic)
@@ -87,6 +89,8 @@ class Health:
             problems.append(self.models)
         if self.intake.problem:
             problems.append(f"intake paused: {self.intake.problem}")
+        if not self.replays:
+            return problems
         if self.replay_lag_s is None:
             problems.append("replay lag not measured yet")
         elif self.replay_lag_s > max_replay_lag_s:

@@ -79,6 +79,7 @@ class Lifecycle:
         daemon = self.daemon
         if daemon.gpu_free:
             daemon.version_without_models = self.gpu_free_version()
+            daemon.health.replays, daemon.health.models = False, None
         else:
             daemon.draft_dir = self.check_model_directories()
         daemon.metrics, self.http = start_http(daemon, daemon.config.metrics)

@@ -37,3 +37,12 @@ def test_readiness_names_a_job_without_progress_for_its_stall_limit() -> None:
     health.job_ended("intake-follow")
     health.job_progressed("replay")
     assert health.readiness_problems(60, 30, time.monotonic() + 10) == []
+
+
+def test_gpu_free_readiness_and_liveness_ask_nothing_of_replay() -> None:
+    health = Health(phase="running", replays=False, models=None)
+    health.database.succeeded()
+    assert health.readiness_problems(max_replay_lag_s=60) == [], "no replay lag to measure"
+    long_ago = health.replay_progress_at + 3600
+    assert health.liveness_problem(True, None, long_ago) is None, "no replay rounds to wait for"
+    assert health.liveness_problem(True, 600, long_ago) is not None
