@@ -3,6 +3,12 @@ as an independent EAGLE-3 implementation for tests/decoder/formats/test_speculat
 
     python speculators_side.py logits CHECKPOINT_DIR INPUTS.safetensors OUT.safetensors
     python speculators_side.py create VERIFIER_DIR OUT_DIR SPEC.json
+    python speculators_side.py batch JOBS.json RESULTS.json
+
+`batch` runs many cases in one process (one interpreter start and one import of speculators for a
+whole test module): JOBS.json maps a case id to its steps, each `[command, path, path, path]` as
+above, run in order; RESULTS.json maps each case id to null (every step ran) or the traceback of the
+step that failed, so one case failing leaves the others to report for themselves.
 
 `logits`: loads CHECKPOINT_DIR with `Eagle3DraftModel.from_pretrained`, runs its own `forward` for one
 step (ttt_steps=1) on the saved `aux_states` [1, T, 3H] and `token_ids` [1, T], and saves the logits
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -87,6 +94,22 @@ def create(verifier: Path, out_dir: Path, spec_path: Path) -> None:
     model.save_pretrained(str(out_dir))
 
 
+COMMANDS = {"logits": logits, "create": create}
+
+
+def batch(jobs_path: Path, results_path: Path) -> None:
+    jobs: dict[str, list[list[str]]] = json.loads(jobs_path.read_text())
+    results: dict[str, str | None] = {}
+    for case, steps in jobs.items():
+        try:
+            for command, *paths in steps:
+                COMMANDS[command](*(Path(p) for p in paths))
+            results[case] = None
+        except Exception:
+            results[case] = traceback.format_exc()
+    results_path.write_text(json.dumps(results))
+
+
 if __name__ == "__main__":
     command, *paths = sys.argv[1:]
-    {"logits": logits, "create": create}[command](*(Path(p) for p in paths))
+    {**COMMANDS, "batch": batch}[command](*(Path(p) for p in paths))

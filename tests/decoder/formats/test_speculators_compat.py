@@ -4,6 +4,10 @@ Its own `Eagle3DraftModel` (in `.venv-compat`, built by `make compat`; speculato
 transformers than ours) loads specwatch exports and computes logits on fixed inputs; heads it creates
 and saves import into specwatch. Both sides must agree within 1e-4. Skipped when `.venv-compat` is
 absent, unless SPECWATCH_REQUIRE_COMPAT=1 (CI), which makes its absence a failure.
+
+The speculators side of every case runs in one subprocess per module (`speculators_side.py batch`:
+one interpreter start and one import of speculators and transformers instead of one per step); it
+reports per case, and each test checks its own case.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -46,62 +51,102 @@ def run_side(python: Path, *arguments: Path) -> None:
         capture_output=True,
         text=True,
         env=environment,
-        timeout=300,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def speculators_logits(
-    python: Path, checkpoint: Path, random_target: TargetModel, work: Path
-) -> tuple[torch.Tensor, ...]:
-    """(speculators' logits, aux states, token ids) on the fixed inputs."""
+EXPORTED = {
+    "norm-after-residual": {"norm_before_residual": False},
+    "norm-before-residual": {"norm_before_residual": True},
+    "reduced-vocabulary": {"norm_before_residual": False, "draft_vocab_size": 21},
+}
+"""Heads we create and export; speculators loads them."""
+
+CREATED: dict[str, dict[str, object]] = {
+    "full-vocabulary": {"norm_before_residual": False, "draft_vocab_size": 48},
+    "norm-before-residual-reduced": {
+        "norm_before_residual": True,
+        "draft_vocab_size": 6,
+        "draft_token_ids": [2, 5, 11, 17, 30, 47],
+    },
+}
+"""Heads speculators creates and saves; we import them."""
+
+
+@dataclass
+class SpeculatorsSide:
+    """What one batched run of speculators_side.py left: per case its logits on the fixed inputs or
+    the traceback of the step that failed."""
+
+    work: Path
+    errors: dict[str, str | None]
+    exported_heads: dict[str, Eagle3Head]
+    aux: torch.Tensor
+    tokens: torch.Tensor
+
+    def case_dir(self, kind: str, case: str) -> Path:
+        return self.work / kind / case
+
+    def logits(self, kind: str, case: str) -> torch.Tensor:
+        """speculators' logits on the fixed inputs for one case; a failed case fails its test alone."""
+        error = self.errors.get(f"{kind}/{case}", "the batch did not report this case")
+        if error is not None:
+            pytest.fail(f"speculators side of {kind}/{case} failed:\n{error[-4000:]}")
+        return load_file(str(self.case_dir(kind, case) / "logits.safetensors"))["logits"]
+
+
+@pytest.fixture(scope="module")
+def speculators_side(
+    compat_python: Path, random_target: TargetModel, target_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> SpeculatorsSide:
+    work = tmp_path_factory.mktemp("speculators-compat")
     aux, tokens = fixed_inputs(random_target)
-    save_file({"aux_states": aux.contiguous(), "token_ids": tokens.contiguous()}, str(work / "inputs.safetensors"))
-    run_side(python, Path("logits"), checkpoint, work / "inputs.safetensors", work / "logits.safetensors")
-    return load_file(str(work / "logits.safetensors"))["logits"], aux, tokens
+    inputs = work / "inputs.safetensors"
+    save_file({"aux_states": aux.contiguous(), "token_ids": tokens.contiguous()}, str(inputs))
+    side = SpeculatorsSide(work, {}, {}, aux, tokens)
+    jobs: dict[str, list[list[str]]] = {}
+    for case, config in EXPORTED.items():
+        directory = side.case_dir("exported", case)
+        head = random_eagle3(random_target, **config)
+        export_speculators_head(head, random_target, directory / "export")
+        side.exported_heads[case] = head
+        logits = ["logits", str(directory / "export"), str(inputs), str(directory / "logits.safetensors")]
+        jobs[f"exported/{case}"] = [logits]
+    for case, spec in CREATED.items():
+        directory = side.case_dir("created", case)
+        directory.mkdir(parents=True)
+        (directory / "spec.json").write_text(json.dumps(spec | {"seed": 3, "target_layer_ids": [1, 2, 3]}))
+        create = ["create", str(target_dir), str(directory / "created"), str(directory / "spec.json")]
+        logits = ["logits", str(directory / "created"), str(inputs), str(directory / "logits.safetensors")]
+        jobs[f"created/{case}"] = [create, logits]
+    (work / "jobs.json").write_text(json.dumps(jobs))
+    run_side(compat_python, Path("batch"), work / "jobs.json", work / "results.json")
+    side.errors = json.loads((work / "results.json").read_text())
+    return side
 
 
-@pytest.mark.parametrize(
-    "config",
-    [
-        pytest.param({"norm_before_residual": False}, id="norm-after-residual"),
-        pytest.param({"norm_before_residual": True}, id="norm-before-residual"),
-        pytest.param({"norm_before_residual": False, "draft_vocab_size": 21}, id="reduced-vocabulary"),
-    ],
-)
-def test_speculators_loads_our_export(
-    config: dict[str, object], compat_python: Path, random_target: TargetModel, tmp_path: Path
-) -> None:
-    head = random_eagle3(random_target, **config)
-    export_speculators_head(head, random_target, tmp_path / "export")
-    theirs, aux, tokens = speculators_logits(compat_python, tmp_path / "export", random_target, tmp_path)
+@pytest.mark.parametrize("case", EXPORTED)
+def test_speculators_loads_our_export(case: str, speculators_side: SpeculatorsSide) -> None:
+    head = speculators_side.exported_heads[case]
+    theirs = speculators_side.logits("exported", case)
     with torch.no_grad():
-        ours = head(aux, tokens)
+        ours = head(speculators_side.aux, speculators_side.tokens)
     assert theirs.shape == ours.shape
     assert (theirs - ours).abs().max() <= TOLERANCE
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        pytest.param({"norm_before_residual": False, "draft_vocab_size": 48}, id="full-vocabulary"),
-        pytest.param(
-            {"norm_before_residual": True, "draft_vocab_size": 6, "draft_token_ids": [2, 5, 11, 17, 30, 47]},
-            id="norm-before-residual-reduced",
-        ),
-    ],
-)
+@pytest.mark.parametrize("case", CREATED)
 def test_a_head_speculators_created_imports(
-    spec: dict[str, object], compat_python: Path, random_target: TargetModel, target_dir: Path, tmp_path: Path
+    case: str, speculators_side: SpeculatorsSide, random_target: TargetModel
 ) -> None:
-    (tmp_path / "spec.json").write_text(json.dumps(spec | {"seed": 3, "target_layer_ids": [1, 2, 3]}))
-    run_side(compat_python, Path("create"), target_dir, tmp_path / "created", tmp_path / "spec.json")
-    head = load_draft(tmp_path / "created", random_target)
+    spec = CREATED[case]
+    theirs = speculators_side.logits("created", case)
+    head = load_draft(speculators_side.case_dir("created", case) / "created", random_target)
     assert isinstance(head, Eagle3Head)
     assert head.eagle3_config.norm_before_residual is spec["norm_before_residual"]
     assert head.eagle3_config.aux_layer_ids == (1, 2, 3)
-    theirs, aux, tokens = speculators_logits(compat_python, tmp_path / "created", random_target, tmp_path)
     with torch.no_grad():
-        ours = head(aux, tokens)
+        ours = head(speculators_side.aux, speculators_side.tokens)
     assert (theirs - ours).abs().max() <= TOLERANCE
