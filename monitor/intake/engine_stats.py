@@ -75,7 +75,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from monitor.intake.records import MAX_TOKEN_IDS, MAX_TOKENS_LIMIT, RecordError, RecordFormat, detect_format
+from monitor.intake.record_format import MAX_TOKEN_IDS, MAX_TOKENS_LIMIT, RecordError, RecordFormat, detect_format
 
 if TYPE_CHECKING:
     from decoder.metrics import AcceptCounts

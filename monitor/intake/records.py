@@ -39,12 +39,19 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
-if TYPE_CHECKING:
-    from monitor.intake.engine_stats import EngineAcceptance
+from monitor.intake.engine_stats import EngineAcceptance, EnginePayloadError, engine_acceptance
+from monitor.intake.record_format import (
+    MAX_TOKEN_IDS,
+    MAX_TOKENS_LIMIT,
+    RecordError,
+    RecordFormat,
+    detect_format,
+)
 
-RecordFormat = Literal["auto", "specwatch", "openai"]
+__all__ = ["MAX_TOKENS_LIMIT", "MAX_TOKEN_IDS", "RecordError", "RecordFormat", "TrafficRecord", "detect_format"]
+
 ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 # NUL (PostgreSQL text cannot hold it) and UTF-16 surrogates (a lone one cannot be encoded as UTF-8).
 _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
@@ -52,15 +59,8 @@ _UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]")
 # map other engines' words (Anthropic's stop_reason) onto OpenAI's.
 FINISH_REASONS = frozenset({"stop", "length", "eos", "tool_calls", "function_call", "content_filter"})
 _FINISH_ALIASES = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
-MAX_TOKENS_LIMIT = 2**31 - 1  # an Integer column
-MAX_TOKEN_IDS = 2**20
-"""token ids one side of an exchange may carry (no context is longer)"""
 PROMPT_ID_FIELDS = ("prompt_token_ids",)
 COMPLETION_ID_FIELDS = ("token_ids", "output_ids", "response_token_ids")
-
-
-class RecordError(ValueError):
-    """A record that cannot be used; the message is the quarantine reason."""
 
 
 @dataclass(frozen=True)
@@ -107,16 +107,6 @@ def decode_line(raw: bytes, max_bytes: int) -> Any:
         raise RecordError("malformed JSON: nested too deeply") from None
     except ValueError:  # an integer with more digits than int() converts (sys.get_int_max_str_digits)
         raise RecordError("malformed JSON: a number with too many digits") from None
-
-
-def detect_format(value: Any) -> Literal["specwatch", "openai"]:
-    if not isinstance(value, dict):
-        raise RecordError(f"record must be a JSON object, got {type(value).__name__}")
-    if "request" in value or "response" in value:
-        return "openai"
-    if "completion" in value or "messages" in value or "prompt" in value:
-        return "specwatch"
-    raise RecordError("unknown format: no completion/messages/prompt and no request/response")
 
 
 def parse_record(value: Any, fmt: RecordFormat = "auto") -> TrafficRecord:
@@ -219,8 +209,6 @@ def _openai_completion(first: dict[str, Any], where: str) -> str:
 
 def _engine_payload(value: dict[str, Any], fmt: RecordFormat) -> tuple[EngineAcceptance | None, str | None]:
     """The engine's acceptance stats and no problem, or none and why the payload present was refused."""
-    from monitor.intake.engine_stats import EnginePayloadError, engine_acceptance  # it imports RecordError
-
     try:
         return engine_acceptance(value, fmt), None
     except EnginePayloadError as exc:
