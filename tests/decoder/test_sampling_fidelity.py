@@ -169,7 +169,8 @@ def start_worker(expected_fingerprint: str) -> None:
 
 def sampling_workers() -> int:
     wanted = int(os.environ.get("SPECWATCH_SAMPLING_WORKERS", "4"))
-    return max(1, min(wanted, len(os.sched_getaffinity(0))))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(wanted, cores))
 
 
 @pytest.fixture(scope="module")
