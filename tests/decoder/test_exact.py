@@ -14,6 +14,8 @@ from decoder.exact import evaluate_acceptance
 from decoder.samples import fit_prompt
 from tests.decoder.conftest import IMPORTED, KINDS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.mark.parametrize("kind", KINDS + IMPORTED)
 @pytest.mark.parametrize("window", [1, 3, 6])

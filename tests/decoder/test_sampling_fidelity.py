@@ -21,13 +21,23 @@ per-position counts (medusa, whose fixed chains make acceptance depend on the sa
 
 SPECWATCH_SAMPLING_RUNS sets the runs per kind and temperature (default 2,000, the issue's bar:
 about 70 s on two busy cores; fewer run faster while developing).
+
+Exact mode is batch 1 and single-threaded (`one_torch_thread`), so the runs of a case are spread over
+worker processes, one per core up to SPECWATCH_SAMPLING_WORKERS (default 4; 1: all in the test's own
+process). Each worker builds the same world from SEED, checked weight for weight against the
+test's own (`world_fingerprint`), and runs `exact_generate` on the seeds it is handed: every run is
+the one the test's own process would make with that seed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import multiprocessing
 import os
 import random
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import cast
 
@@ -135,6 +145,48 @@ def world() -> SamplingWorld:
     return sampling_world(SEED)
 
 
+def world_fingerprint(world: SamplingWorld) -> str:
+    """A digest of every weight of the target and the drafts, the EOS and the prompts."""
+    digest = hashlib.sha256(repr((world.target.eos_token_id, world.prompts)).encode())
+    for name, module in [("target", world.target.model), *sorted(world.drafts.items())]:
+        for key, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{name}.{key}".encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+WORKER_WORLD: SamplingWorld | None = None
+"""In a worker process: the world it rebuilt from SEED."""
+
+
+def start_worker(expected_fingerprint: str) -> None:
+    global WORKER_WORLD
+    torch.set_num_threads(1)
+    WORKER_WORLD = sampling_world(SEED)
+    if world_fingerprint(WORKER_WORLD) != expected_fingerprint:
+        raise RuntimeError("a worker's rebuilt sampling world differs from the test's own")
+
+
+def sampling_workers() -> int:
+    wanted = int(os.environ.get("SPECWATCH_SAMPLING_WORKERS", "4"))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(wanted, cores))
+
+
+@pytest.fixture(scope="module")
+def exact_pool(world: SamplingWorld) -> Iterator[ProcessPoolExecutor | None]:
+    """Worker processes holding the same world, or None (one core, or SPECWATCH_SAMPLING_WORKERS=1)."""
+    workers = sampling_workers()
+    if workers < 2:
+        yield None
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=start_worker, initargs=(world_fingerprint(world),)
+    ) as pool:
+        yield pool
+
+
 # ---- statistics ------------------------------------------------------------------------------------
 
 
@@ -182,27 +234,57 @@ class Runs:
     exact: list[AcceptCounts]
 
 
-def exact_runs(world: SamplingWorld, kind: str, temperature: float) -> Runs:
-    eos = world.target.eos_token_id
-    samples, counts = [], []
-    for seed in range(RUNS):
-        prompt = world.prompts[seed % len(world.prompts)]
+def exact_prompt(world: SamplingWorld, seed: int) -> list[int]:
+    return world.prompts[seed % len(world.prompts)]
+
+
+def exact_generations(
+    world: SamplingWorld, kind: str, temperature: float, seeds: range
+) -> list[tuple[list[int], AcceptCounts]]:
+    """(tokens, counts) of exact mode's speculative sampling, one run per seed."""
+    generations = []
+    for seed in seeds:
         result = exact_generate(
             world.target,
             world.drafts[kind],
-            prompt,
+            exact_prompt(world, seed),
             window=WINDOW,
             max_new_tokens=CAP,
             temperature=temperature,
             seed=seed,
             compare_target_only=False,
         )
-        tokens = result.tokens
+        generations.append((result.tokens, result.counts))
+    return generations
+
+
+def worker_generations(kind: str, temperature: float, seeds: range) -> list[tuple[list[int], AcceptCounts]]:
+    assert WORKER_WORLD is not None, "start_worker builds the world"
+    return exact_generations(WORKER_WORLD, kind, temperature, seeds)
+
+
+CHUNK = 50
+"""seeds per task handed to a worker"""
+
+
+def exact_runs(world: SamplingWorld, kind: str, temperature: float, pool: ProcessPoolExecutor | None) -> Runs:
+    if pool is None:
+        generations = exact_generations(world, kind, temperature, range(RUNS))
+    else:
+        chunks = [range(start, min(start + CHUNK, RUNS)) for start in range(0, RUNS, CHUNK)]
+        futures = [pool.submit(worker_generations, kind, temperature, chunk) for chunk in chunks]
+        generations = [generation for future in futures for generation in future.result()]
+    assert len(generations) == RUNS
+    eos = world.target.eos_token_id
+    samples, counts = [], []
+    for seed, (tokens, run_counts) in enumerate(generations):
         natural_stop = tokens[-1] == eos
-        samples.append(TokenizedSample(str(seed), prompt, tokens, CAP if natural_stop else len(tokens)))
-        counts.append(result.counts)
+        samples.append(
+            TokenizedSample(str(seed), exact_prompt(world, seed), tokens, CAP if natural_stop else len(tokens))
+        )
+        counts.append(run_counts)
         n = len(tokens)
-        assert result.counts.accepted + result.counts.steps - result.counts.eos_ended == n - 1
+        assert run_counts.accepted + run_counts.steps - run_counts.eos_ended == n - 1
     return Runs(samples, counts)
 
 
@@ -214,8 +296,10 @@ CASES = [(kind, t) for kind in KINDS for t in TEMPERATURES if kind not in CHAINE
 
 
 @pytest.mark.parametrize(("kind", "temperature"), CASES)
-def test_scored_counts_are_exact_counts_in_expectation(world: SamplingWorld, kind: str, temperature: float) -> None:
-    runs = exact_runs(world, kind, temperature)
+def test_scored_counts_are_exact_counts_in_expectation(
+    world: SamplingWorld, exact_pool: ProcessPoolExecutor | None, kind: str, temperature: float
+) -> None:
+    runs = exact_runs(world, kind, temperature, exact_pool)
     scores = score_batch(world.target, world.drafts[kind], runs.samples, window=WINDOW, temperature=temperature)
     assert all(score.skipped is None and score.truncated_tokens == 0 for score in scores)
 

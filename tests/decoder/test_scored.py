@@ -7,6 +7,8 @@ import pytest
 from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_generate, generate, score_batch
 from tests.decoder.conftest import IMPORTED, KINDS
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.mark.parametrize("kind", KINDS + IMPORTED)
 def test_scored_counts_equal_exact_counts(

@@ -27,6 +27,8 @@ from monitor.replay.live_models import LiveModels, ModelsUnavailable, load_live_
 from monitor.replay.replayer import ClaimedSample, Replayer, Versions
 from monitor.service.demo_traffic import START, traffic
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
