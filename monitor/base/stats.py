@@ -118,6 +118,11 @@ class SegmentStats:
     """samples of the group and window that have both live and shadow counts"""
 
     @property
+    def alpha_estimated(self) -> bool:
+        """alpha rests on an estimated R for some of its samples (an engine's histogram), so it reads low."""
+        return self.source == LIVE and self.rejected_estimated > 0
+
+    @property
     def from_ids_share(self) -> float | None:
         return self.from_ids / self.samples if self.samples else None
 

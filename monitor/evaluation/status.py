@@ -117,7 +117,7 @@ def _share(value: float | None) -> str:
 def _alpha(stats: SegmentStats | None) -> str:
     if stats is None:
         return "-"
-    mark = ESTIMATE_MARK if stats.source == LIVE and stats.rejected_estimated else ""
+    mark = ESTIMATE_MARK if stats.alpha_estimated else ""
     return mark + _number(stats.alpha)
 
 

@@ -479,7 +479,7 @@ def _alpha(stats: SegmentStats | None) -> str:
     """alpha, marked as an estimate when the engine's R was estimated from its histogram."""
     if stats is None:
         return "–"
-    mark = ESTIMATE_MARK if stats.source == LIVE and stats.rejected_estimated else ""
+    mark = ESTIMATE_MARK if stats.alpha_estimated else ""
     return mark + _fmt(stats.alpha)
 
 
