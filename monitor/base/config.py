@@ -435,6 +435,10 @@ class StatsConfig(Section):
     cost_ratio: float | None = Field(
         default=None, ge=0.0, description="draft/target forward cost for the speedup estimate; unset = measured"
     )
+    rollups: list[list[SegmentKey]] = Field(
+        default_factory=list,
+        description='label sets pooled across segments besides each label alone, e.g. [["region", "lang"]]',
+    )
 
 
 class DriftConfig(Section):
@@ -446,6 +450,12 @@ class DriftConfig(Section):
         default=0.05, ge=0.0, lt=1.0, description="alpha within this of the threshold shows as warning in status"
     )
     min_samples: int = Field(default=30, ge=1, description="samples a segment needs before anything fires")
+    false_discovery_rate: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=1.0,
+        description="threshold and change findings of one evaluation: Benjamini-Hochberg at this rate over all tests",
+    )
     change_window: WindowName = Field(default="7d", description="recent span the change detector watches")
     change_delta: float = Field(default=0.05, ge=0.0, le=1.0, description="Page-Hinkley tolerance: drops smaller pass")
     change_threshold: float = Field(default=5.0, gt=0.0, description="Page-Hinkley alarm level (lambda)")

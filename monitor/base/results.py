@@ -1,6 +1,8 @@
 """The queries several layers read: scored replay results, deploys, the replay backlog, the cost ratio.
 
     results = load_results(engine, draft_version, since)    # scored results of one head, oldest first
+    columns = load_result_columns(engine, draft_version, since)   # the same as numeric columns (evaluation)
+    live_columns = load_live_columns(engine, since)          # the engines' counts as numeric columns
     everything = load_scored(engine, since)                 # every head's scored results
     live = load_live(engine, since)                         # the engines' own per-request counts
     pairs = load_pairs(engine, draft_version, since)        # live and shadow counts of the same samples
@@ -16,15 +18,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Engine, exists, func, select
 from sqlalchemy.orm import Session
 
 from decoder.metrics import AcceptCounts
+from monitor.base.columns import ColumnsBuilder, ResultColumns
 from monitor.base.db import HeadEvent, LiveResult, ReplayResult, Sample, as_utc, utcnow
 from monitor.base.stats import LIVE, SampleResult
 
 SCORED, EXACT = "scored", "exact"  # replay modes, as stored in replay_results.mode
+HISTOGRAM_ESTIMATE, PER_STEP = "histogram", "per_step"  # live_results.rejected_basis
 
 
 def load_results(engine: Engine, draft_version: str, since: datetime) -> list[SampleResult]:
@@ -41,6 +46,89 @@ def load_results(engine: Engine, draft_version: str, since: datetime) -> list[Sa
     )
     with Session(engine) as session:
         return [sample_result(row) for row in session.scalars(query)]
+
+
+STREAM_ROWS = 20_000  # rows fetched at a time when loading columns: memory stays ~ the columns themselves
+
+
+def load_result_columns(engine: Engine, draft_version: str, since: datetime) -> ResultColumns:
+    """Scored results of one draft version for traffic since `since`, as columns: the numbers only, read
+    row by row from a streamed cursor, never as ORM objects (what `evaluate` reads, bounded in memory)."""
+    query = select(
+        ReplayResult.sample_id,
+        ReplayResult.segment,
+        ReplayResult.occurred_at,
+        ReplayResult.accepted,
+        ReplayResult.rejected,
+        ReplayResult.drafted,
+        ReplayResult.steps,
+        ReplayResult.completion_tokens,
+        ReplayResult.token_source,
+        ReplayResult.retokenized_equal,
+        ReplayResult.counts,
+    ).where(
+        ReplayResult.draft_version == draft_version,
+        ReplayResult.mode == SCORED,
+        ReplayResult.skipped.is_(None),
+        ReplayResult.occurred_at > since,
+    )
+    builder = ColumnsBuilder()
+    with engine.connect() as connection:
+        for row in connection.execution_options(yield_per=STREAM_ROWS).execute(query):
+            counts = row.counts
+            builder.add(
+                sample_id=row.sample_id,
+                segment=row.segment,
+                occurred=row.occurred_at.timestamp(),
+                accepted=row.accepted,
+                rejected=row.rejected,
+                drafted=row.drafted,
+                steps=row.steps,
+                eos_ended=counts.get("eos_ended", 0.0),
+                per_position=counts.get("accepted_per_position") or (),
+                histogram=counts.get("accept_histogram") or (),
+                tokens=row.completion_tokens,
+                from_ids=row.token_source in ("ids", "completion_ids"),
+                retokenized_differs=row.retokenized_equal is False,
+            )
+    return builder.build()
+
+
+def load_live_columns(engine: Engine, since: datetime, until: datetime | None = None) -> ResultColumns:
+    """`load_live` as columns (the sample id of a report without a stored sample is minus its row id)."""
+    query = select(
+        LiveResult.id,
+        LiveResult.sample_id,
+        LiveResult.segment,
+        LiveResult.occurred_at,
+        LiveResult.accepted,
+        LiveResult.rejected,
+        LiveResult.drafted,
+        LiveResult.steps,
+        LiveResult.rejected_basis,
+        LiveResult.counts,
+    ).where(LiveResult.occurred_at > since, LiveResult.rejected.is_not(None))
+    if until is not None:
+        query = query.where(LiveResult.occurred_at <= until)
+    builder = ColumnsBuilder()
+    with engine.connect() as connection:
+        for row in connection.execution_options(yield_per=STREAM_ROWS).execute(query):
+            counts = row.counts
+            builder.add(
+                sample_id=row.sample_id if row.sample_id is not None else -row.id,
+                segment=row.segment,
+                occurred=row.occurred_at.timestamp(),
+                accepted=row.accepted,
+                rejected=row.rejected,
+                drafted=row.drafted,
+                steps=row.steps,
+                eos_ended=0.0,
+                per_position=counts.get("accepted_per_position") or (),
+                histogram=counts.get("accept_histogram") or (),
+                tokens=row.accepted + row.steps,
+                rejected_estimated=row.rejected_basis == HISTOGRAM_ESTIMATE,
+            )
+    return builder.build()
 
 
 def sample_result(row: ReplayResult) -> SampleResult:
@@ -135,20 +223,23 @@ def replay_backlog(
     return int(pending), max(0.0, ((now or utcnow()) - as_utc(oldest)).total_seconds())
 
 
-HISTOGRAM_ESTIMATE, PER_STEP = "histogram", "per_step"  # live_results.rejected_basis
-
-
 def live_counts(row: LiveResult) -> AcceptCounts:
     """An engine's report as verify-step counts. Engines do not report steps ended by an EOS (E = 0), so
     tau is theirs, 1 + A / S. Only rows whose R is known (exact or estimated) are read as counts."""
-    counts = row.counts
+    return engine_counts(row.accepted, row.rejected, row.drafted, row.steps, row.counts)
+
+
+def engine_counts(
+    accepted: int, rejected: int | None, drafted: int, steps: int, reported: dict[str, Any]
+) -> AcceptCounts:
+    """live_results columns (and its `counts` JSON) as AcceptCounts; an unknown R reads 0."""
     return AcceptCounts(
-        accepted=float(row.accepted),
-        rejected=float(row.rejected if row.rejected is not None else 0),
-        drafted=float(row.drafted),
-        steps=float(row.steps),
-        accept_histogram=[float(x) for x in counts.get("accept_histogram") or []],
-        accepted_per_position=[float(x) for x in counts.get("accepted_per_position") or []],
+        accepted=float(accepted),
+        rejected=float(rejected if rejected is not None else 0),
+        drafted=float(drafted),
+        steps=float(steps),
+        accept_histogram=[float(x) for x in reported.get("accept_histogram") or []],
+        accepted_per_position=[float(x) for x in reported.get("accepted_per_position") or []],
     )
 
 
@@ -212,9 +303,23 @@ def shadow_like_live(shadow: AcceptCounts, rejected_basis: str | None, live_wind
 
 def load_pairs(engine: Engine, draft_version: str, since: datetime) -> list[LiveShadowPair]:
     """Samples since `since` with both the engine's counts (R known) and a scored replay of `draft_version`
-    (the newest, when the sample was replayed under more than one target version), oldest first."""
+    (the newest, when the sample was replayed under more than one target version), oldest first. Read as
+    plain columns from a streamed cursor."""
     query = (
-        select(LiveResult, ReplayResult.counts, ReplayResult.window)
+        select(
+            LiveResult.sample_id,
+            LiveResult.segment,
+            LiveResult.occurred_at,
+            LiveResult.accepted,
+            LiveResult.rejected,
+            LiveResult.drafted,
+            LiveResult.steps,
+            LiveResult.rejected_basis,
+            LiveResult.num_spec_tokens,
+            LiveResult.counts.label("live_counts"),
+            ReplayResult.counts.label("shadow_counts"),
+            ReplayResult.window,
+        )
         .join(ReplayResult, ReplayResult.sample_id == LiveResult.sample_id)
         .where(
             ReplayResult.draft_version == draft_version,
@@ -223,21 +328,21 @@ def load_pairs(engine: Engine, draft_version: str, since: datetime) -> list[Live
             LiveResult.occurred_at > since,
             LiveResult.rejected.is_not(None),
         )
-        .order_by(LiveResult.occurred_at, LiveResult.id, ReplayResult.id)
+        .order_by(ReplayResult.id)
     )
-    with Session(engine) as session:
-        pairs = [
-            LiveShadowPair(
-                sample_id=int(row.sample_id or 0),
+    latest: dict[int, LiveShadowPair] = {}  # a sample replayed under two targets: the newest replay
+    with engine.connect() as connection:
+        for row in connection.execution_options(yield_per=STREAM_ROWS).execute(query):
+            live = engine_counts(row.accepted, row.rejected, row.drafted, row.steps, row.live_counts)
+            shadow = AcceptCounts.from_dict(row.shadow_counts)
+            latest[int(row.sample_id)] = LiveShadowPair(
+                sample_id=int(row.sample_id),
                 segment=row.segment,
                 occurred_at=row.occurred_at,
-                live=live_counts(row),
-                shadow=shadow_like_live(AcceptCounts.from_dict(counts), row.rejected_basis, row.num_spec_tokens),
+                live=live,
+                shadow=shadow_like_live(shadow, row.rejected_basis, row.num_spec_tokens),
                 live_window=row.num_spec_tokens,
-                shadow_window=window,
+                shadow_window=row.window,
                 rejected_estimated=row.rejected_basis == HISTOGRAM_ESTIMATE,
             )
-            for row, counts, window in session.execute(query)
-        ]
-    latest = {pair.sample_id: pair for pair in pairs}  # a sample replayed under two targets: the newest replay
     return sorted(latest.values(), key=lambda pair: (pair.occurred_at, pair.sample_id))

@@ -35,7 +35,6 @@ token per target forward without speculation, so
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -46,10 +45,11 @@ import numpy as np
 from scipy.stats import t as student_t
 
 from decoder.metrics import AcceptCounts
+from monitor.base.columns import ResultColumns
+from monitor.base.groups import ALL_SEGMENTS, SEGMENT, Grouping
 
 logger = logging.getLogger(__name__)
 
-ALL_SEGMENTS = "*"
 SHADOW, LIVE = "shadow", "live"
 """where counts come from: specwatch's replay of the registry's live head, or the serving engine's own report"""
 _BOOTSTRAP_CHUNK = 2_000_000  # resampled indices held in memory at once
@@ -116,6 +116,10 @@ class SegmentStats:
     """samples whose R is an estimate (S - hist[k]), so alpha is too: it reads low when drafts were shortened"""
     paired: int = 0
     """samples of the group and window that have both live and shadow counts"""
+    kind: str = SEGMENT
+    """monitor.base.groups: "all" ("*"), "segment" (a full segment) or "rollup" (a label or label set)"""
+    alpha_standard_error: float | None = None
+    """linearized standard error of alpha over samples: the scale of the false-alarm-controlled tests"""
 
     @property
     def alpha_estimated(self) -> bool:
@@ -149,6 +153,8 @@ class SegmentStats:
             "source": self.source,
             "rejected_estimated": self.rejected_estimated,
             "paired": self.paired,
+            "kind": self.kind,
+            "alpha_standard_error": self.alpha_standard_error,
         }
 
 
@@ -254,30 +260,99 @@ def beyond_tolerance(interval: Interval, tolerance: float) -> bool:
     return interval.low > tolerance or interval.high < -tolerance
 
 
-def _stats_for(
-    segment: str,
-    window: str,
-    start: datetime,
-    end: datetime,
-    results: Sequence[SampleResult],
+class GroupBootstrap:
+    """Cluster-bootstrap intervals of alpha and tau for many groups at once, from per-sample columns.
+
+    A group of n <= EXACT_MAX samples is resampled exactly as `bootstrap_intervals` does (the same draws
+    for the same n and seed, held as a resamples x n matrix of how often each sample was drawn, so the
+    resampled sums are one matrix product). Above EXACT_MAX the resampled column sums are drawn from their
+    large-sample distribution, a normal with mean n * mean and covariance n * (plug-in covariance): what
+    the sums of n independent draws converge to (central limit theorem), at the cost of `resamples`
+    four-dimensional normal draws instead of resamples x n index draws. The ratio (alpha, tau) is still
+    computed on every draw, so its skew is kept; at n = EXACT_MAX the two agree to a few thousandths of
+    alpha (tests/monitor/base/test_stats.py measures it). The work per group is bounded by EXACT_MAX x
+    resamples, whatever the traffic."""
+
+    EXACT_MAX = 256
+
+    def __init__(self, *, confidence: float, resamples: int, seed: int) -> None:
+        self.confidence, self.resamples, self.seed = confidence, resamples, seed
+        self._draws: dict[int, np.ndarray] = {}
+
+    def intervals(self, columns: np.ndarray) -> tuple[Interval | None, Interval | None]:
+        """Intervals of alpha and tau for the rows of `columns` = (A, A + R, emitted, S) per sample."""
+        samples = columns.shape[0]
+        if samples < 2:
+            return None, None
+        sums = self._exact(columns) if samples <= self.EXACT_MAX else self._normal(columns)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            alphas = sums[:, 0] / sums[:, 1]
+            taus = sums[:, 2] / sums[:, 3]
+        levels = expanded_levels(samples, self.confidence)
+        return percentile_interval(alphas, levels), percentile_interval(taus, levels)
+
+    def _exact(self, columns: np.ndarray) -> np.ndarray:
+        samples = columns.shape[0]
+        draws = self._draws.get(samples)
+        if draws is None:
+            picks = np.random.default_rng(self.seed).integers(0, samples, size=(self.resamples, samples))
+            offsets = (np.arange(self.resamples) * samples)[:, None]
+            flat = np.bincount((picks + offsets).ravel(), minlength=self.resamples * samples)
+            draws = self._draws[samples] = flat.reshape(self.resamples, samples).astype(np.float64)
+        return draws @ columns
+
+    def _normal(self, columns: np.ndarray) -> np.ndarray:
+        samples = columns.shape[0]
+        mean = columns.mean(axis=0)
+        covariance = np.cov(columns, rowvar=False, bias=True) * samples
+        values, vectors = np.linalg.eigh(covariance)
+        root = vectors * np.sqrt(np.clip(values, 0.0, None))
+        normal = np.random.default_rng(self.seed).standard_normal((self.resamples, columns.shape[1]))
+        return samples * mean + normal @ root.T
+
+
+def ratio_standard_error(numerator: np.ndarray, denominator: np.ndarray) -> float | None:
+    """Standard error of sum(numerator) / sum(denominator) over samples (linearized, with n / (n - 1)): the
+    scale of the one-sided tests whose p-values the false-alarm control ranks. None below 2 samples or
+    without a denominator."""
+    samples, total = numerator.shape[0], float(denominator.sum())
+    if samples < 2 or total <= 0.0:
+        return None
+    ratio = float(numerator.sum()) / total
+    residuals = numerator - ratio * denominator
+    return float(np.sqrt(samples / (samples - 1) * float(residuals @ residuals))) / total
+
+
+@dataclass(frozen=True)
+class _Window:
+    name: str
+    start: datetime
+    end: datetime
+
+
+def _group_stats(
+    name: str,
+    kind: str,
+    window: _Window,
+    columns: ResultColumns,
+    rows: np.ndarray,
+    bootstrap: GroupBootstrap,
     *,
     window_k: int,
     cost_ratio: float | None,
-    confidence: float,
-    resamples: int,
-    seed: int,
     source: str,
 ) -> SegmentStats:
-    counts = [result.counts for result in results]
-    total = AcceptCounts.total(counts)
-    alpha_interval, tau_interval = bootstrap_intervals(counts, confidence=confidence, resamples=resamples, seed=seed)
+    total = columns.counts(rows)
+    accepted, proposed = columns.accepted[rows], columns.accepted[rows] + columns.rejected[rows]
+    per_sample = np.column_stack((accepted, proposed, columns.emitted[rows], columns.steps[rows]))
+    alpha_interval, tau_interval = bootstrap.intervals(per_sample)
     return SegmentStats(
-        segment=segment,
-        window=window,
-        start=start,
-        end=end,
-        samples=len(results),
-        tokens=sum(result.completion_tokens for result in results),
+        segment=name,
+        window=window.name,
+        start=window.start,
+        end=window.end,
+        samples=int(rows.shape[0]),
+        tokens=int(columns.tokens[rows].sum()),
         counts=total,
         alpha=total.alpha,
         alpha_interval=alpha_interval,
@@ -286,20 +361,30 @@ def _stats_for(
         draft_acceptance_rate=total.draft_acceptance_rate,
         per_position_rates=total.per_position_rates,
         estimated_speedup=estimated_speedup(total.tau, window_k, cost_ratio),
-        confidence=confidence,
-        from_ids=sum(result.from_ids for result in results),
-        retokenized_differs=sum(result.retokenized_equal is False for result in results),
+        confidence=bootstrap.confidence,
+        from_ids=int(columns.from_ids[rows].sum()),
+        retokenized_differs=int(columns.retokenized_differs[rows].sum()),
         source=source,
-        rejected_estimated=sum(result.rejected_estimated for result in results),
+        rejected_estimated=int(columns.rejected_estimated[rows].sum()),
+        kind=kind,
+        alpha_standard_error=ratio_standard_error(accepted, proposed),
     )
 
 
-def _by_segment(results: Iterable[SampleResult]) -> dict[str, list[SampleResult]]:
-    groups: dict[str, list[SampleResult]] = defaultdict(list)
-    for result in results:
-        groups[result.segment].append(result)
-        groups[ALL_SEGMENTS].append(result)
-    return groups
+def group_rows(columns: ResultColumns, grouping: Grouping) -> dict[int, np.ndarray]:
+    """Group index -> the rows (time-ordered) of every group with a sample in `columns`."""
+    found: dict[int, np.ndarray] = {}
+    for level in grouping.levels:
+        groups = level.of_segment[columns.segment] if len(columns) else np.zeros(0, dtype=np.int64)
+        rows = np.flatnonzero(groups >= 0)
+        order = rows[np.argsort(groups[rows], kind="stable")]
+        sorted_groups = groups[order]
+        if order.shape[0] == 0:
+            continue
+        present, starts = np.unique(sorted_groups, return_index=True)
+        for group, start, stop in zip(present, starts, [*starts[1:], order.shape[0]], strict=True):
+            found[int(group)] = order[start:stop]
+    return found
 
 
 def _check_arguments(now: datetime, confidence: float, resamples: int) -> None:
@@ -312,7 +397,7 @@ def _check_arguments(now: datetime, confidence: float, resamples: int) -> None:
 
 
 def segment_stats(
-    results: Iterable[SampleResult],
+    results: Iterable[SampleResult] | ResultColumns,
     windows: Mapping[str, timedelta],
     now: datetime,
     *,
@@ -322,37 +407,38 @@ def segment_stats(
     resamples: int = 1000,
     seed: int = 0,
     source: str = SHADOW,
+    rollups: Sequence[Sequence[str]] = (),
 ) -> list[SegmentStats]:
-    """One SegmentStats per (segment, window) with a sample in (now - window, now], plus "*" for all traffic.
+    """One SegmentStats per (group, window) with a sample in (now - window, now]: all traffic ("*"), each
+    segment and each roll-up (`monitor.base.groups`: every single label, and the label sets of `rollups`).
 
-    Ordered by window (in `windows` order), then "*" first and the segments sorted. Every group is
-    bootstrapped with its own generator seeded by `seed`, so a segment's interval does not depend on
-    which other segments were present.
+    Ordered by window (in `windows` order), then "*" first and the groups sorted by name. Every group is
+    bootstrapped with the same seed, so a group's interval does not depend on which others were present.
     """
     _check_arguments(now, confidence, resamples)
-    results = list(results)
+    columns = results if isinstance(results, ResultColumns) else ResultColumns.from_results(results)
+    grouping = Grouping.of(columns.segments, rollups)
+    bootstrap = GroupBootstrap(confidence=confidence, resamples=resamples, seed=seed)
     stats: list[SegmentStats] = []
-    for window, length in windows.items():
-        start = now - length
-        inside = [result for result in results if start < result.occurred_at <= now]
-        groups = _by_segment(inside)
-        for segment in sorted(groups, key=lambda name: (name != ALL_SEGMENTS, name)):
+    for name, length in windows.items():
+        window = _Window(name, now - length, now)
+        inside = columns.window(window.start, now)
+        rows = group_rows(inside, grouping)
+        for group in sorted(rows, key=lambda g: (grouping.names[g] != ALL_SEGMENTS, grouping.names[g])):
             stats.append(
-                _stats_for(
-                    segment,
+                _group_stats(
+                    grouping.names[group],
+                    grouping.kinds[group],
                     window,
-                    start,
-                    now,
-                    groups[segment],
+                    inside,
+                    rows[group],
+                    bootstrap,
                     window_k=window_k,
                     cost_ratio=cost_ratio,
-                    confidence=confidence,
-                    resamples=resamples,
-                    seed=seed,
                     source=source,
                 )
             )
-        logger.debug("window %s: %d samples in %d segments", window, len(inside), max(len(groups) - 1, 0))
+        logger.debug("window %s: %d samples in %d groups", name, len(inside), len(rows))
     return stats
 
 

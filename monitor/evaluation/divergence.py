@@ -25,7 +25,7 @@ from typing import Any
 from decoder import AcceptCounts
 from monitor.base.results import LiveShadowPair
 from monitor.base.stats import ALL_SEGMENTS, Interval, beyond_tolerance, paired_alpha_difference
-from monitor.evaluation.drift import CRITICAL, Finding
+from monitor.evaluation.finding import CRITICAL, Finding
 
 DETECTOR = "divergence"
 CAUSES = (

@@ -27,40 +27,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from monitor.base.config import DriftConfig
 from monitor.base.stats import SegmentStats
+from monitor.evaluation.false_alarms import Hypothesis, below_p_value, controlled
+from monitor.evaluation.finding import CRITICAL, WARNING, Finding
 from monitor.intake.language import detect_language, text_features
 
 logger = logging.getLogger(__name__)
 
-CRITICAL = "critical"
+THRESHOLD, CHANGE = "threshold", "change"  # detectors
+
 INPUT_DRIFT_REPORT = "input-drift"  # report files: <report_dir>/input-drift-<UTC stamp>.html
 REPORT_STAMP = "%Y%m%dT%H%M%SZ"  # the UTC moment in a report file name
-WARNING = "warning"
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One detector's conclusion about one segment and window, with the numbers behind it."""
-
-    detector: str  # "threshold" | "change" | "input_drift"
-    segment: str
-    window: str
-    severity: str  # "critical" for threshold, "warning" for change and input_drift
-    summary: str  # one line a human reads, with the numbers
-    evidence: dict[str, Any] = field(default_factory=dict)  # JSON-ready
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "detector": self.detector,
-            "segment": self.segment,
-            "window": self.window,
-            "severity": self.severity,
-            "summary": self.summary,
-            "evidence": dict(self.evidence),
-        }
 
 
 # ---- threshold ------------------------------------------------------------------------------------
@@ -87,25 +68,31 @@ def _threshold_finding(stats: SegmentStats, threshold: float, source: str) -> Fi
         "start": stats.start.isoformat(),
         "end": stats.end.isoformat(),
     }
-    return Finding("threshold", stats.segment, stats.window, CRITICAL, summary, evidence)
+    return Finding(THRESHOLD, stats.segment, stats.window, CRITICAL, summary, evidence)
 
 
-def threshold_findings(stats: Sequence[SegmentStats], drift: DriftConfig | None = None) -> list[Finding]:
-    """Segments whose alpha is confidently below their threshold (`drift.threshold_for`; default settings
-    when `drift` is None).
-
-    Fires when alpha < threshold, the interval's upper bound < threshold and samples >= drift.min_samples.
-    A segment without an interval (one sample) never fires.
-    """
+def threshold_tests(stats: Sequence[SegmentStats], drift: DriftConfig | None = None) -> list[Hypothesis]:
+    """One test per group and window with drift.min_samples samples and an interval: H0 alpha >= its
+    threshold (`drift.threshold_for`). The detector's rule fires when alpha and the interval's upper bound
+    are both below the threshold; a group without an interval (one sample) is not tested."""
     drift = drift or DriftConfig()
-    findings = []
+    tests = []
     for item in stats:
         if item.alpha is None or item.alpha_interval is None or item.samples < drift.min_samples:
             continue
         limit, source = drift.threshold_for(item.segment)
-        if item.alpha < limit and item.alpha_interval.high < limit:
-            findings.append(_threshold_finding(item, limit, source))
-    return findings
+        fires = item.alpha < limit and item.alpha_interval.high < limit
+        p_value = below_p_value(item.alpha, limit, item.alpha_standard_error, item.samples)
+        finding = _threshold_finding(item, limit, source) if fires else None
+        tests.append(Hypothesis(THRESHOLD, item.segment, item.window, p_value, finding))
+    return tests
+
+
+def threshold_findings(stats: Sequence[SegmentStats], drift: DriftConfig | None = None) -> list[Finding]:
+    """Groups whose alpha is confidently below their threshold, with false discoveries controlled across
+    `stats` at drift.false_discovery_rate (default settings when `drift` is None)."""
+    drift = drift or DriftConfig()
+    return controlled(threshold_tests(stats, drift), drift.false_discovery_rate)
 
 
 # ---- change ---------------------------------------------------------------------------------------
@@ -200,34 +187,114 @@ class PageHinkley:
         )
 
 
+@dataclass(frozen=True)
+class AlphaSeries:
+    """One group's per-sample alphas in time order, the alpha it is expected to hold (None: its own running
+    mean, classic Page-Hinkley) and the p-value of its recent alpha lying below that (None: not tested)."""
+
+    times: np.ndarray  # seconds since the epoch, UTC
+    values: np.ndarray
+    baseline: float | None = None
+    p_value: float | None = None
+
+    @classmethod
+    def of(cls, points: Sequence[tuple[datetime, float]], baseline: float | None = None) -> AlphaSeries:
+        times = np.array([at.timestamp() for at, _ in points], dtype=np.float64)
+        return cls(times, np.array([value for _, value in points], dtype=np.float64), baseline)
+
+    def at(self, index: int) -> str:
+        return datetime.fromtimestamp(float(self.times[index]), tz=UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class Drop:
+    """Where Page-Hinkley first fired on a series, as `PageHinkley` would report it at that value."""
+
+    fired_index: int
+    change_index: int  # the value after the cumulative sum's lowest point: where the drop began
+    statistic: float
+    reference: float  # the baseline, or the running mean when there is none
+    recent_mean: float | None
+    recent_samples: int
+
+
+def first_drop(
+    values: np.ndarray, baseline: float | None, *, delta: float, threshold: float, min_samples: int
+) -> Drop | None:
+    """`PageHinkley.update` over `values` until it fires, in array operations: the cumulative sum
+    m_t = sum (mu_t - x_i - delta), its running minimum (with m_0 = 0), the statistic m_t - min, and the
+    first t >= min_samples - 1 where it exceeds `threshold`. mu_t is the baseline or the running mean."""
+    count = values.shape[0]
+    if count < min_samples:
+        return None
+    positions = np.arange(1, count + 1)
+    reference = np.cumsum(values) / positions if baseline is None else np.full(count, float(baseline))
+    cumulative = np.cumsum(reference - values - delta)
+    lowest = np.minimum.accumulate(np.concatenate(([0.0], cumulative)))  # lowest[j]: min of m_0 .. m_j
+    statistic = cumulative - lowest[1:]
+    fired = np.flatnonzero((positions >= min_samples) & (statistic > threshold))
+    if fired.size == 0:
+        return None
+    index = int(fired[0])
+    new_lows = np.flatnonzero(cumulative[: index + 1] < lowest[: index + 1]) + 1  # counts that set a new low
+    minimum_at = int(new_lows[-1]) if new_lows.size else 0
+    since = values[minimum_at : index + 1]
+    return Drop(
+        fired_index=index,
+        change_index=min(minimum_at, index),
+        statistic=float(statistic[index]),
+        reference=float(reference[index]),
+        recent_mean=float(since.mean()) if since.size else None,
+        recent_samples=index + 1 - minimum_at,
+    )
+
+
 def _change_finding(
-    segment: str, window: str, series: Sequence[tuple[datetime, float]], detector: PageHinkley
+    segment: str, window: str, series: AlphaSeries, drop: Drop, threshold: float, delta: float
 ) -> Finding:
-    fired_index = detector.count - 1
-    start_index = min(detector.minimum_at, fired_index)
-    recent_mean = detector.mean_since_minimum
-    reference = detector.baseline if detector.baseline is not None else detector.running_mean
-    baseline_kind = "given" if detector.baseline is not None else "running mean"
+    baseline_kind = "given" if series.baseline is not None else "running mean"
+    recent = "n/a" if drop.recent_mean is None else f"{drop.recent_mean:.3f}"
     summary = (
-        f"alpha dropped for {segment}: mean {recent_mean:.3f} since sample {start_index} "
-        f"vs baseline {reference:.3f} ({baseline_kind}), Page-Hinkley {detector.statistic:.2f} > "
-        f"{detector.threshold:.2f} at sample {fired_index}"
+        f"alpha dropped for {segment}: mean {recent} since sample {drop.change_index} "
+        f"vs baseline {drop.reference:.3f} ({baseline_kind}), Page-Hinkley {drop.statistic:.2f} > "
+        f"{threshold:.2f} at sample {drop.fired_index}"
     )
     evidence = {
-        "baseline": reference,
+        "baseline": drop.reference,
         "baseline_kind": baseline_kind,
-        "recent_mean": recent_mean,
-        "recent_samples": detector.count - detector.minimum_at,
-        "statistic": detector.statistic,
-        "threshold": detector.threshold,
-        "delta": detector.delta,
-        "fired_index": fired_index,
-        "fired_at": series[fired_index][0].isoformat(),
-        "change_index": start_index,
-        "change_at": series[start_index][0].isoformat(),
-        "samples": len(series),
+        "recent_mean": drop.recent_mean,
+        "recent_samples": drop.recent_samples,
+        "statistic": drop.statistic,
+        "threshold": threshold,
+        "delta": delta,
+        "fired_index": drop.fired_index,
+        "fired_at": series.at(drop.fired_index),
+        "change_index": drop.change_index,
+        "change_at": series.at(drop.change_index),
+        "samples": int(series.values.shape[0]),
     }
-    return Finding("change", segment, window, WARNING, summary, evidence)
+    return Finding(CHANGE, segment, window, WARNING, summary, evidence)
+
+
+def change_tests(
+    series_by_group: Mapping[str, AlphaSeries],
+    *,
+    delta: float = 0.05,
+    threshold: float = 5.0,
+    min_samples: int = 30,
+    window: str = "series",
+) -> list[Hypothesis]:
+    """One test per group with at least `min_samples` values: its p-value (the series') and, when
+    Page-Hinkley fires on the series (scanned from its start), the finding describing the first detection
+    (index and time, the estimated start of the drop, the mean since then). `window` labels the span."""
+    tests = []
+    for group, series in series_by_group.items():
+        if series.values.shape[0] < min_samples:
+            continue
+        drop = first_drop(series.values, series.baseline, delta=delta, threshold=threshold, min_samples=min_samples)
+        finding = _change_finding(group, window, series, drop, threshold, delta) if drop else None
+        tests.append(Hypothesis(CHANGE, group, window, series.p_value, finding))
+    return tests
 
 
 def change_findings(
@@ -244,18 +311,12 @@ def change_findings(
     The baseline is the alpha the segment is expected to hold; the caller picks it: the live draft
     head's alpha on that segment measured at deploy time (detects decay since deploy), or the segment's
     own alpha over the previous week (detects a recent change). A segment without a baseline is tested
-    against its own running mean (classic Page-Hinkley). The series is scanned from its start; the
-    finding describes the first detection (index and time, the estimated start of the drop, the mean
-    since then). `window` labels the span the series covers.
+    against its own running mean (classic Page-Hinkley). Untested series (no p-values): every detection
+    is a finding; `evaluate` adds the p-values and controls false discoveries.
     """
-    findings = []
-    for segment, series in series_by_segment.items():
-        detector = PageHinkley(delta, threshold, min_samples, baselines.get(segment))
-        for _, value in series:
-            if detector.update(value):
-                findings.append(_change_finding(segment, window, series, detector))
-                break
-    return findings
+    series = {segment: AlphaSeries.of(points, baselines.get(segment)) for segment, points in series_by_segment.items()}
+    tests = change_tests(series, delta=delta, threshold=threshold, min_samples=min_samples, window=window)
+    return [test.finding for test in tests if test.finding is not None]
 
 
 # ---- input drift ----------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """Evaluation: replay results and the engines' own counts -> per-segment statistics -> findings.
 
 shadow: results of the live draft version (scored mode); live: the engines' per-request reports
-  -> segment_stats of each over the configured windows (bootstrap intervals over samples), side by side
+  -> read as numeric columns (monitor.base.columns), never as objects: memory ~ 100 bytes per result
+  -> segment_stats of each over the configured windows, per group: all traffic, each segment, each
+     roll-up (monitor.base.groups), with bootstrap intervals over samples, side by side
   -> threshold findings (alpha confidently below 0.65), change findings (Page-Hinkley drop from the
-     segment's baseline) on the primary source: shadow while replay runs, else live (GPU-free mode)
+     group's baseline) on the primary source: shadow while replay runs, else live (GPU-free mode), with
+     false discoveries controlled across every group and window tested (Benjamini-Hochberg)
   -> divergence findings on the samples with both (live - shadow alpha beyond a tolerance)
   -> input drift (evidently, recent samples vs the reference)
   + health findings (replay stalled, intake errors)
@@ -21,41 +24,39 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from alerts.lifecycle import raise_findings
-from decoder import AcceptCounts
+from monitor.base.columns import ResultColumns
 from monitor.base.config import Config, window_length
 from monitor.base.db import Sample, StoredFinding, utcnow
+from monitor.base.groups import Grouping
 from monitor.base.results import (
     LiveShadowPair,
     last_head_change,
-    load_live,
+    load_live_columns,
     load_pairs,
-    load_results,
+    load_result_columns,
     measured_cost_ratio,
 )
-from monitor.base.stats import (
-    ALL_SEGMENTS,
-    LIVE,
-    SHADOW,
-    SampleResult,
-    SegmentStats,
-    alpha_series,
-    segment_stats,
-)
+from monitor.base.stats import LIVE, SHADOW, SegmentStats, group_rows, ratio_standard_error, segment_stats
 from monitor.evaluation.divergence import DETECTOR as DIVERGENCE
 from monitor.evaluation.divergence import divergence_findings, divergence_windows
 from monitor.evaluation.drift import (
+    CHANGE,
     INPUT_DRIFT_REPORT,
     REPORT_STAMP,
-    Finding,
-    change_findings,
+    THRESHOLD,
+    AlphaSeries,
+    change_tests,
     input_drift_finding,
     input_features,
-    threshold_findings,
+    threshold_tests,
 )
+from monitor.evaluation.false_alarms import Hypothesis, controlled, drop_p_value
+from monitor.evaluation.finding import Finding
 from monitor.evaluation.health import HEALTH_DETECTORS, health_findings
 
 log = logging.getLogger(__name__)
@@ -76,24 +77,6 @@ class Evaluation:
 
     def stats_of(self, source: str) -> list[SegmentStats]:
         return [item for item in self.stats if item.source == source]
-
-
-def baselines(results: Sequence[SampleResult], recent_since: datetime, min_samples: int) -> dict[str, float]:
-    """Each segment's (and all traffic's, "*") expected alpha: its own results before the recent
-    span (the previous week by default) when there are enough, else its first `min_samples`
-    results under this draft version (the head's alpha when it started serving that segment)."""
-    by_segment: dict[str, list[SampleResult]] = defaultdict(list)
-    for result in results:
-        by_segment[result.segment].append(result)
-        by_segment[ALL_SEGMENTS].append(result)
-    found = {}
-    for segment, items in by_segment.items():
-        earlier = [r for r in items if r.occurred_at <= recent_since]
-        reference = earlier if len(earlier) >= min_samples else items[:min_samples]
-        alpha = AcceptCounts.total(r.counts for r in reference).alpha
-        if alpha is not None and len(reference) >= min_samples:
-            found[segment] = alpha
-    return found
 
 
 def recent_rows(
@@ -187,14 +170,16 @@ def detect_input_drift(config: Config, engine: Engine, now: datetime) -> tuple[l
 def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime | None = None) -> Evaluation:
     """Statistics and findings now. `draft_version` names the registry's live head: the one replay measures
     (shadow) and the one findings are filed under. Threshold and change findings read `measure`'s primary
-    source."""
+    source, over every group (all traffic, segments, roll-ups), with false discoveries controlled across
+    all of them (`monitor.evaluation.false_alarms`)."""
     now = now or utcnow()
+    drift = config.drift
     measured = measure(config, engine, draft_version, now)
     stats, primary = measured.stats, measured.primary
-    findings = threshold_findings([item for item in stats if item.source == primary], config.drift)
-    results = measured.shadow if primary == SHADOW else measured.live
-    findings += segment_change_findings(config, results, now - window_length(config.drift.change_window))
-    drift = config.drift
+    columns = measured.shadow if primary == SHADOW else measured.live
+    tests = threshold_tests([item for item in stats if item.source == primary], drift)
+    tests += group_change_tests(config, columns, now - window_length(drift.change_window))
+    findings = controlled(tests, drift.false_discovery_rate)
     change = last_head_change(engine)
     findings += divergence_findings(
         measured.pairs,
@@ -215,18 +200,27 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
     findings += health_findings(config, engine, draft_version, now)
     evaluation = Evaluation(now, draft_version, stats, findings, measured.cost_ratio, primary)
     store_findings(engine, evaluation)
-    evaluated = {"threshold", "change", DIVERGENCE, *HEALTH_DETECTORS, *(["input_drift"] if input_checked else [])}
+    evaluated = {THRESHOLD, CHANGE, DIVERGENCE, *HEALTH_DETECTORS, *(["input_drift"] if input_checked else [])}
     deliver_findings(config, engine, evaluation.findings, evaluated, now)
+    log.info(
+        "evaluated %d shadow and %d live samples in %d statistics: %d tests, %d findings",
+        len(measured.shadow),
+        len(measured.live),
+        len(stats),
+        len(tests),
+        len(findings),
+    )
     return evaluation
 
 
 @dataclass(frozen=True)
 class Measured:
-    """What the detectors read: both sources' results over the lookback, their pairs, and the statistics."""
+    """What the detectors read: both sources' results over the lookback (as columns), their pairs, and
+    the statistics."""
 
     windows: dict[str, timedelta]
-    shadow: list[SampleResult]
-    live: list[SampleResult]
+    shadow: ResultColumns
+    live: ResultColumns
     pairs: list[LiveShadowPair]
     stats: list[SegmentStats]
     cost_ratio: float | None
@@ -235,69 +229,112 @@ class Measured:
 
 def measure(config: Config, engine: Engine, draft_version: str, now: datetime) -> Measured:
     """Shadow (the replay of `draft_version`) and live (the engines' counts) statistics side by side over
-    the configured windows; `primary` is the source alerts read: SHADOW while replay runs or has results in
-    the lookback, else LIVE (GPU-free mode: `Config.replays` false and nothing replayed)."""
+    the configured windows, per group; `primary` is the source alerts read: SHADOW while replay runs or has
+    results in the lookback, else LIVE (GPU-free mode: `Config.replays` false and nothing replayed). Reads
+    numeric columns only: memory grows by ~100 bytes per stored result."""
     windows = {name: window_length(name) for name in config.stats.windows}
     lookback = max([*windows.values(), window_length(config.drift.change_window) * 2])
     replayed = config.replay.enabled
-    shadow = load_results(engine, draft_version, now - lookback) if replayed else []
-    live = load_live(engine, now - lookback)
+    shadow = load_result_columns(engine, draft_version, now - lookback) if replayed else ResultColumns.empty()
+    live = load_live_columns(engine, now - lookback)
     pairs = load_pairs(engine, draft_version, now - max(windows.values())) if replayed else []
     cost_ratio = config.stats.cost_ratio
     if cost_ratio is None and replayed:
         cost_ratio = measured_cost_ratio(engine, draft_version, config.replay.window)
     stats = side_by_side(config, shadow, live, pairs, windows, now, cost_ratio)
-    primary = SHADOW if shadow or config.replays else LIVE
+    primary = SHADOW if len(shadow) or config.replays else LIVE
     return Measured(windows, shadow, live, pairs, stats, cost_ratio, primary)
 
 
 def side_by_side(
     config: Config,
-    shadow: Sequence[SampleResult],
-    live: Sequence[SampleResult],
+    shadow: ResultColumns,
+    live: ResultColumns,
     pairs: Sequence[LiveShadowPair],
     windows: dict[str, timedelta],
     now: datetime,
     cost_ratio: float | None,
 ) -> list[SegmentStats]:
     """Shadow then live statistics per (group, window), each carrying how many of its samples have both."""
-    k, confidence, resamples = config.replay.window, config.stats.confidence, config.stats.resamples
-    stats = segment_stats(
-        shadow, windows, now, window_k=k, cost_ratio=cost_ratio, confidence=confidence, resamples=resamples
-    )
-    stats += segment_stats(
-        live, windows, now, window_k=k, cost_ratio=None, confidence=confidence, resamples=resamples, source=LIVE
-    )
-    paired = paired_counts(pairs, windows, now)
+    settings, k = config.stats, config.replay.window
+    stats = [
+        item
+        for source, columns in ((SHADOW, shadow), (LIVE, live))
+        for item in segment_stats(
+            columns,
+            windows,
+            now,
+            window_k=k,
+            cost_ratio=cost_ratio if source == SHADOW else None,
+            confidence=settings.confidence,
+            resamples=settings.resamples,
+            source=source,
+            rollups=settings.rollups,
+        )
+    ]
+    paired = paired_counts(pairs, windows, now, settings.rollups)
     return [replace(item, paired=paired.get((item.segment, item.window), 0)) for item in stats]
 
 
 def paired_counts(
-    pairs: Sequence[LiveShadowPair], windows: dict[str, timedelta], now: datetime
+    pairs: Sequence[LiveShadowPair], windows: dict[str, timedelta], now: datetime, rollups: Sequence[Sequence[str]] = ()
 ) -> dict[tuple[str, str], int]:
     """(group, window) -> samples with both live and shadow counts."""
+    grouping = Grouping.of(sorted({pair.segment for pair in pairs}), rollups)
+    index = {segment: position for position, segment in enumerate(grouping.segments)}
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for window, length in windows.items():
         for pair in pairs:
             if now - length < pair.occurred_at <= now:
-                counts[(pair.segment, window)] += 1
-                counts[(ALL_SEGMENTS, window)] += 1
+                for group in grouping.groups_of(index[pair.segment]):
+                    counts[(grouping.names[group], window)] += 1
     return counts
 
 
-def segment_change_findings(config: Config, results: Sequence[SampleResult], recent_since: datetime) -> list[Finding]:
-    """Page-Hinkley drops of per-sample alpha since `recent_since`, per segment and for all traffic."""
+def group_change_tests(config: Config, columns: ResultColumns, recent_since: datetime) -> list[Hypothesis]:
+    """Page-Hinkley over each group's per-sample alphas since `recent_since`, against the group's baseline:
+    its alpha before then (the previous week by default) when it has drift.min_samples results there, else
+    its first min_samples results (the head's alpha when it started serving the group). The p-value tests
+    the recent span's alpha against the baseline minus drift.change_delta (both standard errors)."""
     drift = config.drift
-    recent = [r for r in results if r.occurred_at > recent_since]
-    series = {segment: alpha_series(recent, segment) for segment in {r.segment for r in recent} | {ALL_SEGMENTS}}
-    return change_findings(
+    grouping = Grouping.of(columns.segments, config.stats.rollups)
+    proposed = columns.accepted + columns.rejected
+    drafted = proposed > 0
+    per_sample = np.divide(columns.accepted, proposed, out=np.zeros(len(columns)), where=drafted)
+    recent_start = recent_since.timestamp()
+    series = {}
+    for group, rows in group_rows(columns, grouping).items():
+        earlier = rows[columns.occurred[rows] <= recent_start]
+        reference = earlier if earlier.shape[0] >= drift.min_samples else rows[: drift.min_samples]
+        recent = rows[(columns.occurred[rows] > recent_start) & drafted[rows]]
+        baseline = columns.counts(reference).alpha
+        if reference.shape[0] < drift.min_samples or baseline is None or recent.shape[0] < drift.min_samples:
+            continue
+        series[grouping.names[group]] = AlphaSeries(
+            columns.occurred[recent],
+            per_sample[recent],
+            baseline,
+            _drop_p_value(columns, reference, recent, drift.change_delta),
+        )
+    return change_tests(
         series,
-        baselines(results, recent_since, drift.min_samples),
         delta=drift.change_delta,
         threshold=drift.change_threshold,
         min_samples=drift.min_samples,
         window=drift.change_window,
     )
+
+
+def _drop_p_value(columns: ResultColumns, reference: np.ndarray, recent: np.ndarray, delta: float) -> float | None:
+    ratios = []
+    for rows in (reference, recent):
+        accepted, proposed = columns.accepted[rows], columns.accepted[rows] + columns.rejected[rows]
+        error = ratio_standard_error(accepted, proposed)
+        if error is None:
+            return None
+        ratios.append((float(accepted.sum()) / float(proposed.sum()), error))
+    (baseline, baseline_error), (recent_alpha, recent_error) = ratios
+    return drop_p_value(baseline, baseline_error, recent_alpha, recent_error, delta)
 
 
 def store_findings(engine: Engine, evaluation: Evaluation) -> None:

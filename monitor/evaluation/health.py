@@ -15,7 +15,7 @@ from monitor.base.config import Config
 from monitor.base.db import HeadEvent, QuarantinedRecord, RetrainJob
 from monitor.base.results import replay_backlog
 from monitor.base.stats import ALL_SEGMENTS
-from monitor.evaluation.drift import WARNING, Finding
+from monitor.evaluation.finding import WARNING, Finding
 
 HEALTH_DETECTORS = ("replay_stalled", "intake_errors", "retrain_failed", "deploy_rolled_back")
 ROLLBACK_ALERT_HOURS = 24

@@ -24,7 +24,7 @@ from alerts.lease import ReceiverLease
 from alerts.lifecycle import raise_findings
 from monitor.base.config import load_config
 from monitor.base.db import OutboxMessage
-from monitor.evaluation.drift import Finding
+from monitor.evaluation.finding import Finding
 from tests.alerts.fake_slack import FakeSlack
 
 TOKEN = "xoxb-concurrent-test-token"

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from alerts.lifecycle import raise_findings
 from monitor.base.config import AlertsConfig
 from monitor.base.db import OutboxMessage
-from monitor.evaluation.drift import Finding
+from monitor.evaluation.finding import Finding
 from tests.alerts.fake_slack import FakeSlack
 
 TOKEN = "xoxb-crash-test-token"

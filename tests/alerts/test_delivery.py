@@ -16,7 +16,7 @@ from alerts.outbox import dispatch, pending_count
 from alerts.queries import add_silence
 from monitor.base.config import AlertsConfig
 from monitor.base.db import OutboxMessage
-from monitor.evaluation.drift import Finding
+from monitor.evaluation.finding import Finding
 from tests.alerts.fake_slack import FakeSlack
 
 TOKEN = "xoxb-delivery-test-token"

@@ -14,7 +14,7 @@ from alerts.matchers import Matcher, MatcherError
 from alerts.queries import add_silence, alert_views, expire_silence
 from monitor.base.config import AlertsConfig
 from monitor.base.db import AlertRecord, NotificationLogEntry, OutboxMessage, Silence
-from monitor.evaluation.drift import Finding
+from monitor.evaluation.finding import Finding
 
 T0 = datetime(2026, 11, 1, 12, tzinfo=UTC)
 EVALUATED = {"threshold", "change", "input_drift"}

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from alerts.lifecycle import raise_findings
 from monitor.base.config import Config, ModelsConfig
 from monitor.base.db import AlertRecord, OutboxMessage
-from monitor.evaluation.drift import Finding
+from monitor.evaluation.finding import Finding
 from monitor.replay.live_models import LiveModels, load_live_models
 from monitor.service.metrics import Metrics
 from monitor.service.replay_loop import ReplayLoop

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from alerts.lifecycle import raise_findings
 from monitor.base.config import Config
 from monitor.base.db import RetrainJob, utcnow
-from monitor.evaluation.drift import Finding
+from monitor.evaluation.finding import Finding
 from retrain.jobs import finish
 from retrain.schedule import QUARTERLY_JOB_ID, quarterly_trigger, queue_job, recapture_due, start_scheduler
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from monitor.base.failures import describe, gpu_unavailable, is_device_lost
 from monitor.base.stats import ALL_SEGMENTS
-from monitor.evaluation.drift import CRITICAL, Finding
+from monitor.evaluation.finding import CRITICAL, Finding
 from monitor.replay.live_models import LiveModels, load_live_models
 from monitor.service.daemon.health import Backoff
 from retrain.registry import head_version

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from monitor.base.config import SecretUnavailable
 from monitor.base.failures import describe, is_disk_full
 from monitor.base.stats import ALL_SEGMENTS
-from monitor.evaluation.drift import CRITICAL, Finding
+from monitor.evaluation.finding import CRITICAL, Finding
 from monitor.intake.follow import FileFollower
 from monitor.intake.http import ExposedWithoutToken, IntakeHTTPServer
 from monitor.intake.pipeline import IngestReport, IntakePipeline

@@ -21,8 +21,8 @@ from monitor.base.config import window_length
 from monitor.base.db import utcnow
 from monitor.base.failures import describe, is_database_unreachable, is_device_lost, is_disk_full
 from monitor.base.results import replay_backlog
-from monitor.evaluation.drift import Finding
 from monitor.evaluation.evaluate import deliver_findings, evaluate
+from monitor.evaluation.finding import Finding
 from monitor.intake.engine_metrics import ScrapeError, engine_totals_by_window, scrape_engine
 from monitor.intake.retention import purge_expired
 from monitor.replay.live_models import version_without_models

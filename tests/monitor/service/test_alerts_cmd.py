@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 
 from alerts.lifecycle import raise_findings
 from monitor.base.config import load_config
-from monitor.evaluation.drift import Finding
+from monitor.evaluation.finding import Finding
 from monitor.service.cli import main
 from tests.alerts.fake_slack import FakeSlack
 
