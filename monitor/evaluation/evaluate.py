@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from alerts.lifecycle import raise_findings
 from decoder import AcceptCounts
 from monitor.base.config import Config, window_length
-from monitor.base.db import Sample, StoredFinding, utcnow
+from monitor.base.db import Sample, utcnow
 from monitor.base.results import (
     LiveShadowPair,
     last_head_change,
@@ -56,6 +56,7 @@ from monitor.evaluation.drift import (
     input_features,
     threshold_findings,
 )
+from monitor.evaluation.findings_store import store_findings
 from monitor.evaluation.health import HEALTH_DETECTORS, health_findings
 
 log = logging.getLogger(__name__)
@@ -214,8 +215,8 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
     findings += input_drift
     findings += health_findings(config, engine, draft_version, now)
     evaluation = Evaluation(now, draft_version, stats, findings, measured.cost_ratio, primary)
-    store_findings(engine, evaluation)
     evaluated = {"threshold", "change", DIVERGENCE, *HEALTH_DETECTORS, *(["input_drift"] if input_checked else [])}
+    store_findings(engine, now, draft_version, findings, evaluated)
     deliver_findings(config, engine, evaluation.findings, evaluated, now)
     return evaluation
 
@@ -300,23 +301,6 @@ def segment_change_findings(config: Config, results: Sequence[SampleResult], rec
     )
 
 
-def store_findings(engine: Engine, evaluation: Evaluation) -> None:
-    with Session(engine) as session, session.begin():
-        session.add_all(
-            StoredFinding(
-                created_at=evaluation.at,
-                draft_version=evaluation.draft_version,
-                detector=finding.detector,
-                segment=finding.segment,
-                window=finding.window,
-                severity=finding.severity,
-                summary=finding.summary,
-                evidence=finding.evidence,
-            )
-            for finding in evaluation.findings
-        )
-
-
 def deliver_findings(
     config: Config, engine: Engine, findings: Sequence[Finding], evaluated: Collection[str], now: datetime
 ) -> None:
@@ -325,9 +309,3 @@ def deliver_findings(
     for finding in findings:
         log.info("finding [%s] %s: %s", finding.severity, finding.detector, finding.summary)
     raise_findings(config.alerts, engine, findings, evaluated, now)
-
-
-def latest_findings(engine: Engine, limit: int = 50) -> list[StoredFinding]:
-    with Session(engine) as session:
-        query = select(StoredFinding).order_by(StoredFinding.created_at.desc(), StoredFinding.id).limit(limit)
-        return list(session.scalars(query))
