@@ -32,6 +32,7 @@ from sqlalchemy import (
     create_engine,
     event,
     false,
+    text,
 )
 from sqlalchemy.engine import URL, Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -282,13 +283,39 @@ class ReplayClaim(Base):
     expires_at: Mapped[datetime]
 
 
+FINDING_OPEN = "resolved_at IS NULL"
+
+
 class StoredFinding(Base):
-    """A drift detector's finding, with its evidence, from one evaluation."""
+    """One episode of a detector's finding about one key (detector, segment, window, draft_version): opened
+    when first reported, updated by every evaluation that reports it again (last_seen_at, times_seen and the
+    newest severity, summary and evidence), closed (`resolved_at`) by the first evaluation in which the
+    detector ran and did not report it. A later recurrence opens a new row (monitor.evaluation.findings_store)."""
 
     __tablename__ = "findings"
+    __table_args__ = (
+        # one open row per key; alembic's model/migration comparison ignores the WHERE, so
+        # tests/monitor/evaluation/test_findings_store.py checks that closed rows may share a key
+        Index(
+            "uq_findings_open",
+            "detector",
+            "segment",
+            "window",
+            "draft_version",
+            unique=True,
+            sqlite_where=text(FINDING_OPEN),
+            postgresql_where=text(FINDING_OPEN),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
     created_at: Mapped[datetime] = mapped_column(index=True)
+    """first seen: the evaluation that opened the episode"""
+    last_seen_at: Mapped[datetime] = mapped_column(index=True)
+    times_seen: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """evaluations that reported it in this episode"""
+    resolved_at: Mapped[datetime | None]
+    """the first evaluation that ran the detector and did not report it; None while open"""
     draft_version: Mapped[str] = mapped_column(String(64))
     detector: Mapped[str] = mapped_column(String(32))
     segment: Mapped[str] = mapped_column(String(255))

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from alerts.lifecycle import raise_findings
 from monitor.base.columns import ResultColumns
 from monitor.base.config import Config, window_length
-from monitor.base.db import Sample, StoredFinding, utcnow
+from monitor.base.db import Sample, utcnow
 from monitor.base.groups import Grouping
 from monitor.base.results import (
     LiveShadowPair,
@@ -57,6 +57,7 @@ from monitor.evaluation.drift import (
 )
 from monitor.evaluation.false_alarms import Hypothesis, controlled, drop_p_value
 from monitor.evaluation.finding import Finding
+from monitor.evaluation.findings_store import store_findings
 from monitor.evaluation.health import HEALTH_DETECTORS, health_findings
 
 log = logging.getLogger(__name__)
@@ -199,8 +200,8 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
     findings += input_drift
     findings += health_findings(config, engine, draft_version, now)
     evaluation = Evaluation(now, draft_version, stats, findings, measured.cost_ratio, primary)
-    store_findings(engine, evaluation)
     evaluated = {THRESHOLD, CHANGE, DIVERGENCE, *HEALTH_DETECTORS, *(["input_drift"] if input_checked else [])}
+    store_findings(engine, now, draft_version, findings, evaluated)
     deliver_findings(config, engine, evaluation.findings, evaluated, now)
     log.info(
         "evaluated %d shadow and %d live samples in %d statistics: %d tests, %d findings",
@@ -337,23 +338,6 @@ def _drop_p_value(columns: ResultColumns, reference: np.ndarray, recent: np.ndar
     return drop_p_value(baseline, baseline_error, recent_alpha, recent_error, delta)
 
 
-def store_findings(engine: Engine, evaluation: Evaluation) -> None:
-    with Session(engine) as session, session.begin():
-        session.add_all(
-            StoredFinding(
-                created_at=evaluation.at,
-                draft_version=evaluation.draft_version,
-                detector=finding.detector,
-                segment=finding.segment,
-                window=finding.window,
-                severity=finding.severity,
-                summary=finding.summary,
-                evidence=finding.evidence,
-            )
-            for finding in evaluation.findings
-        )
-
-
 def deliver_findings(
     config: Config, engine: Engine, findings: Sequence[Finding], evaluated: Collection[str], now: datetime
 ) -> None:
@@ -362,9 +346,3 @@ def deliver_findings(
     for finding in findings:
         log.info("finding [%s] %s: %s", finding.severity, finding.detector, finding.summary)
     raise_findings(config.alerts, engine, findings, evaluated, now)
-
-
-def latest_findings(engine: Engine, limit: int = 50) -> list[StoredFinding]:
-    with Session(engine) as session:
-        query = select(StoredFinding).order_by(StoredFinding.created_at.desc(), StoredFinding.id).limit(limit)
-        return list(session.scalars(query))

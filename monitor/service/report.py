@@ -31,7 +31,8 @@ from monitor.base.db import StoredFinding, utcnow
 from monitor.base.results import Deploy, deploys, live_without_alpha, load_live, load_scored
 from monitor.base.stats import ALL_SEGMENTS, LIVE, SHADOW, BySource, SampleResult, SegmentStats
 from monitor.evaluation.drift import REPORT_STAMP
-from monitor.evaluation.evaluate import REPORTS_DIR, input_drift_reports, latest_findings, measure
+from monitor.evaluation.evaluate import REPORTS_DIR, input_drift_reports, measure
+from monitor.evaluation.findings_store import latest_findings
 from monitor.evaluation.status import BREACH, ESTIMATE_MARK, GPU_FREE_NOTE, OK, UNKNOWN, WARNING, state_of
 
 log = logging.getLogger(__name__)
@@ -620,17 +621,34 @@ def _finding_link(finding: StoredFinding, base: Path) -> str:
     return f'<a href="{_href(Path(path), base)}">report</a>' if path else ""
 
 
+def _resolved(finding: StoredFinding) -> str:
+    return "open" if finding.resolved_at is None else f"{finding.resolved_at:%Y-%m-%d %H:%M}"
+
+
 def _findings(data: ReportData, base: Path) -> str:
     if not data.findings:
         return '<section class="card"><h2>Latest findings</h2><p class="empty">No findings.</p></section>'
     rows = "".join(
-        f'<tr><td class="num">{f.created_at:%Y-%m-%d %H:%M}</td>'
+        f'<tr><td class="num">{f.created_at:%Y-%m-%d %H:%M}</td><td class="num">{f.last_seen_at:%Y-%m-%d %H:%M}</td>'
+        f'<td class="num">{f.times_seen:,}</td><td class="num">{_resolved(f)}</td>'
         f"<td>{_badge(f.severity, SEVERITY_COLOURS.get(f.severity, '#6b7280'))}</td><td>{_e(f.detector)}</td>"
         f'<td>{_e(f.segment)}</td><td>{_e(f.window)}</td><td class="mono">{_e(f.draft_version[:8])}</td>'
         f'<td class="finding-summary">{_e(f.summary)}</td><td>{_finding_link(f, base)}</td></tr>'
         for f in data.findings
     )
-    head = _head("when (UTC)", "severity", "detector", "segment", "window", "draft", "summary", "")
+    head = _head(
+        "#first seen (UTC)",
+        "#last seen",
+        "#times seen",
+        "#resolved",
+        "severity",
+        "detector",
+        "segment",
+        "window",
+        "draft",
+        "summary",
+        "",
+    )
     return f'<section class="card"><h2>Latest findings</h2><table>{head}{rows}</table></section>'
 
 

@@ -26,10 +26,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     status.add_argument("--window", default=None, help="window to show (default: the longest configured)")
     status.set_defaults(handler=status_command)
 
-    findings = subparsers.add_parser("findings", help="the drift detectors' latest findings with their evidence")
+    findings = subparsers.add_parser(
+        "findings",
+        help="the detectors' latest findings with their evidence, each once: first and last seen, times seen, resolved",
+    )
     add_config_argument(findings)
     findings.add_argument("--json", action="store_true", help="machine-readable output")
-    findings.add_argument("--limit", type=int, default=20, help="newest N findings")
+    findings.add_argument("--limit", type=int, default=20, help="the N most recently seen findings")
     findings.set_defaults(handler=findings_command)
 
 
@@ -110,7 +113,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 
 def findings_command(args: argparse.Namespace) -> int:
-    from monitor.evaluation.evaluate import latest_findings
+    from monitor.evaluation.findings_store import latest_findings
 
     engine = open_database(load_config(args))
     rows = latest_findings(engine, args.limit)
@@ -118,6 +121,10 @@ def findings_command(args: argparse.Namespace) -> int:
     items = [
         {
             "created_at": row.created_at.isoformat(),
+            "last_seen_at": row.last_seen_at.isoformat(),
+            "times_seen": row.times_seen,
+            "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
+            "draft_version": row.draft_version,
             "detector": row.detector,
             "segment": row.segment,
             "window": row.window,
@@ -133,5 +140,9 @@ def findings_command(args: argparse.Namespace) -> int:
         print("no findings")
     else:
         for row in rows:
-            print(f"{row.created_at:%Y-%m-%d %H:%M:%S}  [{row.severity}] {row.detector}: {row.summary}")
+            resolved = f", resolved {row.resolved_at:%Y-%m-%d %H:%M:%S}" if row.resolved_at else ""
+            print(
+                f"{row.created_at:%Y-%m-%d %H:%M:%S} .. {row.last_seen_at:%Y-%m-%d %H:%M:%S} "
+                f"(seen {row.times_seen}x{resolved})  [{row.severity}] {row.detector}: {row.summary}"
+            )
     return 0

@@ -21,10 +21,10 @@ from monitor.evaluation.evaluate import (
     evaluate,
     input_drift_due,
     input_drift_reports,
-    latest_findings,
     prune_input_drift_reports,
     reference_rows,
 )
+from monitor.evaluation.findings_store import latest_findings
 from monitor.intake.pipeline import IntakePipeline, RawRecord
 from monitor.replay.live_models import LiveModels, load_live_models
 from monitor.replay.replayer import Replayer

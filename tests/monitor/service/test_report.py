@@ -25,7 +25,8 @@ from monitor.base.config import Config, DriftConfig, ModelsConfig, ReplayConfig,
 from monitor.base.db import ReplayResult, create_db_engine, upgrade, utcnow
 from monitor.base.results import HISTOGRAM_ESTIMATE, PER_STEP
 from monitor.base.stats import LIVE, SampleResult
-from monitor.evaluation.evaluate import evaluate, latest_findings
+from monitor.evaluation.evaluate import evaluate
+from monitor.evaluation.findings_store import latest_findings
 from monitor.evaluation.status import GPU_FREE_NOTE
 from monitor.intake.pipeline import IntakePipeline, RawRecord
 from monitor.replay.live_models import LiveModels, load_live_models
@@ -299,6 +300,7 @@ def test_report_shows_live_beside_shadow_with_positions_and_divergence(config: C
     store_traffic(engine, "lang=en", 12, now=now, shadow=HIGH, live=LOW, basis=HISTOGRAM_ESTIMATE)
     store_traffic(engine, "lang=zh", 12, now=now, shadow=LOW, live=LOW, basis=PER_STEP)
     store_engine_reports(engine, "lang=en", 2, now=now, steps=HIGH, basis=None)
+    evaluate(config, engine, "draft-a", now=now - timedelta(minutes=5))
     evaluation = evaluate(config, engine, "draft-a", now=now)
     assert any(f.detector == "divergence" and f.segment == "*" for f in evaluation.findings)
 
@@ -323,6 +325,12 @@ def test_report_shows_live_beside_shadow_with_positions_and_divergence(config: C
     assert f'<g class="version" data-version="{LIVE}">' in zh_panel, "the engine's hourly alpha is charted"
     findings = page.split("<h2>Latest findings</h2>")[1].split("</section>")[0]
     assert "<td>divergence</td>" in findings
+    head = findings.split("</tr>")[0]
+    assert all(f'<th class="num">{name}' in head for name in ("first seen", "last seen", "times seen", "resolved"))
+    [divergence] = [row for row in findings.split("</tr>") if "<td>divergence</td><td>*</td><td>24h</td>" in row]
+    first, last = now - timedelta(minutes=5), now
+    assert f'<td class="num">{first:%Y-%m-%d %H:%M}</td><td class="num">{last:%Y-%m-%d %H:%M}</td>' in divergence
+    assert '<td class="num">2</td><td class="num">open</td>' in divergence, "evaluated twice: one row, seen twice"
     assert "2 engine reports in the last 24h lacked R" in page
     assert GPU_FREE_NOTE not in page
 

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from monitor.base.config import load_config
 from monitor.base.db import utcnow
 from monitor.base.results import HISTOGRAM_ESTIMATE, PER_STEP
-from monitor.evaluation.evaluate import latest_findings
+from monitor.evaluation.findings_store import latest_findings
 from monitor.evaluation.status import ESTIMATE_MARK, GPU_FREE_NOTE
 from monitor.replay.live_models import ENGINE_VERSION
 from monitor.service.cli import main
@@ -122,6 +122,21 @@ def test_status_and_evaluate_in_gpu_free_mode_read_the_engines_own_counts(
     threshold = [f for f in latest_findings(engine) if f.detector == "threshold"]
     assert {f.segment for f in threshold} == {"lang=zh"}
     assert {f.draft_version for f in threshold} == {ENGINE_VERSION}
+
+    assert main(["evaluate", "--config", str(path)]) == 0
+    capsys.readouterr()
+    again = {f.window: f for f in latest_findings(engine) if f.detector == "threshold"}
+    assert sorted(f.id for f in again.values()) == sorted(f.id for f in threshold), "evaluated again: the same rows"
+    assert all(f.times_seen == 2 and f.created_at < f.last_seen_at and f.resolved_at is None for f in again.values())
+    assert main(["findings", "--json", "--config", str(path)]) == 0
+    items = {item["window"]: item for item in json.loads(capsys.readouterr().out) if item["detector"] == "threshold"}
+    assert set(items) == set(again) == {"1h", "24h"}
+    day, item = again["24h"], items["24h"]
+    assert (item["times_seen"], item["resolved_at"]) == (2, None)
+    assert (item["created_at"], item["last_seen_at"]) == (day.created_at.isoformat(), day.last_seen_at.isoformat())
+    assert main(["findings", "--config", str(path)]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "threshold:" in line and "over 24h" in line]
+    assert f"{day.created_at:%Y-%m-%d %H:%M:%S} .. {day.last_seen_at:%Y-%m-%d %H:%M:%S} (seen 2x)" in line
 
 
 def test_gpu_free_mode_names_results_after_the_registrys_live_head(
