@@ -100,11 +100,6 @@ class ResultColumns:
     def sample_counts(self, row: int) -> AcceptCounts:
         return self.counts(np.array([row]))
 
-    @property
-    def emitted(self) -> np.ndarray:
-        """Tokens each sample's verify steps emitted: A + S - E."""
-        return self.accepted + self.steps - self.eos_ended
-
     def occurred_at(self, row: int) -> datetime:
         return datetime.fromtimestamp(float(self.occurred[row]), tz=UTC)
 

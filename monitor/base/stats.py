@@ -34,6 +34,7 @@ token per target forward without speculation, so
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +43,7 @@ from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy.stats import t as student_t
+from scipy.special import stdtrit
 
 from decoder.metrics import AcceptCounts
 from monitor.base.columns import ResultColumns
@@ -185,10 +186,11 @@ def estimated_speedup(tau: float | None, window_k: int, cost_ratio: float | None
     return tau / (1.0 + window_k * cost_ratio)
 
 
+@functools.lru_cache(maxsize=4096)
 def expanded_levels(samples: int, confidence: float) -> tuple[float, float]:
     """Percentile levels of Hesterberg's expanded percentile interval for n = `samples`."""
     tail = (1.0 - confidence) / 2.0
-    t_quantile = float(student_t.ppf(1.0 - tail, samples - 1))
+    t_quantile = float(stdtrit(samples - 1, 1.0 - tail))
     expanded_tail = NormalDist().cdf(-np.sqrt(samples / (samples - 1)) * t_quantile)
     return expanded_tail, 1.0 - expanded_tail
 
@@ -289,6 +291,9 @@ class GroupBootstrap:
             alphas = sums[:, 0] / sums[:, 1]
             taus = sums[:, 2] / sums[:, 3]
         levels = expanded_levels(samples, self.confidence)
+        if np.isfinite(alphas).all() and np.isfinite(taus).all():  # both at once
+            (alpha_low, tau_low), (alpha_high, tau_high) = _quantiles(np.stack((alphas, taus), axis=1), levels)
+            return Interval(alpha_low, alpha_high), Interval(tau_low, tau_high)
         return percentile_interval(alphas, levels), percentile_interval(taus, levels)
 
     def _exact(self, columns: np.ndarray) -> np.ndarray:
@@ -309,6 +314,20 @@ class GroupBootstrap:
         root = vectors * np.sqrt(np.clip(values, 0.0, None))
         normal = np.random.default_rng(self.seed).standard_normal((self.resamples, columns.shape[1]))
         return samples * mean + normal @ root.T
+
+
+def _quantiles(values: np.ndarray, levels: tuple[float, float]) -> list[tuple[float, ...]]:
+    """np.quantile(values, levels, axis=0) with its default (linear) method, for a few columns: one sort
+    instead of numpy's general machinery (which costs more than the bootstrap itself for small groups)."""
+    ordered = np.sort(values, axis=0)
+    found = []
+    for level in levels:
+        position = (ordered.shape[0] - 1) * level
+        below = int(np.floor(position))
+        above = min(below + 1, ordered.shape[0] - 1)
+        fraction = position - below
+        found.append(tuple(float(x) for x in ordered[below] + (ordered[above] - ordered[below]) * fraction))
+    return found
 
 
 def ratio_standard_error(numerator: np.ndarray, denominator: np.ndarray) -> float | None:
@@ -343,8 +362,9 @@ def _group_stats(
     source: str,
 ) -> SegmentStats:
     total = columns.counts(rows)
-    accepted, proposed = columns.accepted[rows], columns.accepted[rows] + columns.rejected[rows]
-    per_sample = np.column_stack((accepted, proposed, columns.emitted[rows], columns.steps[rows]))
+    accepted, steps = columns.accepted[rows], columns.steps[rows]
+    proposed = accepted + columns.rejected[rows]
+    per_sample = np.column_stack((accepted, proposed, accepted + steps - columns.eos_ended[rows], steps))
     alpha_interval, tau_interval = bootstrap.intervals(per_sample)
     return SegmentStats(
         segment=name,

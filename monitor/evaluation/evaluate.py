@@ -178,9 +178,7 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
     measured = measure(config, engine, draft_version, now)
     stats, primary = measured.stats, measured.primary
     columns = measured.shadow if primary == SHADOW else measured.live
-    tests = threshold_tests([item for item in stats if item.source == primary], drift)
-    tests += group_change_tests(config, columns, now - window_length(drift.change_window))
-    findings = controlled(tests, drift.false_discovery_rate)
+    tests, findings = acceptance_findings(config, [item for item in stats if item.source == primary], columns, now)
     change = last_head_change(engine)
     findings += divergence_findings(
         measured.pairs,
@@ -212,6 +210,17 @@ def evaluate(config: Config, engine: Engine, draft_version: str, now: datetime |
         len(findings),
     )
     return evaluation
+
+
+def acceptance_findings(
+    config: Config, stats: Sequence[SegmentStats], columns: ResultColumns, now: datetime
+) -> tuple[list[Hypothesis], list[Finding]]:
+    """Every threshold and change test over one source's statistics and results (all groups, all windows),
+    and the findings among them that survive false-discovery control at drift.false_discovery_rate."""
+    drift = config.drift
+    tests = threshold_tests(stats, drift)
+    tests += group_change_tests(config, columns, now - window_length(drift.change_window))
+    return tests, controlled(tests, drift.false_discovery_rate)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from statistics import NormalDist
 
 import numpy as np
-from scipy.stats import t as student_t
+from scipy.special import stdtr
 
 from monitor.evaluation.finding import Finding
 
@@ -90,7 +90,7 @@ def below_p_value(estimate: float, limit: float, standard_error: float | None, s
         return None
     if standard_error <= 0.0:
         return 0.0 if estimate < limit else 1.0
-    return float(student_t.cdf((estimate - limit) / standard_error, samples - 1))
+    return float(stdtr(samples - 1, (estimate - limit) / standard_error))
 
 
 def drop_p_value(baseline: float, baseline_se: float, recent: float, recent_se: float, delta: float) -> float:

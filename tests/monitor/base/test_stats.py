@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from decoder.metrics import AcceptCounts
-from monitor.base.stats import SampleResult, SegmentStats, alpha_series, estimated_speedup, segment_stats
+from monitor.base.stats import (
+    GroupBootstrap,
+    SampleResult,
+    SegmentStats,
+    alpha_series,
+    bootstrap_intervals,
+    estimated_speedup,
+    ratio_standard_error,
+    segment_stats,
+)
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 HOUR = {"1h": timedelta(hours=1)}
@@ -221,3 +230,73 @@ def test_tau_and_its_interval_count_emitted_tokens_per_verify_step() -> None:
     assert stats.tau == pytest.approx(9 / 3)
     assert stats.tau_interval is not None
     assert stats.tau_interval.low == pytest.approx(3.0) and stats.tau_interval.high == pytest.approx(3.0)
+
+
+# ---- groups and bounded bootstrap -------------------------------------------------------------------
+
+
+def test_roll_ups_pool_the_segments_they_name() -> None:
+    """Each group's counts are the plain sum of its members' counts (AcceptCounts.total), computed here
+    from the results alone."""
+    rng = np.random.default_rng(21)
+    segments = ["tenant=a/lang=zh", "tenant=b/lang=zh", "tenant=a/lang=en", "tenant=b/lang=en"]
+    results = [
+        result(i, segments[i % 4], simulated_counts(rng, 0.5 + 0.1 * (i % 4)), ago=timedelta(minutes=i % 50))
+        for i in range(80)
+    ]
+    stats = segment_stats(results, HOUR, NOW, window_k=4, cost_ratio=None, resamples=200)
+
+    expected_members = {
+        "*": segments,
+        "lang=zh": segments[:2],
+        "lang=en": segments[2:],
+        "tenant=a": [segments[0], segments[2]],
+        "tenant=b": [segments[1], segments[3]],
+        **{segment: [segment] for segment in segments},
+    }
+    assert {s.segment for s in stats} == set(expected_members)
+    for name, members in expected_members.items():
+        chosen = [r for r in results if r.segment in members]
+        item = only(stats, name)
+        assert item.samples == len(chosen)
+        assert item.counts == AcceptCounts.total(r.counts for r in chosen)  # integer counts: exact sums
+        assert item.kind == ("all" if name == "*" else "segment" if name in segments else "rollup")
+
+
+def test_exact_group_bootstrap_reproduces_the_per_sample_bootstrap() -> None:
+    """Up to EXACT_MAX samples the count-matrix bootstrap draws what bootstrap_intervals draws."""
+    rng = np.random.default_rng(3)
+    for size in (2, 7, 120, GroupBootstrap.EXACT_MAX):
+        counts = [simulated_counts(rng, 0.65) for _ in range(size)]
+        columns = np.array([(c.accepted, c.accepted + c.rejected, c.emitted, c.steps) for c in counts])
+        grouped = GroupBootstrap(confidence=0.95, resamples=300, seed=4).intervals(columns)
+        plain = bootstrap_intervals(counts, confidence=0.95, resamples=300, seed=4)
+        for mine, theirs in zip(grouped, plain, strict=True):
+            assert mine is not None and theirs is not None
+            assert (mine.low, mine.high) == pytest.approx((theirs.low, theirs.high), abs=1e-12)
+
+
+def test_large_groups_draw_sums_from_their_normal_limit_and_agree_with_the_bootstrap() -> None:
+    """Just above EXACT_MAX, skewed per-sample counts: the normal-limit interval of alpha lies within 0.005
+    of the exact cluster bootstrap (the figure the GroupBootstrap docstring quotes), tau's within 0.5%."""
+    rng = np.random.default_rng(5)
+    counts = [simulated_counts(rng, float(p)) for p in rng.beta(2.0, 1.0, size=GroupBootstrap.EXACT_MAX + 1)]
+    columns = np.array([(c.accepted, c.accepted + c.rejected, c.emitted, c.steps) for c in counts])
+    approximate = GroupBootstrap(confidence=0.95, resamples=4000, seed=1).intervals(columns)
+    exact = bootstrap_intervals(counts, confidence=0.95, resamples=4000, seed=1)
+    for mine, theirs, tolerance in zip(approximate, exact, (0.005, 0.005 * 3.0), strict=True):
+        assert mine is not None and theirs is not None
+        assert abs(mine.low - theirs.low) < tolerance and abs(mine.high - theirs.high) < tolerance
+
+
+def test_ratio_standard_error_matches_the_spread_of_the_bootstrap() -> None:
+    rng = np.random.default_rng(8)
+    counts = [simulated_counts(rng, float(p)) for p in rng.uniform(0.4, 0.9, size=400)]
+    accepted = np.array([c.accepted for c in counts])
+    proposed = np.array([c.accepted + c.rejected for c in counts])
+    picks = rng.integers(0, 400, size=(4000, 400))
+    bootstrap_sd = float(np.std(accepted[picks].sum(axis=1) / proposed[picks].sum(axis=1)))
+    error = ratio_standard_error(accepted, proposed)
+    assert error is not None and error == pytest.approx(bootstrap_sd, rel=0.08)
+    assert ratio_standard_error(accepted[:1], proposed[:1]) is None
+    assert ratio_standard_error(np.zeros(3), np.zeros(3)) is None
