@@ -169,7 +169,7 @@ def _attributes(**labels: str) -> Attributes:
 
 def _segment_readings(stats: SegmentStats) -> Iterator[tuple[str, Attributes, float]]:
     """(gauge, attributes, value) of one segment's statistics; a value that is not known is left out."""
-    labels = {"segment": stats.segment, "window": stats.window, "source": stats.source}
+    labels = {"segment": stats.segment, "window": stats.window, "source": stats.source, "group": stats.kind}
     key = _attributes(**labels)
     interval = stats.alpha_interval
     known = {
@@ -210,7 +210,8 @@ class Metrics:
         gauges = {
             "alpha": (
                 "specwatch_alpha",
-                "acceptance rate A / (A + R) of the live draft per segment, window and source (shadow: replay; "
+                "acceptance rate A / (A + R) of the live draft per group (label group: all, segment or rollup), window and "
+                "source (shadow: replay; "
                 "live: the serving engine's own counts)",
             ),
             "tau": ("specwatch_tau", "emitted tokens per verify step (A + S - E) / S"),
