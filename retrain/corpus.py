@@ -20,7 +20,8 @@ Steps, in order:
 
 A segment's weight is 1 when its alpha is at or above its threshold (`DriftConfig.threshold_for`, the
 one the alerts use; or unknown) and rises
-linearly to `low_alpha_weight` as alpha falls to 0. Train samples of a segment appear
+linearly to `low_alpha_weight` as alpha falls to 0; a roll-up holding the segment (`lang=zh`, alphas
+given for roll-ups as for segments) lends it its weight when that is higher. Train samples of a segment appear
 round(weight) times in `training_samples()`; the holdout is never repeated or reweighted.
 
 Layout of out_dir: train.jsonl and holdout.jsonl (one sample per line) and manifest.json (a
@@ -50,6 +51,7 @@ from decoder.files import write_atomically
 from decoder.target import TargetModel
 from monitor.base.config import CorpusConfig, DriftConfig
 from monitor.base.db import Sample, as_utc
+from monitor.base.groups import ALL_SEGMENTS, contains
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +177,16 @@ def segment_weight(alpha: float | None, threshold: float, low_alpha_weight: floa
         return 1.0
     shortfall = (threshold - max(0.0, alpha)) / threshold
     return 1.0 + (low_alpha_weight - 1.0) * shortfall
+
+
+def group_weight(
+    segment: str, alphas: Mapping[str, float], thresholds: Mapping[str, float], low_alpha_weight: float
+) -> float:
+    """A segment's weight: the highest of its own and of every roll-up holding it (`lang=zh` low across
+    tenants weighs each tenant's Chinese samples, even where the segment alone is too small to tell)."""
+    groups = [group for group in alphas if contains(group, segment)]
+    own = segment_weight(None, thresholds[segment], low_alpha_weight)
+    return max([own, *(segment_weight(alphas[g], thresholds[g], low_alpha_weight) for g in groups)])
 
 
 def allocate_quotas(available: Mapping[str, int], weights: Mapping[str, float], total: int) -> dict[str, int]:
@@ -320,9 +332,13 @@ def build_corpus(
     if not candidates:
         raise CorpusError(f"no samples in the last {config.days} days (since {since.isoformat()}); nothing to train on")
     available = Counter(candidate.segment for candidate in candidates)
-    alphas = {segment: segment_alpha[segment] for segment in available if segment in segment_alpha}
-    thresholds = {segment: drift.threshold_for(segment)[0] for segment in available}
-    weights = {s: segment_weight(alphas.get(s), thresholds[s], config.low_alpha_weight) for s in available}
+    alphas = {
+        group: alpha
+        for group, alpha in segment_alpha.items()
+        if group != ALL_SEGMENTS and any(contains(group, segment) for segment in available)
+    }
+    thresholds = {group: drift.threshold_for(group)[0] for group in [*available, *alphas]}
+    weights = {segment: group_weight(segment, alphas, thresholds, config.low_alpha_weight) for segment in available}
     chosen = _select(candidates, allocate_quotas(available, weights, config.max_samples), seed)
     samples = _fetch(engine, [candidate.sample_id for candidate in chosen])
     train = [s for s in samples if not in_holdout(s.sample_key, seed, config.holdout_fraction)]

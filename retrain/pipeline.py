@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,10 +26,12 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from decoder import AcceptCounts, TargetModel, load_draft, load_target
+from decoder import TargetModel, load_draft, load_target
 from monitor.base.config import Config
 from monitor.base.db import HeadEvent, utcnow
-from monitor.base.results import load_results
+from monitor.base.groups import Grouping
+from monitor.base.results import load_result_columns
+from monitor.base.stats import group_rows
 from retrain.corpus import Corpus, build_corpus, load_corpus
 from retrain.deploy import run_deploy_hook
 from retrain.gate import GateOptions, run_gate
@@ -57,12 +59,17 @@ class JobOutcome:
         return {**self.__dict__, "decision": self.decision.to_dict() if self.decision else None}
 
 
-def live_segment_alphas(engine: Engine, version: str, since: datetime) -> dict[str, float]:
-    """Each segment's alpha under the live head since `since`: low-alpha segments weigh more."""
-    totals: dict[str, AcceptCounts] = {}
-    for result in load_results(engine, version, since):
-        totals[result.segment] = totals.get(result.segment, AcceptCounts()) + result.counts
-    return {segment: counts.alpha for segment, counts in totals.items() if counts.alpha is not None}
+def live_segment_alphas(
+    engine: Engine, version: str, since: datetime, rollups: Sequence[Sequence[str]] = ()
+) -> dict[str, float]:
+    """Each group's alpha under the live head since `since` (segments and roll-ups, as evaluation groups
+    them): low-alpha segments, and the segments of low-alpha roll-ups, weigh more."""
+    columns = load_result_columns(engine, version, since)
+    grouping = Grouping.of(columns.segments, rollups)
+    alphas = {
+        grouping.names[group]: columns.counts(rows).alpha for group, rows in group_rows(columns, grouping).items()
+    }
+    return {group: alpha for group, alpha in alphas.items() if alpha is not None}
 
 
 def record_event(
@@ -127,7 +134,9 @@ def prepare_corpus(config: Config, engine: Engine, job: JobView, live_version: s
         engine,
         settings,
         out_dir=directory,
-        segment_alpha=live_segment_alphas(engine, live_version, now - timedelta(days=settings.days)),
+        segment_alpha=live_segment_alphas(
+            engine, live_version, now - timedelta(days=settings.days), config.stats.rollups
+        ),
         drift=config.drift,
         seed=config.retrain.training.seed,
         now=now,

@@ -29,6 +29,7 @@ from retrain.corpus import (
     allocate_quotas,
     build_corpus,
     content_key,
+    group_weight,
     load_corpus,
     segment_weight,
 )
@@ -122,6 +123,18 @@ def test_a_low_alpha_segment_weighs_more_in_quota_and_training_stream(
     assert all(stream[i] != stream[i + 1] for i in range(len(stream) - 1)), "copies are not adjacent"
 
 
+def test_a_low_roll_up_weighs_up_the_segments_it_holds() -> None:
+    """lang=zh at 0.2 across tenants weighs each tenant's Chinese segment, whose own alpha is unknown or
+    fine; the higher of a segment's own weight and its roll-ups' wins; all traffic ("*") lends nothing."""
+    thresholds = {"tenant=a/lang=zh": 0.65, "tenant=b/lang=zh": 0.65, "tenant=a/lang=en": 0.65, "lang=zh": 0.65}
+    thresholds |= {"tenant=a": 0.65}
+    alphas = {"lang=zh": 0.2, "tenant=b/lang=zh": 0.7, "tenant=a": 0.6}
+    low = segment_weight(0.2, 0.65, 3.0)
+    assert group_weight("tenant=a/lang=zh", alphas, thresholds, 3.0) == pytest.approx(low)
+    assert group_weight("tenant=b/lang=zh", alphas, thresholds, 3.0) == pytest.approx(low)
+    assert group_weight("tenant=a/lang=en", alphas, thresholds, 3.0) == pytest.approx(segment_weight(0.6, 0.65, 3.0))
+
+
 def test_corpus_weighting_and_alerting_agree_on_segments_below_threshold(
     intake_config: Config, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -132,7 +145,7 @@ def test_corpus_weighting_and_alerting_agree_on_segments_below_threshold(
     config = intake_config.model_copy(update={"drift": drift})
     alphas = {"lang=en": 0.68, "lang=zh": 0.55}
     ingest(config, engine, records(40, start=utcnow() - timedelta(hours=12)))
-    monkeypatch.setattr(pipeline, "live_segment_alphas", lambda engine, version, since: alphas)
+    monkeypatch.setattr(pipeline, "live_segment_alphas", lambda *args: alphas)
     job = SimpleNamespace(work_dir=tmp_path)
     corpus = pipeline.prepare_corpus(config, engine, job, "live", target=None)  # type: ignore[arg-type]
     weighted = {segment for segment, weight in corpus.manifest.weights.items() if weight > 1.0}
