@@ -137,7 +137,7 @@ def demo_config(data_dir: Path, models: Path, recapture_after: str = "60s") -> C
         intake=Config().intake.model_copy(
             update={
                 "sampling": SamplingConfig(rate=1.0),
-                "segment_keys": [],
+                "segment_keys": ["tenant"],  # per-tenant segments: the zh alert fires on the lang=zh roll-up
                 "follow": FollowConfig(paths=[data_dir / "logs"], poll_interval_s=0.5, batch_lines=50),
                 "http": HttpIntakeConfig(enabled=False),
             }
@@ -281,12 +281,13 @@ def readiness(port: int) -> dict[str, Any] | None:
 def language_alphas(engine: Engine, draft_version: str, since: datetime) -> dict[str, tuple[float, int]]:
     """Alpha and sample count per language of one head's scored results for traffic since `since`."""
     from decoder import AcceptCounts
+    from monitor.base.groups import segment_parts
     from monitor.base.results import load_results
 
     totals: dict[str, AcceptCounts] = {}
     samples: Counter[str] = Counter()
     for result in load_results(engine, draft_version, since):
-        language = result.segment.removeprefix("lang=")
+        language = dict(segment_parts(result.segment)).get("lang", "")
         totals[language] = totals.get(language, AcceptCounts()) + result.counts
         samples[language] += 1
     return {lang: (counts.alpha, samples[lang]) for lang, counts in totals.items() if counts.alpha is not None}

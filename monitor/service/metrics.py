@@ -210,9 +210,8 @@ class Metrics:
         gauges = {
             "alpha": (
                 "specwatch_alpha",
-                "acceptance rate A / (A + R) of the live draft per group (label group: all, segment or rollup), window and "
-                "source (shadow: replay; "
-                "live: the serving engine's own counts)",
+                "acceptance rate A / (A + R) of the live draft per group (label group: all, segment or rollup), "
+                "window and source (shadow: replay; live: the serving engine's own counts)",
             ),
             "tau": ("specwatch_tau", "emitted tokens per verify step (A + S - E) / S"),
             "low": ("specwatch_alpha_interval_low", "lower end of alpha's bootstrap confidence interval"),

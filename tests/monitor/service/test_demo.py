@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from monitor.base.config import load_config
-from monitor.base.db import AlertRecord, HeadEvent, RetrainJob, create_db_engine
+from monitor.base.db import AlertRecord, HeadEvent, RetrainJob, Sample, create_db_engine
 from monitor.service.demo import DemoPlan, demo_config, readiness, run_demo, write_config
 from monitor.service.demo_traffic import traffic
 from retrain.gate_decision import GateDecision
@@ -91,8 +91,10 @@ def test_demo_closes_the_loop_on_a_real_daemon(
         alerts = {(a.alertname, a.labels.get("segment")) for a in session.scalars(select(AlertRecord))}
         jobs = list(session.scalars(select(RetrainJob)))
         events = [event.event for event in session.scalars(select(HeadEvent))]
+        segments = set(session.scalars(select(Sample.segment).distinct()))
     engine.dispose()
-    assert ("AcceptanceBelowThreshold", "lang=zh") in alerts, out[-3000:]
+    assert segments and all(segment.startswith("tenant=") for segment in segments)  # per-tenant segments
+    assert ("AcceptanceBelowThreshold", "lang=zh") in alerts, out[-3000:]  # the roll-up across tenants
     assert "NOTIFY [firing] AcceptanceBelowThreshold segment=lang=zh" in out
     assert [job.trigger for job in jobs] == ["recapture"] and jobs[0].state in ("succeeded", "refused"), out[-3000:]
     assert jobs[0].decision and GateDecision.from_dict(jobs[0].decision).overall.samples > 0
