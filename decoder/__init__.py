@@ -18,40 +18,103 @@ other text they are an estimate.
 Metrics (alpha, tau, draft acceptance rate, per-position rates) are defined in decoder.metrics.
 Draft kinds are registered in one place, `DRAFT_KINDS` (decoder.drafts). The offline reference-model
 builder, `decoder.reference` (demo, tests, benchmarks), is not imported here nor by any runtime module.
-This package imports only torch, transformers, tokenizers, safetensors, pydantic, numpy and the
+Names are imported on first use (PEP 562), so `decoder.counts` (the counts and metrics, standard library
+only) loads without torch: evaluation reads stored counts without paying for the models. This package
+imports only torch, transformers, tokenizers, safetensors, pydantic, numpy and the
 standard library.
 """
 
-from decoder.batching import map_in_batches
-from decoder.drafts import (
-    DRAFT_KINDS,
-    Draft,
-    DraftConfig,
-    DraftManifest,
-    DraftModel,
-    Eagle3Head,
-    EagleHead,
-    MedusaHeads,
-    create_draft,
-    draft_version,
-    kind_objective,
-    load_draft,
-    read_manifest,
-    register_draft,
-    save_draft,
-)
-from decoder.errors import (
-    DecoderError,
-    DraftFormatError,
-    DraftTargetMismatchError,
-    TokenizerMismatchError,
-)
-from decoder.exact import ExactResult, Generation, exact_generate, generate
-from decoder.metrics import AcceptCounts, simulate_verify_loop
-from decoder.samples import FittedPrompt, TokenizedSample, fit_prompt
-from decoder.scored import SampleScore, score_batch, target_agreement
-from decoder.target import TargetModel, load_target, target_fingerprint, tokenizer_fingerprint
-from decoder.training import FitConfig, FitResult, TokenBatch, fit_draft, pack_token_batches
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from decoder.batching import map_in_batches
+    from decoder.counts import AcceptCounts
+    from decoder.drafts import (
+        DRAFT_KINDS,
+        Draft,
+        DraftConfig,
+        DraftManifest,
+        DraftModel,
+        Eagle3Head,
+        EagleHead,
+        MedusaHeads,
+        create_draft,
+        draft_version,
+        kind_objective,
+        load_draft,
+        read_manifest,
+        register_draft,
+        save_draft,
+    )
+    from decoder.errors import (
+        DecoderError,
+        DraftFormatError,
+        DraftTargetMismatchError,
+        TokenizerMismatchError,
+    )
+    from decoder.exact import ExactResult, Generation, exact_generate, generate
+    from decoder.metrics import simulate_verify_loop
+    from decoder.samples import FittedPrompt, TokenizedSample, fit_prompt
+    from decoder.scored import SampleScore, score_batch, target_agreement
+    from decoder.target import TargetModel, load_target, target_fingerprint, tokenizer_fingerprint
+    from decoder.training import FitConfig, FitResult, TokenBatch, fit_draft, pack_token_batches
+
+_EXPORTS = {
+    "map_in_batches": "decoder.batching",
+    "DRAFT_KINDS": "decoder.drafts",
+    "Draft": "decoder.drafts",
+    "DraftConfig": "decoder.drafts",
+    "DraftManifest": "decoder.drafts",
+    "DraftModel": "decoder.drafts",
+    "Eagle3Head": "decoder.drafts",
+    "EagleHead": "decoder.drafts",
+    "MedusaHeads": "decoder.drafts",
+    "create_draft": "decoder.drafts",
+    "draft_version": "decoder.drafts",
+    "kind_objective": "decoder.drafts",
+    "load_draft": "decoder.drafts",
+    "read_manifest": "decoder.drafts",
+    "register_draft": "decoder.drafts",
+    "save_draft": "decoder.drafts",
+    "DecoderError": "decoder.errors",
+    "DraftFormatError": "decoder.errors",
+    "DraftTargetMismatchError": "decoder.errors",
+    "TokenizerMismatchError": "decoder.errors",
+    "ExactResult": "decoder.exact",
+    "Generation": "decoder.exact",
+    "exact_generate": "decoder.exact",
+    "generate": "decoder.exact",
+    "AcceptCounts": "decoder.counts",
+    "simulate_verify_loop": "decoder.metrics",
+    "FittedPrompt": "decoder.samples",
+    "TokenizedSample": "decoder.samples",
+    "fit_prompt": "decoder.samples",
+    "SampleScore": "decoder.scored",
+    "score_batch": "decoder.scored",
+    "target_agreement": "decoder.scored",
+    "TargetModel": "decoder.target",
+    "load_target": "decoder.target",
+    "target_fingerprint": "decoder.target",
+    "tokenizer_fingerprint": "decoder.target",
+    "FitConfig": "decoder.training",
+    "FitResult": "decoder.training",
+    "TokenBatch": "decoder.training",
+    "fit_draft": "decoder.training",
+    "pack_token_batches": "decoder.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'decoder' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "DRAFT_KINDS",

@@ -137,7 +137,7 @@ def engine_not_serving(config: Config, engine: Engine, event: HeadEvent) -> str 
     too few requests carry both the engine's counts and a replay of the new head to tell). The newest
     2 x watch.min_samples requests are judged, so an engine that loads the head late is seen to."""
     minimum = config.retrain.watch.min_samples
-    pairs = [pair for pair in load_pairs(engine, event.version, event.at) if pair.occurred_at > event.at]
+    pairs = load_pairs(engine, event.version, event.at)
     pairs = pairs[-2 * minimum :]
     if len(pairs) < minimum:
         return None

@@ -1,7 +1,7 @@
 """Per-sample counts as columns: what the statistics read, in memory that grows by ~100 bytes a sample.
 
     columns = ResultColumns.from_results(results)          # from SampleResult objects (tests, small sets)
-    columns = ColumnsBuilder(); builder.add(...); builder.build()   # from database rows, chunk by chunk
+    builder = ColumnsBuilder(); builder.add_chunk(...); builder.build()   # from database rows, chunk by chunk
     columns.window(start, end)                             # the samples with start < occurred_at <= end
 
 One row per sample, sorted by (occurred_at, sample_id); segments are indices into `segments`. The counts are
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from decoder.metrics import AcceptCounts
+from decoder.counts import AcceptCounts
 
-_SCALARS = ("sample_id", "occurred", "accepted", "rejected", "drafted", "steps", "eos_ended", "tokens")
+_SCALARS = ("sample_id", "occurred", "accepted", "rejected", "drafted", "steps", "eos_ended", "tokens", "window_k")
 _FLAGS = ("from_ids", "retokenized_differs", "rejected_estimated")
 
 
@@ -36,6 +36,7 @@ class ResultColumns:
     steps: np.ndarray
     eos_ended: np.ndarray
     tokens: np.ndarray  # completion tokens
+    window_k: np.ndarray  # int64: the k the counts were measured with (replay.window; an engine's k), -1 unknown
     per_position: np.ndarray  # float64 (samples, positions): steps whose i-th draft was accepted
     histogram: np.ndarray  # float64 (samples, k + 1): steps that accepted exactly a drafts
     from_ids: np.ndarray  # bool: replayed from the engine's logged token ids
@@ -52,25 +53,25 @@ class ResultColumns:
     @classmethod
     def from_results(cls, results: Iterable[Any]) -> ResultColumns:
         """From `monitor.base.stats.SampleResult`s."""
+        results = list(results)
+        counts = [result.counts for result in results]
         builder = ColumnsBuilder()
-        for result in results:
-            counts = result.counts
-            builder.add(
-                sample_id=result.sample_id,
-                segment=result.segment,
-                occurred=result.occurred_at.timestamp(),
-                accepted=counts.accepted,
-                rejected=counts.rejected,
-                drafted=counts.drafted,
-                steps=counts.steps,
-                eos_ended=counts.eos_ended,
-                per_position=counts.accepted_per_position,
-                histogram=counts.accept_histogram,
-                tokens=result.completion_tokens,
-                from_ids=result.from_ids,
-                retokenized_differs=result.retokenized_equal is False,
-                rejected_estimated=result.rejected_estimated,
-            )
+        builder.add_chunk(
+            segment=[result.segment for result in results],
+            sample_id=[result.sample_id for result in results],
+            occurred=[result.occurred_at.timestamp() for result in results],
+            accepted=[c.accepted for c in counts],
+            rejected=[c.rejected for c in counts],
+            drafted=[c.drafted for c in counts],
+            steps=[c.steps for c in counts],
+            eos_ended=[c.eos_ended for c in counts],
+            tokens=[result.completion_tokens for result in results],
+            per_position=[c.accepted_per_position for c in counts],
+            histogram=[c.accept_histogram for c in counts],
+            from_ids=[result.from_ids for result in results],
+            retokenized_differs=[result.retokenized_equal is False for result in results],
+            rejected_estimated=[result.rejected_estimated for result in results],
+        )
         return builder.build()
 
     def take(self, rows: np.ndarray) -> ResultColumns:
@@ -98,7 +99,16 @@ class ResultColumns:
         )
 
     def sample_counts(self, row: int) -> AcceptCounts:
-        return self.counts(np.array([row]))
+        """One sample's counts (vectors without trailing zeros)."""
+        return AcceptCounts(
+            accepted=float(self.accepted[row]),
+            rejected=float(self.rejected[row]),
+            drafted=float(self.drafted[row]),
+            steps=float(self.steps[row]),
+            eos_ended=float(self.eos_ended[row]),
+            accept_histogram=_trimmed(self.histogram[row]),
+            accepted_per_position=_trimmed(self.per_position[row]),
+        )
 
     def occurred_at(self, row: int) -> datetime:
         return datetime.fromtimestamp(float(self.occurred[row]), tz=UTC)
@@ -114,81 +124,86 @@ def _trimmed(vector: np.ndarray) -> list[float]:
 
 
 class ColumnsBuilder:
-    """Collects samples row by row (or in chunks) into compact arrays; `build` sorts them by time."""
-
-    _CHUNK = 50_000
+    """Collects samples chunk by chunk into compact arrays; `build` sorts them by time."""
 
     def __init__(self) -> None:
         self._segments: dict[str, int] = {}
-        self._rows: dict[str, list[Any]] = {name: [] for name in ("segment", *_SCALARS, *_FLAGS)}
-        self._vectors: dict[str, list[Sequence[float]]] = {"per_position": [], "histogram": []}
         self._chunks: list[dict[str, np.ndarray]] = []
 
-    def add(
+    def add_chunk(
         self,
         *,
-        sample_id: int,
-        segment: str,
-        occurred: float,
-        accepted: float,
-        rejected: float,
-        drafted: float,
-        steps: float,
-        eos_ended: float,
-        per_position: Sequence[float],
-        histogram: Sequence[float],
-        tokens: int,
-        from_ids: bool = False,
-        retokenized_differs: bool = False,
-        rejected_estimated: bool = False,
+        segment: Sequence[str],
+        sample_id: Sequence[int],
+        occurred: Sequence[float],
+        accepted: Sequence[float],
+        rejected: Sequence[float],
+        drafted: Sequence[float],
+        steps: Sequence[float],
+        eos_ended: Sequence[float],
+        tokens: Sequence[int],
+        per_position: Sequence[Sequence[float]],
+        histogram: Sequence[Sequence[float]],
+        window_k: Sequence[int] | None = None,
+        from_ids: Sequence[bool] | None = None,
+        retokenized_differs: Sequence[bool] | None = None,
+        rejected_estimated: Sequence[bool] | None = None,
     ) -> None:
-        index = self._segments.setdefault(segment, len(self._segments))
-        row = self._rows
-        row["segment"].append(index)
-        row["sample_id"].append(sample_id)
-        row["occurred"].append(occurred)
-        row["accepted"].append(accepted)
-        row["rejected"].append(rejected)
-        row["drafted"].append(drafted)
-        row["steps"].append(steps)
-        row["eos_ended"].append(eos_ended)
-        row["tokens"].append(tokens)
-        row["from_ids"].append(from_ids)
-        row["retokenized_differs"].append(retokenized_differs)
-        row["rejected_estimated"].append(rejected_estimated)
-        self._vectors["per_position"].append(per_position)
-        self._vectors["histogram"].append(histogram)
-        if len(row["segment"]) >= self._CHUNK:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self._rows["segment"]:
+        """One chunk of samples, each argument holding one value per sample (flags default to False)."""
+        count = len(segment)
+        if count == 0:
             return
-        chunk = {name: np.asarray(values) for name, values in self._rows.items()}
-        for name, vectors in self._vectors.items():
-            chunk[name] = _matrix(vectors)
-        self._chunks.append(chunk)
-        for values in self._rows.values():
-            values.clear()
-        for vectors in self._vectors.values():
-            vectors.clear()
+        indices = self._segments
+        no = np.zeros(count, dtype=bool)
+        self._chunks.append(
+            {
+                "segment": np.fromiter((indices.setdefault(name, len(indices)) for name in segment), np.int64, count),
+                "sample_id": np.asarray(sample_id, dtype=np.int64),
+                "occurred": np.asarray(occurred, dtype=np.float64),
+                "accepted": np.asarray(accepted, dtype=np.float64),
+                "rejected": np.asarray(rejected, dtype=np.float64),
+                "drafted": np.asarray(drafted, dtype=np.float64),
+                "steps": np.asarray(steps, dtype=np.float64),
+                "eos_ended": np.asarray(eos_ended, dtype=np.float64),
+                "tokens": np.asarray(tokens, dtype=np.int64),
+                "window_k": np.full(count, -1, dtype=np.int64)
+                if window_k is None
+                else np.asarray(window_k, dtype=np.int64),
+                "from_ids": no if from_ids is None else np.asarray(from_ids, dtype=bool),
+                "retokenized_differs": no
+                if retokenized_differs is None
+                else np.asarray(retokenized_differs, dtype=bool),
+                "rejected_estimated": no if rejected_estimated is None else np.asarray(rejected_estimated, dtype=bool),
+                "per_position": _matrix(per_position),
+                "histogram": _matrix(histogram),
+            }
+        )
 
     def build(self) -> ResultColumns:
-        self._flush()
-        dtypes = {"segment": np.int64, "sample_id": np.int64, "tokens": np.int64}
-        arrays: dict[str, np.ndarray] = {}
-        for name in ("segment", *_SCALARS, *_FLAGS):
-            parts = [chunk[name] for chunk in self._chunks]
-            dtype = bool if name in _FLAGS else dtypes.get(name, np.float64)
-            arrays[name] = np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
-        for name in ("per_position", "histogram"):
-            arrays[name] = _stack([chunk[name] for chunk in self._chunks])
+        """The collected chunks as one time-sorted ResultColumns; each field is joined and ordered in turn
+        and its chunks released, so the peak is about one field above the result itself."""
+        order = np.lexsort((self._joined("sample_id"), self._joined("occurred")))
+        in_order = bool(np.all(order[:-1] < order[1:]))
+        arrays = {}
+        for name in ("segment", *_SCALARS, *_FLAGS, "per_position", "histogram"):
+            joined = self._joined(name, release=True)
+            arrays[name] = joined if in_order else joined[order]
         self._chunks.clear()
-        order = np.lexsort((arrays["sample_id"], arrays["occurred"]))
-        if not np.all(order[:-1] < order[1:]):
-            arrays = {name: values[order] for name, values in arrays.items()}
         segments = tuple(sorted(self._segments, key=self._segments.__getitem__))
         return ResultColumns(segments=segments, **arrays)
+
+    def _joined(self, name: str, release: bool = False) -> np.ndarray:
+        parts = [chunk.pop(name) if release else chunk[name] for chunk in self._chunks]
+        if name in ("per_position", "histogram"):
+            return _stack(parts)
+        dtype = (
+            bool
+            if name in _FLAGS
+            else np.int64
+            if name in ("segment", "sample_id", "tokens", "window_k")
+            else np.float64
+        )
+        return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
 
 def _matrix(vectors: Sequence[Sequence[float]]) -> np.ndarray:

@@ -16,14 +16,17 @@ the serving engine reported about each request (live_results): the live side of 
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, exists, func, select
+import numpy as np
+from sqlalchemy import Engine, Float, Text, cast, exists, extract, func, select
 from sqlalchemy.orm import Session
 
-from decoder.metrics import AcceptCounts
+from decoder.counts import AcceptCounts
 from monitor.base.columns import ColumnsBuilder, ResultColumns
 from monitor.base.db import HeadEvent, LiveResult, ReplayResult, Sample, as_utc, utcnow
 from monitor.base.stats import LIVE, SampleResult
@@ -51,13 +54,33 @@ def load_results(engine: Engine, draft_version: str, since: datetime) -> list[Sa
 STREAM_ROWS = 20_000  # rows fetched at a time when loading columns: memory stays ~ the columns themselves
 
 
+def epoch_seconds(engine: Engine, column: Any) -> Any:
+    """A UtcDateTime column as seconds since the epoch, computed by the database: no datetime object per
+    row. SQLite stores "YYYY-MM-DD HH:MM:SS.ffffff" (UTC): whole seconds from strftime plus the fraction."""
+    if engine.dialect.name == "sqlite":
+        return cast(func.strftime("%s", column), Float) + cast(func.substr(column, 20), Float)
+    return cast(extract("epoch", column), Float)
+
+
+def _parsed(texts: Sequence[str]) -> list[dict[str, Any]]:
+    """JSON documents parsed in one call (one C-level parse instead of one call per row)."""
+    return list(json.loads("[" + ",".join(texts) + "]"))
+
+
+def _chunks_of(engine: Engine, query: Any) -> Iterator[list[Sequence[Any]]]:
+    """The query's rows, STREAM_ROWS at a time, each chunk as a list of columns."""
+    with engine.connect() as connection:
+        for rows in connection.execution_options(yield_per=STREAM_ROWS).execute(query).partitions():
+            yield list(zip(*rows, strict=True))
+
+
 def load_result_columns(engine: Engine, draft_version: str, since: datetime) -> ResultColumns:
-    """Scored results of one draft version for traffic since `since`, as columns: the numbers only, read
-    row by row from a streamed cursor, never as ORM objects (what `evaluate` reads, bounded in memory)."""
+    """Scored results of one draft version for traffic since `since`, as columns: numbers only, streamed
+    in chunks, never as ORM objects (what `evaluate` reads, bounded in memory)."""
     query = select(
-        ReplayResult.sample_id,
         ReplayResult.segment,
-        ReplayResult.occurred_at,
+        ReplayResult.sample_id,
+        epoch_seconds(engine, ReplayResult.occurred_at),
         ReplayResult.accepted,
         ReplayResult.rejected,
         ReplayResult.drafted,
@@ -65,7 +88,8 @@ def load_result_columns(engine: Engine, draft_version: str, since: datetime) -> 
         ReplayResult.completion_tokens,
         ReplayResult.token_source,
         ReplayResult.retokenized_equal,
-        ReplayResult.counts,
+        ReplayResult.window,
+        cast(ReplayResult.counts, Text),
     ).where(
         ReplayResult.draft_version == draft_version,
         ReplayResult.mode == SCORED,
@@ -73,61 +97,63 @@ def load_result_columns(engine: Engine, draft_version: str, since: datetime) -> 
         ReplayResult.occurred_at > since,
     )
     builder = ColumnsBuilder()
-    with engine.connect() as connection:
-        for row in connection.execution_options(yield_per=STREAM_ROWS).execute(query):
-            counts = row.counts
-            builder.add(
-                sample_id=row.sample_id,
-                segment=row.segment,
-                occurred=row.occurred_at.timestamp(),
-                accepted=row.accepted,
-                rejected=row.rejected,
-                drafted=row.drafted,
-                steps=row.steps,
-                eos_ended=counts.get("eos_ended", 0.0),
-                per_position=counts.get("accepted_per_position") or (),
-                histogram=counts.get("accept_histogram") or (),
-                tokens=row.completion_tokens,
-                from_ids=row.token_source in ("ids", "completion_ids"),
-                retokenized_differs=row.retokenized_equal is False,
-            )
+    for chunk in _chunks_of(engine, query):
+        segment, sample_id, occurred, accepted, rejected, drafted, steps, tokens, source, equal, window, texts = chunk
+        counts = _parsed(texts)
+        builder.add_chunk(
+            segment=segment,
+            sample_id=sample_id,
+            occurred=occurred,
+            accepted=accepted,
+            rejected=rejected,
+            drafted=drafted,
+            steps=steps,
+            eos_ended=[c.get("eos_ended", 0.0) for c in counts],
+            tokens=tokens,
+            per_position=[c.get("accepted_per_position") or () for c in counts],
+            histogram=[c.get("accept_histogram") or () for c in counts],
+            window_k=window,
+            from_ids=[value in ("ids", "completion_ids") for value in source],
+            retokenized_differs=[value is False or value == 0 for value in equal],
+        )
     return builder.build()
 
 
 def load_live_columns(engine: Engine, since: datetime, until: datetime | None = None) -> ResultColumns:
     """`load_live` as columns (the sample id of a report without a stored sample is minus its row id)."""
     query = select(
-        LiveResult.id,
-        LiveResult.sample_id,
         LiveResult.segment,
-        LiveResult.occurred_at,
+        func.coalesce(LiveResult.sample_id, -LiveResult.id),
+        epoch_seconds(engine, LiveResult.occurred_at),
         LiveResult.accepted,
         LiveResult.rejected,
         LiveResult.drafted,
         LiveResult.steps,
         LiveResult.rejected_basis,
-        LiveResult.counts,
+        func.coalesce(LiveResult.num_spec_tokens, -1),
+        cast(LiveResult.counts, Text),
     ).where(LiveResult.occurred_at > since, LiveResult.rejected.is_not(None))
     if until is not None:
         query = query.where(LiveResult.occurred_at <= until)
     builder = ColumnsBuilder()
-    with engine.connect() as connection:
-        for row in connection.execution_options(yield_per=STREAM_ROWS).execute(query):
-            counts = row.counts
-            builder.add(
-                sample_id=row.sample_id if row.sample_id is not None else -row.id,
-                segment=row.segment,
-                occurred=row.occurred_at.timestamp(),
-                accepted=row.accepted,
-                rejected=row.rejected,
-                drafted=row.drafted,
-                steps=row.steps,
-                eos_ended=0.0,
-                per_position=counts.get("accepted_per_position") or (),
-                histogram=counts.get("accept_histogram") or (),
-                tokens=row.accepted + row.steps,
-                rejected_estimated=row.rejected_basis == HISTOGRAM_ESTIMATE,
-            )
+    for chunk in _chunks_of(engine, query):
+        segment, sample_id, occurred, accepted, rejected, drafted, steps, basis, window, texts = chunk
+        counts = _parsed(texts)
+        builder.add_chunk(
+            segment=segment,
+            sample_id=sample_id,
+            occurred=occurred,
+            accepted=accepted,
+            rejected=rejected,
+            drafted=drafted,
+            steps=steps,
+            eos_ended=[0.0] * len(segment),
+            tokens=[a + s for a, s in zip(accepted, steps, strict=True)],
+            per_position=[c.get("accepted_per_position") or () for c in counts],
+            histogram=[c.get("accept_histogram") or () for c in counts],
+            window_k=window,
+            rejected_estimated=[value == HISTOGRAM_ESTIMATE for value in basis],
+        )
     return builder.build()
 
 
@@ -302,47 +328,39 @@ def shadow_like_live(shadow: AcceptCounts, rejected_basis: str | None, live_wind
 
 
 def load_pairs(engine: Engine, draft_version: str, since: datetime) -> list[LiveShadowPair]:
-    """Samples since `since` with both the engine's counts (R known) and a scored replay of `draft_version`
-    (the newest, when the sample was replayed under more than one target version), oldest first. Read as
-    plain columns from a streamed cursor."""
-    query = (
-        select(
-            LiveResult.sample_id,
-            LiveResult.segment,
-            LiveResult.occurred_at,
-            LiveResult.accepted,
-            LiveResult.rejected,
-            LiveResult.drafted,
-            LiveResult.steps,
-            LiveResult.rejected_basis,
-            LiveResult.num_spec_tokens,
-            LiveResult.counts.label("live_counts"),
-            ReplayResult.counts.label("shadow_counts"),
-            ReplayResult.window,
-        )
-        .join(ReplayResult, ReplayResult.sample_id == LiveResult.sample_id)
-        .where(
-            ReplayResult.draft_version == draft_version,
-            ReplayResult.mode == SCORED,
-            ReplayResult.skipped.is_(None),
-            LiveResult.occurred_at > since,
-            LiveResult.rejected.is_not(None),
-        )
-        .order_by(ReplayResult.id)
-    )
-    latest: dict[int, LiveShadowPair] = {}  # a sample replayed under two targets: the newest replay
-    with engine.connect() as connection:
-        for row in connection.execution_options(yield_per=STREAM_ROWS).execute(query):
-            live = engine_counts(row.accepted, row.rejected, row.drafted, row.steps, row.live_counts)
-            shadow = AcceptCounts.from_dict(row.shadow_counts)
-            latest[int(row.sample_id)] = LiveShadowPair(
-                sample_id=int(row.sample_id),
-                segment=row.segment,
-                occurred_at=row.occurred_at,
-                live=live,
-                shadow=shadow_like_live(shadow, row.rejected_basis, row.num_spec_tokens),
-                live_window=row.num_spec_tokens,
-                shadow_window=row.window,
-                rejected_estimated=row.rejected_basis == HISTOGRAM_ESTIMATE,
+    """Samples since `since` with both the engine's counts (R known) and a scored replay of `draft_version`."""
+    return pairs_of(load_result_columns(engine, draft_version, since), load_live_columns(engine, since), since)
+
+
+def pairs_of(shadow: ResultColumns, live: ResultColumns, since: datetime) -> list[LiveShadowPair]:
+    """Samples since `since` with both the engine's counts (R known) and a scored replay, matched by sample
+    id in the columns already loaded (the later replay when a sample was replayed under two target
+    versions), oldest first."""
+    linked = np.flatnonzero((live.sample_id > 0) & (live.occurred > since.timestamp()))
+    if linked.size == 0 or len(shadow) == 0:
+        return []
+    by_id = np.argsort(shadow.sample_id, kind="stable")
+    sorted_ids = shadow.sample_id[by_id]
+    position = np.searchsorted(sorted_ids, live.sample_id[linked], side="right") - 1
+    found = (position >= 0) & (sorted_ids[np.maximum(position, 0)] == live.sample_id[linked])
+    pairs = []
+    for live_row, shadow_row in zip(linked[found].tolist(), by_id[position[found]].tolist(), strict=True):
+        live_window = int(live.window_k[live_row])
+        estimated = bool(live.rejected_estimated[live_row])
+        pairs.append(
+            LiveShadowPair(
+                sample_id=int(live.sample_id[live_row]),
+                segment=live.segments[live.segment[live_row]],
+                occurred_at=live.occurred_at(live_row),
+                live=live.sample_counts(live_row),
+                shadow=shadow_like_live(
+                    shadow.sample_counts(shadow_row),
+                    HISTOGRAM_ESTIMATE if estimated else None,
+                    live_window if live_window >= 0 else None,
+                ),
+                live_window=live_window if live_window >= 0 else None,
+                shadow_window=int(shadow.window_k[shadow_row]),
+                rejected_estimated=estimated,
             )
-    return sorted(latest.values(), key=lambda pair: (pair.occurred_at, pair.sample_id))
+        )
+    return pairs

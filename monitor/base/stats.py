@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 from scipy.special import stdtrit
 
-from decoder.metrics import AcceptCounts
+from decoder.counts import AcceptCounts
 from monitor.base.columns import ResultColumns
 from monitor.base.groups import ALL_SEGMENTS, SEGMENT, Grouping
 
@@ -276,10 +276,12 @@ class GroupBootstrap:
     resamples, whatever the traffic."""
 
     EXACT_MAX = 256
+    DRAWS_BYTES = 32 << 20  # draw matrices kept for reuse (groups of one size share theirs), at most
 
     def __init__(self, *, confidence: float, resamples: int, seed: int) -> None:
         self.confidence, self.resamples, self.seed = confidence, resamples, seed
         self._draws: dict[int, np.ndarray] = {}
+        self._draws_bytes = 0
 
     def intervals(self, columns: np.ndarray) -> tuple[Interval | None, Interval | None]:
         """Intervals of alpha and tau for the rows of `columns` = (A, A + R, emitted, S) per sample."""
@@ -303,7 +305,10 @@ class GroupBootstrap:
             picks = np.random.default_rng(self.seed).integers(0, samples, size=(self.resamples, samples))
             offsets = (np.arange(self.resamples) * samples)[:, None]
             flat = np.bincount((picks + offsets).ravel(), minlength=self.resamples * samples)
-            draws = self._draws[samples] = flat.reshape(self.resamples, samples).astype(np.float64)
+            draws = flat.reshape(self.resamples, samples).astype(np.float64)
+            if self._draws_bytes + draws.nbytes <= self.DRAWS_BYTES:
+                self._draws[samples] = draws
+                self._draws_bytes += draws.nbytes
         return draws @ columns
 
     def _normal(self, columns: np.ndarray) -> np.ndarray:

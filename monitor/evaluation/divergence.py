@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from decoder import AcceptCounts
+from decoder.counts import AcceptCounts
 from monitor.base.results import LiveShadowPair
 from monitor.base.stats import ALL_SEGMENTS, Interval, beyond_tolerance, paired_alpha_difference
 from monitor.evaluation.finding import CRITICAL, Finding

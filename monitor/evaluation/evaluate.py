@@ -37,9 +37,9 @@ from monitor.base.results import (
     LiveShadowPair,
     last_head_change,
     load_live_columns,
-    load_pairs,
     load_result_columns,
     measured_cost_ratio,
+    pairs_of,
 )
 from monitor.base.stats import LIVE, SHADOW, SegmentStats, group_rows, ratio_standard_error, segment_stats
 from monitor.evaluation.divergence import DETECTOR as DIVERGENCE
@@ -247,7 +247,7 @@ def measure(config: Config, engine: Engine, draft_version: str, now: datetime) -
     replayed = config.replay.enabled
     shadow = load_result_columns(engine, draft_version, now - lookback) if replayed else ResultColumns.empty()
     live = load_live_columns(engine, now - lookback)
-    pairs = load_pairs(engine, draft_version, now - max(windows.values())) if replayed else []
+    pairs = pairs_of(shadow, live, now - max(windows.values()))
     cost_ratio = config.stats.cost_ratio
     if cost_ratio is None and replayed:
         cost_ratio = measured_cost_ratio(engine, draft_version, config.replay.window)

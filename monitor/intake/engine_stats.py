@@ -73,12 +73,10 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from decoder.counts import AcceptCounts
 from monitor.intake.record_format import MAX_TOKEN_IDS, MAX_TOKENS_LIMIT, RecordError, RecordFormat, detect_format
-
-if TYPE_CHECKING:
-    from decoder.metrics import AcceptCounts
 
 ENGINES = ("vllm", "sglang", "trtllm")
 _ENGINE_ALIASES = {"tensorrt_llm": "trtllm", "tensorrt-llm": "trtllm", "trt-llm": "trtllm"}
@@ -180,12 +178,10 @@ class EngineAcceptance:
         return 1 + self.accepted / self.steps if self.steps > 0 else None
 
     def counts(self) -> AcceptCounts:
-        """These counts as decoder.metrics.AcceptCounts (eos_ended 0: engines do not report it). Raises
+        """These counts as decoder.counts.AcceptCounts (eos_ended 0: engines do not report it). Raises
         ValueError when `rejected` is unknown; with basis "histogram" R is the upper-bound estimate."""
         if self.rejected is None:
             raise ValueError(f"{self.engine} acceptance without a rejected count: alpha is unknown")
-        from decoder.metrics import AcceptCounts  # imports torch: only callers that sum counts pay for it
-
         return AcceptCounts(
             accepted=float(self.accepted),
             rejected=float(self.rejected),
