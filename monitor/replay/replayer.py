@@ -1,7 +1,7 @@
 """Replay: claim samples not yet replayed against the live (target, draft) pair, score them,
 and store per-sample results — once, even with several workers and crashes.
 
-    claim (oldest first, round-robin across segments; a lease per sample)
+    claim (oldest first, taking turns across segments; a lease per sample: monitor.replay.claims)
       -> tokenize (the logged token ids where the log has them; else the chat template, a raw
          prompt as is: decoder.exchange) -> scored mode, batched; exact on a hash-chosen fraction
       -> one transaction: results in, leases out
@@ -25,11 +25,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from opentelemetry import trace
-from sqlalchemy import Engine, and_, delete, exists, func, select
+from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -44,15 +44,13 @@ from decoder import (
 )
 from decoder.exchange import Exchange, ExchangeTokens, tokenize_exchange
 from monitor.base.config import ReplayConfig
-from monitor.base.db import ReplayClaim, ReplayResult, Sample, utcnow
+from monitor.base.db import ReplayResult, Sample, utcnow
 from monitor.base.results import EXACT, SCORED
 from monitor.intake.sampling import key_fraction
+from monitor.replay.claims import ClaimQueue, id_chunks
 
 log = logging.getLogger(__name__)
 default_tracer = trace.get_tracer(__name__)  # no-op until a TracerProvider is installed globally
-
-
-IDS_PER_STATEMENT = 10_000  # PostgreSQL takes at most 65,535 bind parameters in one statement
 
 
 @dataclass(frozen=True)
@@ -142,57 +140,27 @@ class Replayer:
         self.tracer = tracer or default_tracer
         self._insert = _upsert(engine)
 
+    def queue(self) -> ClaimQueue:
+        """This worker's claims on the backlog of the live versions."""
+        return ClaimQueue(self.engine, self.versions.draft, self.versions.target, self.config.claim_ttl_s, self.worker)
+
     def pending(self) -> int:
         """Samples with no scored result for the live versions (the replay backlog)."""
-        with Session(self.engine) as session:
-            return session.scalar(select(func.count()).select_from(Sample).where(~self._replayed())) or 0
-
-    def _replayed(self) -> Any:
-        return exists().where(
-            ReplayResult.sample_id == Sample.id,
-            ReplayResult.draft_version == self.versions.draft,
-            ReplayResult.target_version == self.versions.target,
-            ReplayResult.mode == SCORED,
-        )
+        return self.queue().pending()
 
     def claim(self, limit: int | None = None) -> list[ClaimedSample]:
         """Lease up to `limit` unreplayed samples: oldest first, taking turns across segments."""
-        limit = limit or self.config.samples_per_round
-        now = utcnow()
-        live_claim = exists().where(
-            ReplayClaim.sample_id == Sample.id,
-            ReplayClaim.draft_version == self.versions.draft,
-            ReplayClaim.expires_at > now,
-        )
-        turn = func.row_number().over(partition_by=Sample.segment, order_by=(Sample.occurred_at, Sample.id))
-        candidates = (
-            select(Sample.id, turn.label("turn"), Sample.occurred_at).where(~self._replayed(), ~live_claim).subquery()
-        )
-        query = select(candidates.c.id).order_by(candidates.c.turn, candidates.c.occurred_at).limit(limit)
-        with Session(self.engine) as session, session.begin():
-            ids = list(session.scalars(query))
-            if not ids:
-                return []
-            taken = self._lease(session, ids, now)
+        return self._load(self.queue().claim(limit or self.config.samples_per_round))
+
+    def _load(self, sample_ids: list[int]) -> list[ClaimedSample]:
+        """The samples, oldest first."""
+        with Session(self.engine) as session:
             rows = [
-                row for chunk in _chunks(taken) for row in session.scalars(select(Sample).where(Sample.id.in_(chunk)))
+                row
+                for chunk in id_chunks(sample_ids)
+                for row in session.scalars(select(Sample).where(Sample.id.in_(chunk)))
             ]
             return [ClaimedSample.from_row(row) for row in sorted(rows, key=lambda row: (row.occurred_at, row.id))]
-
-    def _lease(self, session: Session, ids: list[int], now: datetime) -> list[int]:
-        """Insert or take over expired leases; only the rows this statement wrote are ours."""
-        expires = now + timedelta(seconds=self.config.claim_ttl_s)
-        rows = [
-            {"sample_id": sample_id, "draft_version": self.versions.draft, "worker": self.worker, "expires_at": expires}
-            for sample_id in ids
-        ]
-        statement = self._insert(ReplayClaim)
-        statement = statement.on_conflict_do_update(
-            index_elements=["sample_id", "draft_version"],
-            set_={"worker": statement.excluded.worker, "expires_at": statement.excluded.expires_at},
-            where=ReplayClaim.expires_at <= now,
-        ).returning(ReplayClaim.sample_id)
-        return [row[0] for row in session.execute(statement, rows)]
 
     def _span(self, name: str, samples: int, mode: str) -> AbstractContextManager[trace.Span]:
         attributes: dict[str, int | str] = {"samples": samples, "mode": mode, "draft_version": self.versions.draft}
@@ -394,17 +362,4 @@ class Replayer:
                 index_elements=["sample_id", "draft_version", "target_version", "mode"]
             )
             session.execute(statement, rows)
-            for chunk in _chunks([sample.id for sample in claimed]):
-                session.execute(
-                    delete(ReplayClaim).where(
-                        and_(
-                            ReplayClaim.sample_id.in_(chunk),
-                            ReplayClaim.draft_version == self.versions.draft,
-                            ReplayClaim.worker == self.worker,
-                        )
-                    )
-                )
-
-
-def _chunks(ids: list[int]) -> list[list[int]]:
-    return [ids[start : start + IDS_PER_STATEMENT] for start in range(0, len(ids), IDS_PER_STATEMENT)]
+            self.queue().release(session, [sample.id for sample in claimed])
