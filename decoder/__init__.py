@@ -42,7 +42,6 @@ if TYPE_CHECKING:
         EagleHead,
         MedusaHeads,
         create_draft,
-        draft_version,
         kind_objective,
         load_draft,
         read_manifest,
@@ -56,6 +55,7 @@ if TYPE_CHECKING:
         TokenizerMismatchError,
     )
     from decoder.exact import ExactResult, Generation, exact_generate, generate
+    from decoder.files import draft_version
     from decoder.metrics import simulate_verify_loop
     from decoder.samples import FittedPrompt, TokenizedSample, fit_prompt
     from decoder.scored import SampleScore, score_batch, target_agreement
@@ -73,7 +73,7 @@ _EXPORTS = {
     "EagleHead": "decoder.drafts",
     "MedusaHeads": "decoder.drafts",
     "create_draft": "decoder.drafts",
-    "draft_version": "decoder.drafts",
+    "draft_version": "decoder.files",
     "kind_objective": "decoder.drafts",
     "load_draft": "decoder.drafts",
     "read_manifest": "decoder.drafts",

@@ -37,7 +37,7 @@ def _padded_sum(left: list[float], right: list[float]) -> list[float]:
     return [(left[i] if i < len(left) else 0.0) + (right[i] if i < len(right) else 0.0) for i in range(size)]
 
 
-@dataclass
+@dataclass(slots=True)
 class AcceptCounts:
     """Verify-step counts that add up across steps, samples and segments."""
 

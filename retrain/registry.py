@@ -35,10 +35,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from decoder.drafts import draft_version, read_manifest
 from decoder.errors import DraftFormatError
-from decoder.files import write_atomically
-from decoder.formats import detect_format
+from decoder.files import draft_version, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +106,10 @@ def _draft_config(draft_dir: Path) -> dict[str, Any]:
 
 def draft_kind(draft_dir: Path) -> str:
     """The kind of a saved draft: an engine format's kind (decoder.formats), else read from a specwatch
-    manifest (validated with decoder's own model)."""
+    manifest (validated with decoder's own model). Imports the draft registry (torch) only here."""
+    from decoder.drafts import read_manifest
+    from decoder.formats import detect_format
+
     engine_format = detect_format(draft_dir)
     if engine_format is not None:
         return engine_format.kinds[0]
@@ -299,6 +300,8 @@ class HeadRegistry:
     def _stage_draft(self, draft_dir: Path, staged: Path) -> None:
         """Writes the draft's files into staged/draft, synced and read-only: the files its engine format
         says make up the head (an MTP layer, not the target that carries it), else its own files."""
+        from decoder.formats import detect_format
+
         target = staged / "draft"
         engine_format = detect_format(draft_dir)
         if engine_format is not None and engine_format.stage is not None:

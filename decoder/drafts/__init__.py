@@ -11,7 +11,6 @@ target it was made for, the tokenizer's fingerprint, free-form training metadata
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -96,19 +95,6 @@ def save_draft(draft: Draft, directory: str | Path, training: dict[str, Any] | N
     (directory / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     log.info("saved %s draft to %s", draft.kind, directory)
     return directory
-
-
-def draft_version(directory: str | Path) -> str:
-    """A content hash of a saved draft (paths and bytes of all its files): the version replay
-    results, the head registry and the report name a head by. A retrained head is a new version."""
-    directory = Path(directory)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(directory).as_posix().encode())
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 def read_manifest(directory: str | Path) -> DraftManifest:

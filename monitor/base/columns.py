@@ -17,11 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from decoder.counts import AcceptCounts
 
 _SCALARS = ("sample_id", "occurred", "accepted", "rejected", "drafted", "steps", "eos_ended", "tokens", "window_k")
 _FLAGS = ("from_ids", "retokenized_differs", "rejected_estimated")
+VECTOR_DTYPE = np.float32  # per-sample step counts (exact up to 2**24 steps per sample); sums are float64
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,8 @@ class ResultColumns:
     eos_ended: np.ndarray
     tokens: np.ndarray  # completion tokens
     window_k: np.ndarray  # int64: the k the counts were measured with (replay.window; an engine's k), -1 unknown
-    per_position: np.ndarray  # float64 (samples, positions): steps whose i-th draft was accepted
-    histogram: np.ndarray  # float64 (samples, k + 1): steps that accepted exactly a drafts
+    per_position: np.ndarray  # float32 (samples, positions): steps whose i-th draft was accepted
+    histogram: np.ndarray  # float32 (samples, k + 1): steps that accepted exactly a drafts (sums: float64)
     from_ids: np.ndarray  # bool: replayed from the engine's logged token ids
     retokenized_differs: np.ndarray  # bool: ... and re-tokenizing the text gives other ids
     rejected_estimated: np.ndarray  # bool: R is an engine's histogram estimate
@@ -74,7 +76,7 @@ class ResultColumns:
         )
         return builder.build()
 
-    def take(self, rows: np.ndarray) -> ResultColumns:
+    def take(self, rows: np.ndarray | slice) -> ResultColumns:
         """The rows selected by an index or boolean array (segments keep their indices)."""
         values = {f.name: getattr(self, f.name)[rows] for f in fields(self) if f.name != "segments"}
         return ResultColumns(segments=self.segments, **values)
@@ -83,7 +85,7 @@ class ResultColumns:
         """Samples with start < occurred_at <= end (rows are time-sorted: a slice)."""
         low = int(np.searchsorted(self.occurred, start.timestamp(), side="right"))
         high = int(np.searchsorted(self.occurred, end.timestamp(), side="right"))
-        return self.take(np.arange(low, high))
+        return self.take(slice(low, high))  # views, not copies
 
     def counts(self, rows: np.ndarray | slice | None = None) -> AcceptCounts:
         """The summed counts of the rows (all rows when None)."""
@@ -94,8 +96,8 @@ class ResultColumns:
             drafted=float(self.drafted[pick].sum()),
             steps=float(self.steps[pick].sum()),
             eos_ended=float(self.eos_ended[pick].sum()),
-            accept_histogram=_trimmed(self.histogram[pick].sum(axis=0)),
-            accepted_per_position=_trimmed(self.per_position[pick].sum(axis=0)),
+            accept_histogram=_trimmed(self.histogram[pick].sum(axis=0, dtype=np.float64)),
+            accepted_per_position=_trimmed(self.per_position[pick].sum(axis=0, dtype=np.float64)),
         )
 
     def sample_counts(self, row: int) -> AcceptCounts:
@@ -134,20 +136,20 @@ class ColumnsBuilder:
         self,
         *,
         segment: Sequence[str],
-        sample_id: Sequence[int],
-        occurred: Sequence[float],
-        accepted: Sequence[float],
-        rejected: Sequence[float],
-        drafted: Sequence[float],
-        steps: Sequence[float],
-        eos_ended: Sequence[float],
-        tokens: Sequence[int],
+        sample_id: npt.ArrayLike,
+        occurred: npt.ArrayLike,
+        accepted: npt.ArrayLike,
+        rejected: npt.ArrayLike,
+        drafted: npt.ArrayLike,
+        steps: npt.ArrayLike,
+        eos_ended: npt.ArrayLike,
+        tokens: npt.ArrayLike,
         per_position: Sequence[Sequence[float]],
         histogram: Sequence[Sequence[float]],
-        window_k: Sequence[int] | None = None,
-        from_ids: Sequence[bool] | None = None,
-        retokenized_differs: Sequence[bool] | None = None,
-        rejected_estimated: Sequence[bool] | None = None,
+        window_k: npt.ArrayLike | None = None,
+        from_ids: npt.ArrayLike | None = None,
+        retokenized_differs: npt.ArrayLike | None = None,
+        rejected_estimated: npt.ArrayLike | None = None,
     ) -> None:
         """One chunk of samples, each argument holding one value per sample (flags default to False)."""
         count = len(segment)
@@ -208,7 +210,9 @@ class ColumnsBuilder:
 
 def _matrix(vectors: Sequence[Sequence[float]]) -> np.ndarray:
     width = max((len(vector) for vector in vectors), default=0)
-    matrix = np.zeros((len(vectors), width))
+    if all(len(vector) == width for vector in vectors):  # the common case: one window k throughout
+        return np.array(vectors, dtype=VECTOR_DTYPE).reshape(len(vectors), width)
+    matrix = np.zeros((len(vectors), width), dtype=VECTOR_DTYPE)
     for row, vector in enumerate(vectors):
         if vector:
             matrix[row, : len(vector)] = vector
@@ -218,7 +222,7 @@ def _matrix(vectors: Sequence[Sequence[float]]) -> np.ndarray:
 def _stack(matrices: Sequence[np.ndarray]) -> np.ndarray:
     width = max((matrix.shape[1] for matrix in matrices), default=0)
     rows = sum(matrix.shape[0] for matrix in matrices)
-    stacked = np.zeros((rows, width))
+    stacked = np.zeros((rows, width), dtype=VECTOR_DTYPE)
     start = 0
     for matrix in matrices:
         stacked[start : start + matrix.shape[0], : matrix.shape[1]] = matrix

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, Float, Text, cast, exists, extract, func, select
+from sqlalchemy import Engine, Float, String, Text, case, cast, exists, extract, func, select, type_coerce
 from sqlalchemy.orm import Session
 
 from decoder.counts import AcceptCounts
@@ -54,17 +54,29 @@ def load_results(engine: Engine, draft_version: str, since: datetime) -> list[Sa
 STREAM_ROWS = 20_000  # rows fetched at a time when loading columns: memory stays ~ the columns themselves
 
 
-def epoch_seconds(engine: Engine, column: Any) -> Any:
-    """A UtcDateTime column as seconds since the epoch, computed by the database: no datetime object per
-    row. SQLite stores "YYYY-MM-DD HH:MM:SS.ffffff" (UTC): whole seconds from strftime plus the fraction."""
+def _moment(engine: Engine, column: Any) -> Any:
+    """A UtcDateTime column as the driver's cheapest form: SQLite's stored text ("YYYY-MM-DD HH:MM:SS.ffffff",
+    UTC), PostgreSQL's epoch seconds; `_seconds` turns either into floats without a datetime per row."""
     if engine.dialect.name == "sqlite":
-        return cast(func.strftime("%s", column), Float) + cast(func.substr(column, 20), Float)
+        return type_coerce(column, String)
     return cast(extract("epoch", column), Float)
 
 
-def _parsed(texts: Sequence[str]) -> list[dict[str, Any]]:
-    """JSON documents parsed in one call (one C-level parse instead of one call per row)."""
-    return list(json.loads("[" + ",".join(texts) + "]"))
+def _seconds(values: Sequence[Any]) -> np.ndarray:
+    if values and isinstance(values[0], str):
+        return np.array(values, dtype="datetime64[us]").astype(np.int64) / 1e6
+    return np.asarray(values, dtype=np.float64)
+
+
+def _detail(column: Any, moment: Any, detail_since: datetime | None) -> Any:
+    """The counts JSON as text, only for rows after `detail_since` (None: every row)."""
+    text = cast(column, Text)
+    return text if detail_since is None else case((moment > detail_since, text), else_=None)
+
+
+def _parsed(texts: Sequence[str | None]) -> list[dict[str, Any]]:
+    """JSON documents parsed in one call (one C-level parse instead of one call per row); None reads {}."""
+    return list(json.loads("[" + ",".join(text or "{}" for text in texts) + "]"))
 
 
 def _chunks_of(engine: Engine, query: Any) -> Iterator[list[Sequence[Any]]]:
@@ -74,13 +86,17 @@ def _chunks_of(engine: Engine, query: Any) -> Iterator[list[Sequence[Any]]]:
             yield list(zip(*rows, strict=True))
 
 
-def load_result_columns(engine: Engine, draft_version: str, since: datetime) -> ResultColumns:
+def load_result_columns(
+    engine: Engine, draft_version: str, since: datetime, detail_since: datetime | None = None
+) -> ResultColumns:
     """Scored results of one draft version for traffic since `since`, as columns: numbers only, streamed
-    in chunks, never as ORM objects (what `evaluate` reads, bounded in memory)."""
+    in chunks, never as ORM objects (what `evaluate` reads, bounded in memory). Results up to
+    `detail_since` carry A, R, D and S only (no E, per-position or histogram: zeros), which is all change
+    detection reads of them; the windows' statistics read results after it."""
     query = select(
         ReplayResult.segment,
         ReplayResult.sample_id,
-        epoch_seconds(engine, ReplayResult.occurred_at),
+        _moment(engine, ReplayResult.occurred_at),
         ReplayResult.accepted,
         ReplayResult.rejected,
         ReplayResult.drafted,
@@ -89,7 +105,7 @@ def load_result_columns(engine: Engine, draft_version: str, since: datetime) -> 
         ReplayResult.token_source,
         ReplayResult.retokenized_equal,
         ReplayResult.window,
-        cast(ReplayResult.counts, Text),
+        _detail(ReplayResult.counts, ReplayResult.occurred_at, detail_since),
     ).where(
         ReplayResult.draft_version == draft_version,
         ReplayResult.mode == SCORED,
@@ -103,7 +119,7 @@ def load_result_columns(engine: Engine, draft_version: str, since: datetime) -> 
         builder.add_chunk(
             segment=segment,
             sample_id=sample_id,
-            occurred=occurred,
+            occurred=_seconds(occurred),
             accepted=accepted,
             rejected=rejected,
             drafted=drafted,
@@ -119,19 +135,22 @@ def load_result_columns(engine: Engine, draft_version: str, since: datetime) -> 
     return builder.build()
 
 
-def load_live_columns(engine: Engine, since: datetime, until: datetime | None = None) -> ResultColumns:
-    """`load_live` as columns (the sample id of a report without a stored sample is minus its row id)."""
+def load_live_columns(
+    engine: Engine, since: datetime, until: datetime | None = None, detail_since: datetime | None = None
+) -> ResultColumns:
+    """`load_live` as columns (the sample id of a report without a stored sample is minus its row id);
+    `detail_since` as for `load_result_columns`."""
     query = select(
         LiveResult.segment,
         func.coalesce(LiveResult.sample_id, -LiveResult.id),
-        epoch_seconds(engine, LiveResult.occurred_at),
+        _moment(engine, LiveResult.occurred_at),
         LiveResult.accepted,
         LiveResult.rejected,
         LiveResult.drafted,
         LiveResult.steps,
         LiveResult.rejected_basis,
         func.coalesce(LiveResult.num_spec_tokens, -1),
-        cast(LiveResult.counts, Text),
+        _detail(LiveResult.counts, LiveResult.occurred_at, detail_since),
     ).where(LiveResult.occurred_at > since, LiveResult.rejected.is_not(None))
     if until is not None:
         query = query.where(LiveResult.occurred_at <= until)
@@ -142,7 +161,7 @@ def load_live_columns(engine: Engine, since: datetime, until: datetime | None = 
         builder.add_chunk(
             segment=segment,
             sample_id=sample_id,
-            occurred=occurred,
+            occurred=_seconds(occurred),
             accepted=accepted,
             rejected=rejected,
             drafted=drafted,
@@ -300,7 +319,7 @@ def live_without_alpha(engine: Engine, since: datetime) -> int:
         return int(session.scalar(query) or 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LiveShadowPair:
     """One request measured twice: by the serving engine (live) and by replaying the registry's live head
     on its logged completion (shadow). The shadow's R is counted the way the live one was: estimated as

@@ -25,16 +25,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from monitor.base.config import DriftConfig
 from monitor.base.stats import SegmentStats
 from monitor.evaluation.false_alarms import Hypothesis, below_p_value, controlled
 from monitor.evaluation.finding import CRITICAL, WARNING, Finding
 from monitor.intake.language import detect_language, text_features
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -349,6 +351,8 @@ def input_features(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     prompt and completion together: the draft is judged on the completion, given the prompt. The
     "segment" column is there only when some row carries a segment.
     """
+    import pandas as pd  # only input drift needs it: evaluation without it stays small
+
     rows = list(rows)
     columns = [
         column

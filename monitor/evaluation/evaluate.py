@@ -245,8 +245,9 @@ def measure(config: Config, engine: Engine, draft_version: str, now: datetime) -
     windows = {name: window_length(name) for name in config.stats.windows}
     lookback = max([*windows.values(), window_length(config.drift.change_window) * 2])
     replayed = config.replay.enabled
-    shadow = load_result_columns(engine, draft_version, now - lookback) if replayed else ResultColumns.empty()
-    live = load_live_columns(engine, now - lookback)
+    detail = now - max(windows.values())  # older results only feed change detection's baselines: A and R
+    shadow = load_result_columns(engine, draft_version, now - lookback, detail) if replayed else ResultColumns.empty()
+    live = load_live_columns(engine, now - lookback, detail_since=detail)
     pairs = pairs_of(shadow, live, now - max(windows.values()))
     cost_ratio = config.stats.cost_ratio
     if cost_ratio is None and replayed:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,6 +51,14 @@ unlocked: the spare ones stand in for rows other workers hold locked (a top-N so
 CLAIM_ATTEMPTS = 50
 RETRY_AFTER_S = 0.005
 """wait before trying again when every candidate was held by another worker mid-claim (a few ms)"""
+
+
+@dataclass(frozen=True)
+class Versions:
+    """What a result was measured against: the target's and the draft's fingerprints."""
+
+    target: str
+    draft: str
 
 
 class ClaimQueue:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from decoder import Draft, TargetModel, load_draft, load_target
 from monitor.base.config import Config, ModelsConfig
-from monitor.replay.replayer import Versions
+from monitor.replay.claims import Versions
 from retrain.registry import HeadRegistry, RegistryError, head_version
+
+if TYPE_CHECKING:
+    from decoder import Draft, TargetModel
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ def live_draft_dir(config: Config) -> Path | None:
 
 def load_live_models(config: ModelsConfig, draft_dir: Path | None = None) -> LiveModels:
     """The target and the live draft (`draft_dir` when given, e.g. from live_draft_dir, else models.draft)."""
+    from decoder import load_draft, load_target  # torch: only loading models pays for it
+
     target_dir = require_directory(config.target, "models.target")
     draft_dir = require_directory(draft_dir or config.draft, "models.draft")
     target = load_target(target_dir, device=config.device)

@@ -47,18 +47,10 @@ from monitor.base.config import ReplayConfig
 from monitor.base.db import ReplayResult, Sample, utcnow
 from monitor.base.results import EXACT, SCORED
 from monitor.intake.sampling import key_fraction
-from monitor.replay.claims import ClaimQueue, id_chunks
+from monitor.replay.claims import ClaimQueue, Versions, id_chunks
 
 log = logging.getLogger(__name__)
 default_tracer = trace.get_tracer(__name__)  # no-op until a TracerProvider is installed globally
-
-
-@dataclass(frozen=True)
-class Versions:
-    """What a result was measured against: the target's and the draft's fingerprints."""
-
-    target: str
-    draft: str
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from monitor.service.commands import COMMAND_GROUPS
 from monitor.service.commands.common import CommandError
+from monitor.service.memory import map_large_allocations
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    map_large_allocations()
     try:
         code: int = args.handler(args)
     except CommandError as exc:

@@ -26,7 +26,7 @@ from monitor.evaluation.finding import Finding
 from monitor.intake.engine_metrics import ScrapeError, engine_totals_by_window, scrape_engine
 from monitor.intake.retention import purge_expired
 from monitor.replay.live_models import version_without_models
-from monitor.service.daemon.memory import trim_heap
+from monitor.service.memory import trim_heap
 from retrain.schedule import start_scheduler
 from retrain.watch import watch_latest_deploy
 

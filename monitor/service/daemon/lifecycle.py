@@ -30,7 +30,7 @@ from monitor.replay.live_models import (
 from monitor.service.commands.common import open_database
 from monitor.service.daemon.errors import StartupRefused
 from monitor.service.daemon.health_server import liveness_problem, start_http
-from monitor.service.daemon.memory import limit_malloc_arenas
+from monitor.service.memory import limit_malloc_arenas
 from monitor.service.metrics import MetricsServer
 
 if TYPE_CHECKING:
