@@ -16,12 +16,11 @@ from monitor.base.db import AlertRecord, OutboxMessage
 from monitor.evaluation.evaluate import evaluate
 from tests.monitor.stored_counts import sample_row, shadow_row
 
-NOW = datetime.now(UTC).replace(microsecond=0)  # silences start at the wall clock
 TENANTS = [f"h:{i:016x}" for i in range(8)]
 REGIONS = ["eu", "us", "sg", "jp"]
 
 
-def store_requests(engine: Engine, rng: np.random.Generator) -> None:
+def store_requests(engine: Engine, rng: np.random.Generator, now: datetime) -> None:
     """Per (tenant, region) six Chinese requests at acceptance ~0.45 and six English ones at ~0.8, over the
     last hour: 64 segments of 6 samples, under drift.min_samples (30) each."""
     index = 0
@@ -30,7 +29,7 @@ def store_requests(engine: Engine, rng: np.random.Generator) -> None:
             for region in REGIONS:
                 for lang, acceptance in (("zh", 0.45), ("en", 0.8)):
                     for _ in range(6):
-                        occurred_at = NOW - timedelta(minutes=int(rng.integers(1, 55)), seconds=index)
+                        occurred_at = now - timedelta(minutes=int(rng.integers(1, 55)), seconds=index)
                         sample = sample_row(f"r{index}", f"tenant={tenant}/region={region}/lang={lang}", occurred_at)
                         sample.language = lang
                         session.add(sample)
@@ -67,9 +66,10 @@ def rollup_config(config: Config) -> Config:
 
 def test_a_language_shift_across_tenants_fires_on_the_language_roll_up(config: Config, engine: Engine) -> None:
     config = rollup_config(config)
-    store_requests(engine, np.random.default_rng(9))
+    now = datetime.now(UTC)
+    store_requests(engine, np.random.default_rng(9), now)
 
-    evaluation = evaluate(config, engine, "draft-a", now=NOW)
+    evaluation = evaluate(config, engine, "draft-a", now=now)
 
     by_name = {item.segment: item for item in evaluation.stats}
     assert by_name["lang=zh"].kind == "rollup" and by_name["lang=zh"].samples == 8 * 4 * 6
@@ -84,7 +84,7 @@ def test_a_language_shift_across_tenants_fires_on_the_language_roll_up(config: C
     )
     assert ("AcceptanceBelowThreshold", "lang=zh") in firing(engine)
 
-    evaluate(config, engine, "draft-a", now=NOW + timedelta(minutes=1))  # past group_wait: notifications queue
+    evaluate(config, engine, "draft-a", now=now + timedelta(minutes=1))  # past group_wait: notifications queue
     receivers = outbox_receivers(engine)
     assert receivers["lang=zh"] == "zh-oncall"  # the route addresses the roll-up by name
     assert receivers["region=eu/lang=zh"] == "console"
@@ -92,11 +92,12 @@ def test_a_language_shift_across_tenants_fires_on_the_language_roll_up(config: C
 
 def test_a_silence_on_the_roll_up_mutes_it(config: Config, engine: Engine) -> None:
     config = rollup_config(config)
-    store_requests(engine, np.random.default_rng(9))
-    add_silence(engine, ["segment=~.*lang=zh"], NOW + timedelta(hours=2), "known: zh rollout", "test")
+    add_silence(engine, ["segment=~.*lang=zh"], datetime.now(UTC) + timedelta(hours=2), "known: zh rollout", "test")
+    now = datetime.now(UTC)  # silences start at the wall clock: evaluate after it
+    store_requests(engine, np.random.default_rng(9), now)
 
-    evaluate(config, engine, "draft-a", now=NOW)
-    evaluate(config, engine, "draft-a", now=NOW + timedelta(minutes=1))
+    evaluate(config, engine, "draft-a", now=now)
+    evaluate(config, engine, "draft-a", now=now + timedelta(minutes=1))
 
     assert ("AcceptanceBelowThreshold", "lang=zh") in firing(engine)  # it fires, silenced: no message
     assert outbox_receivers(engine) == {}
