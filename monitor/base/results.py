@@ -74,9 +74,15 @@ def _detail(column: Any, moment: Any, detail_since: datetime | None) -> Any:
     return text if detail_since is None else case((moment > detail_since, text), else_=None)
 
 
-def _parsed(texts: Sequence[str | None]) -> list[dict[str, Any]]:
-    """JSON documents parsed in one call (one C-level parse instead of one call per row); None reads {}."""
-    return list(json.loads("[" + ",".join(text or "{}" for text in texts) + "]"))
+def _vectors(texts: Sequence[str | None]) -> dict[str, list[Any]]:
+    """E and the per-position and histogram vectors of a chunk's counts JSON (AcceptCounts.to_dict or an
+    engine's report), parsed in one call (one C-level parse, not one per row); None reads as none."""
+    counts = json.loads("[" + ",".join(text or "{}" for text in texts) + "]")
+    return {
+        "eos_ended": [c.get("eos_ended", 0.0) for c in counts],
+        "per_position": [c.get("accepted_per_position") or () for c in counts],
+        "histogram": [c.get("accept_histogram") or () for c in counts],
+    }
 
 
 def _chunks_of(engine: Engine, query: Any) -> Iterator[list[Sequence[Any]]]:
@@ -115,7 +121,6 @@ def load_result_columns(
     builder = ColumnsBuilder()
     for chunk in _chunks_of(engine, query):
         segment, sample_id, occurred, accepted, rejected, drafted, steps, tokens, source, equal, window, texts = chunk
-        counts = _parsed(texts)
         builder.add_chunk(
             segment=segment,
             sample_id=sample_id,
@@ -124,11 +129,9 @@ def load_result_columns(
             rejected=rejected,
             drafted=drafted,
             steps=steps,
-            eos_ended=[c.get("eos_ended", 0.0) for c in counts],
             tokens=tokens,
-            per_position=[c.get("accepted_per_position") or () for c in counts],
-            histogram=[c.get("accept_histogram") or () for c in counts],
             window_k=window,
+            **_vectors(texts),
             from_ids=[value in ("ids", "completion_ids") for value in source],
             retokenized_differs=[value is False or value == 0 for value in equal],
         )
@@ -157,7 +160,6 @@ def load_live_columns(
     builder = ColumnsBuilder()
     for chunk in _chunks_of(engine, query):
         segment, sample_id, occurred, accepted, rejected, drafted, steps, basis, window, texts = chunk
-        counts = _parsed(texts)
         builder.add_chunk(
             segment=segment,
             sample_id=sample_id,
@@ -166,11 +168,9 @@ def load_live_columns(
             rejected=rejected,
             drafted=drafted,
             steps=steps,
-            eos_ended=[0.0] * len(segment),
             tokens=[a + s for a, s in zip(accepted, steps, strict=True)],
-            per_position=[c.get("accepted_per_position") or () for c in counts],
-            histogram=[c.get("accept_histogram") or () for c in counts],
             window_k=window,
+            **_vectors(texts),  # engines report no E: it reads 0
             rejected_estimated=[value == HISTOGRAM_ESTIMATE for value in basis],
         )
     return builder.build()
