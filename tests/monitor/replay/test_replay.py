@@ -223,7 +223,7 @@ def test_follow_replays_evaluates_and_serves_metrics_until_sigterm(
                 break
             time.sleep(0.5)
         assert 'specwatch_samples_replayed_total{mode="scored"} 12.0' in page
-        assert 'specwatch_alpha{segment="*",source="shadow",window="24h"}' in page
+        assert 'specwatch_alpha{group="all",segment="*",source="shadow",window="24h"}' in page
         assert "specwatch_replay_pending_samples 0.0" in page
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0

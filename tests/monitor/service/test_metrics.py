@@ -99,19 +99,20 @@ def zh_and_en() -> list[SampleResult]:
 def test_evaluation_gauges(metrics: Metrics, reader: InMemoryMetricReader) -> None:
     metrics.observe_evaluation(evaluation_of(zh_and_en()))
     alpha = values(reader, "specwatch_alpha")
-    zh = (("segment", "lang=zh"), ("source", "shadow"), ("window", "24h"))
+    zh = (("group", "rollup"), ("segment", "lang=zh"), ("source", "shadow"), ("window", "24h"))
     assert alpha[zh] == pytest.approx(3 / (3 + 3))  # A = 1 + 0 + 2 per sample, R = 3 rejections
-    assert alpha[(("segment", "lang=en"), ("source", "shadow"), ("window", "1h"))] == pytest.approx(7 / 8)
-    zh_last_hour = (("segment", "lang=zh"), ("source", "shadow"), ("window", "1h"))
+    en_last_hour = (("group", "rollup"), ("segment", "lang=en"), ("source", "shadow"), ("window", "1h"))
+    assert alpha[en_last_hour] == pytest.approx(7 / 8)
+    zh_last_hour = (("group", "rollup"), ("segment", "lang=zh"), ("source", "shadow"), ("window", "1h"))
     assert zh_last_hour not in alpha, "no zh traffic in the last hour"
     assert values(reader, "specwatch_tau")[zh] == pytest.approx(1 + 3 / 3)
     low, high = values(reader, "specwatch_alpha_interval_low")[zh], values(reader, "specwatch_alpha_interval_high")[zh]
     assert low <= alpha[zh] <= high
-    assert (("segment", "*"), ("source", "shadow"), ("window", "24h")) in alpha
+    assert (("group", "all"), ("segment", "*"), ("source", "shadow"), ("window", "24h")) in alpha
     assert values(reader, "specwatch_draft_acceptance_rate")[zh] == pytest.approx(3 / 12)
     assert values(reader, "specwatch_paired_samples")[zh] == 0
     positions = values(reader, "specwatch_per_position_acceptance")
-    assert positions[(("position", "1"), *zh)] == pytest.approx(2 / 3), "two of three steps accept p_1"
+    assert positions[tuple(sorted((("position", "1"), *zh)))] == pytest.approx(2 / 3), "two of three steps accept p_1"
     assert not any(dict(key)["source"] == "live" for key in alpha), "no engine counts, no live series"
 
     metrics.observe_evaluation(evaluation_of(zh_and_en()[3:]))
@@ -125,18 +126,18 @@ def test_evaluation_gauges_carry_both_sources(metrics: Metrics, reader: InMemory
     paired = [replace(item, paired=3 if item.segment in ("lang=zh", "*") else 0) for item in evaluation.stats]
     metrics.observe_evaluation(replace(evaluation, stats=paired))
     alpha = values(reader, "specwatch_alpha")
-    zh_live = (("segment", "lang=zh"), ("source", "live"), ("window", "24h"))
-    zh_shadow = (("segment", "lang=zh"), ("source", "shadow"), ("window", "24h"))
+    zh_live = (("group", "rollup"), ("segment", "lang=zh"), ("source", "live"), ("window", "24h"))
+    zh_shadow = (("group", "rollup"), ("segment", "lang=zh"), ("source", "shadow"), ("window", "24h"))
     assert alpha[zh_shadow] == pytest.approx(3 / 6) and alpha[zh_live] == pytest.approx(6 / 15)
-    assert (("segment", "lang=en"), ("source", "live"), ("window", "24h")) not in alpha
+    assert (("group", "rollup"), ("segment", "lang=en"), ("source", "live"), ("window", "24h")) not in alpha
     assert values(reader, "specwatch_draft_acceptance_rate")[zh_live] == pytest.approx(6 / 36)
     paired_samples = values(reader, "specwatch_paired_samples")
     assert paired_samples[zh_live] == paired_samples[zh_shadow] == 3
     low = values(reader, "specwatch_alpha_interval_low")
     assert zh_live in low and zh_shadow in low
     position_one = values(reader, "specwatch_per_position_acceptance")
-    assert position_one[(("position", "1"), *zh_live)] == pytest.approx(4 / 9)
-    assert position_one[(("position", "1"), *zh_shadow)] == pytest.approx(2 / 3)
+    assert position_one[tuple(sorted((("position", "1"), *zh_live)))] == pytest.approx(4 / 9)
+    assert position_one[tuple(sorted((("position", "1"), *zh_shadow)))] == pytest.approx(2 / 3)
 
 
 def test_live_draft_info(metrics: Metrics, reader: InMemoryMetricReader) -> None:
@@ -212,10 +213,11 @@ def test_prometheus_scrape_over_http() -> None:
         body = scrape(server.url)
         assert server.port > 0
         lines = body.splitlines()
-        assert 'specwatch_alpha{segment="lang=zh",source="shadow",window="24h"} 0.5' in lines
-        assert 'specwatch_alpha{segment="lang=zh",source="live",window="24h"} 0.5' in lines
-        assert 'specwatch_paired_samples{segment="*",source="live",window="24h"} 0.0' in lines
-        assert 'specwatch_per_position_acceptance{position="1",segment="*",source="live",window="24h"}' in body
+        assert 'specwatch_alpha{group="rollup",segment="lang=zh",source="shadow",window="24h"} 0.5' in lines
+        assert 'specwatch_alpha{group="rollup",segment="lang=zh",source="live",window="24h"} 0.5' in lines
+        assert 'specwatch_paired_samples{group="all",segment="*",source="live",window="24h"} 0.0' in lines
+        position = 'specwatch_per_position_acceptance{group="all",position="1",segment="*",source="live",window="24h"}'
+        assert position in body
         assert 'specwatch_samples_ingested_total{source="http"} 3.0' in body
         assert 'specwatch_samples_quarantined_total{source="http"} 1.0' in body
         assert 'specwatch_accepted_length_bucket{le="2.0"} 1.0' in body
