@@ -23,6 +23,7 @@ from decoder.counts import AcceptCounts
 
 _SCALARS = ("sample_id", "occurred", "accepted", "rejected", "drafted", "steps", "eos_ended", "tokens", "window_k")
 _FLAGS = ("from_ids", "retokenized_differs", "rejected_estimated")
+_INTEGERS = ("segment", "sample_id", "tokens", "window_k")
 VECTOR_DTYPE = np.float32  # per-sample step counts (exact up to 2**24 steps per sample); sums are float64
 
 
@@ -198,13 +199,7 @@ class ColumnsBuilder:
         parts = [chunk.pop(name) if release else chunk[name] for chunk in self._chunks]
         if name in ("per_position", "histogram"):
             return _stack(parts)
-        dtype = (
-            bool
-            if name in _FLAGS
-            else np.int64
-            if name in ("segment", "sample_id", "tokens", "window_k")
-            else np.float64
-        )
+        dtype = bool if name in _FLAGS else np.int64 if name in _INTEGERS else np.float64
         return np.concatenate(parts).astype(dtype, copy=False) if parts else np.zeros(0, dtype=dtype)
 
 

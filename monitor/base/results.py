@@ -271,20 +271,14 @@ def replay_backlog(
 def live_counts(row: LiveResult) -> AcceptCounts:
     """An engine's report as verify-step counts. Engines do not report steps ended by an EOS (E = 0), so
     tau is theirs, 1 + A / S. Only rows whose R is known (exact or estimated) are read as counts."""
-    return engine_counts(row.accepted, row.rejected, row.drafted, row.steps, row.counts)
-
-
-def engine_counts(
-    accepted: int, rejected: int | None, drafted: int, steps: int, reported: dict[str, Any]
-) -> AcceptCounts:
-    """live_results columns (and its `counts` JSON) as AcceptCounts; an unknown R reads 0."""
+    counts = row.counts
     return AcceptCounts(
-        accepted=float(accepted),
-        rejected=float(rejected if rejected is not None else 0),
-        drafted=float(drafted),
-        steps=float(steps),
-        accept_histogram=[float(x) for x in reported.get("accept_histogram") or []],
-        accepted_per_position=[float(x) for x in reported.get("accepted_per_position") or []],
+        accepted=float(row.accepted),
+        rejected=float(row.rejected if row.rejected is not None else 0),
+        drafted=float(row.drafted),
+        steps=float(row.steps),
+        accept_histogram=[float(x) for x in counts.get("accept_histogram") or []],
+        accepted_per_position=[float(x) for x in counts.get("accepted_per_position") or []],
     )
 
 
@@ -364,7 +358,8 @@ def pairs_of(shadow: ResultColumns, live: ResultColumns, since: datetime) -> lis
     found = (position >= 0) & (sorted_ids[np.maximum(position, 0)] == live.sample_id[linked])
     pairs = []
     for live_row, shadow_row in zip(linked[found].tolist(), by_id[position[found]].tolist(), strict=True):
-        live_window = int(live.window_k[live_row])
+        engine_k = int(live.window_k[live_row])
+        live_window = engine_k if engine_k >= 0 else None
         estimated = bool(live.rejected_estimated[live_row])
         pairs.append(
             LiveShadowPair(
@@ -373,11 +368,9 @@ def pairs_of(shadow: ResultColumns, live: ResultColumns, since: datetime) -> lis
                 occurred_at=live.occurred_at(live_row),
                 live=live.sample_counts(live_row),
                 shadow=shadow_like_live(
-                    shadow.sample_counts(shadow_row),
-                    HISTOGRAM_ESTIMATE if estimated else None,
-                    live_window if live_window >= 0 else None,
+                    shadow.sample_counts(shadow_row), HISTOGRAM_ESTIMATE if estimated else None, live_window
                 ),
-                live_window=live_window if live_window >= 0 else None,
+                live_window=live_window,
                 shadow_window=int(shadow.window_k[shadow_row]),
                 rejected_estimated=estimated,
             )

@@ -402,11 +402,10 @@ def group_rows(columns: ResultColumns, grouping: Grouping) -> dict[int, np.ndarr
     for level in grouping.levels:
         groups = level.of_segment[columns.segment] if len(columns) else np.zeros(0, dtype=np.int64)
         rows = np.flatnonzero(groups >= 0)
-        order = rows[np.argsort(groups[rows], kind="stable")]
-        sorted_groups = groups[order]
-        if order.shape[0] == 0:
+        if rows.shape[0] == 0:
             continue
-        present, starts = np.unique(sorted_groups, return_index=True)
+        order = rows[np.argsort(groups[rows], kind="stable")]
+        present, starts = np.unique(groups[order], return_index=True)
         for group, start, stop in zip(present, starts, [*starts[1:], order.shape[0]], strict=True):
             found[int(group)] = order[start:stop]
     return found
@@ -465,13 +464,3 @@ def segment_stats(
             )
         logger.debug("window %s: %d samples in %d groups", name, len(inside), len(rows))
     return stats
-
-
-def alpha_series(results: Iterable[SampleResult], segment: str) -> list[tuple[datetime, float]]:
-    """(occurred_at, per-sample alpha) of one segment ("*" for all), in time order, for change detection.
-
-    Samples that drafted nothing have no alpha and are skipped.
-    """
-    chosen = [r for r in results if segment in (ALL_SEGMENTS, r.segment) and r.counts.alpha is not None]
-    chosen.sort(key=lambda r: (r.occurred_at, r.sample_id))
-    return [(r.occurred_at, r.counts.alpha) for r in chosen if r.counts.alpha is not None]

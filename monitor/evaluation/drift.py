@@ -2,7 +2,7 @@
 
     from monitor.evaluation.drift import threshold_findings, change_findings, input_drift_finding
     threshold_findings(stats, DriftConfig(threshold=0.65, threshold_overrides={"lang=zh": 0.55}))
-    change_findings({"lang=zh": alpha_series(results, "lang=zh")}, baselines={"lang=zh": 0.78})
+    change_findings({"lang=zh": [(occurred_at, per_sample_alpha), ...]}, baselines={"lang=zh": 0.78})
     finding, report = input_drift_finding(reference_frame, current_frame, report_dir=Path("reports"), now=now)
 
 Three detectors, three questions:

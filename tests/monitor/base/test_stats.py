@@ -14,7 +14,6 @@ from monitor.base.stats import (
     GroupBootstrap,
     SampleResult,
     SegmentStats,
-    alpha_series,
     bootstrap_intervals,
     estimated_speedup,
     ratio_standard_error,
@@ -203,20 +202,6 @@ def test_interval_covers_true_alpha_about_95_percent(acceptances: tuple[float, .
         assert interval is not None
         covered += interval.low <= truth <= interval.high
     assert 0.90 <= covered / runs <= 0.985
-
-
-# ---- change-detection input -----------------------------------------------------------------------
-
-
-def test_alpha_series_is_time_ordered_and_skips_samples_without_drafts() -> None:
-    results = [
-        result(1, "lang=en", counts_of([(4, 2)]), ago=timedelta(minutes=1)),
-        result(2, "lang=en", counts_of([(4, 4)]), ago=timedelta(minutes=9)),
-        result(3, "lang=en", counts_of([(0, 0)]), ago=timedelta(minutes=5)),  # drafted nothing
-        result(4, "lang=zh", counts_of([(4, 0)]), ago=timedelta(minutes=3)),
-    ]
-    assert alpha_series(results, "lang=en") == [(NOW - timedelta(minutes=9), 1.0), (NOW - timedelta(minutes=1), 2 / 3)]
-    assert [value for _, value in alpha_series(results, "*")] == [1.0, 0.0, 2 / 3]
 
 
 def test_tau_and_its_interval_count_emitted_tokens_per_verify_step() -> None:
