@@ -71,7 +71,8 @@ class SampleScore:
     token c, given the earlier ones were: 0/1 in greedy mode; sampling: min(1, q(y_c) / p(y_c)),
     the probability it was accepted given the continuation (exact when the continuation was
     drawn from the target at the scoring temperature, an estimate on other text); entries with
-    c <= i belong to no step and are 0"""
+    c <= i belong to no step and are 0, and greedy, so are those the verify loop never reads
+    (the same step rejected its proposal for c - 1): they are not computed"""
     target_agreement: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -176,24 +177,32 @@ def _score_chunk(
     greedy = is_greedy(temperature)
     chunk = max(1, LOGITS_BYTES_PER_CHUNK // (4 * target.vocab_size))
     for begin in range(0, rows.shape[0], chunk):
-        part = slice(begin, begin + chunk)
-        target_logits = target.logits(output.hidden[rows[part], positions[part]])
-        target_choice = target_logits.argmax(dim=-1)
-        agreement[part] = target_choice == continuation[part]
-        target_log_prob = None if greedy else log_probability_of(target_logits, continuation[part], temperature)
+        index = torch.arange(begin, min(begin + chunk, rows.shape[0]), device=target.device)
+        hidden = output.hidden[rows[index], positions[index]]
+        if greedy:
+            target_choice = target.greedy_tokens(hidden)
+        else:
+            target_logits = target.logits(hidden)
+            target_choice = target_logits.argmax(dim=-1)
+            target_log_prob = log_probability_of(target_logits, continuation[index], temperature)
+        agreement[index] = target_choice == continuation[index]
         for level in range(depth):
-            if level > 0 and states[level] is states[level - 1]:
-                acceptance[part, level] = acceptance[part, level - 1]
+            # the step holding the depth-i proposal for token c started after token c - i; greedy,
+            # the verify loop reads it only when the same step accepted its proposal for c - 1
+            read = completion_index[index] > level
+            if greedy and level > 0:
+                read &= acceptance[index - 1, level - 1] > 0
+            chosen = index[read]
+            if level > 0 and states[level] is states[0]:
+                acceptance[chosen, level] = acceptance[chosen, 0]
                 continue
-            draft_logits = draft.proposal_logits(states[level][rows[part], positions[part]], level)
-            if target_log_prob is None:
-                acceptance[part, level] = (draft_logits.argmax(dim=-1) == target_choice).float()
+            level_states = states[level][rows[chosen], positions[chosen]]
+            if greedy:
+                proposed = draft.proposal_tokens(level_states, level)
+                acceptance[chosen, level] = (proposed == target_choice[chosen - begin]).float()
             else:
-                draft_log_prob = log_probability_of(draft_logits, continuation[part], temperature)
-                acceptance[part, level] = posterior_acceptance(draft_log_prob, target_log_prob)
-    # a proposal at depth i for token c belongs to the step that started after token c - i
-    levels = torch.arange(depth, device=target.device)
-    acceptance = torch.where(completion_index[:, None] > levels[None, :], acceptance, 0.0)
+                draft_log_prob = draft.proposal_log_probability(level_states, level, continuation[chosen], temperature)
+                acceptance[chosen, level] = posterior_acceptance(draft_log_prob, target_log_prob[chosen - begin])
 
     longest = int(batch.completion_lengths.max())
     matrix = torch.zeros(len(fitted), longest, depth, device=target.device)

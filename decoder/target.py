@@ -247,6 +247,10 @@ class TargetModel:
         """Next-token logits (float32) from final hidden states."""
         return self.output_embeddings()(hidden.to(self.dtype)).float()
 
+    def greedy_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The argmax of `logits` (lowest id on a tie) without their float32 copy."""
+        return self.output_embeddings()(hidden.to(self.dtype)).argmax(dim=-1)
+
     def encode_chat(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
         """Token ids of a conversation rendered with the tokenizer's chat template."""
         text = self.tokenizer.apply_chat_template(

@@ -6,8 +6,9 @@ config whose `kind: Literal[...]` field names it. It serves both replay modes an
 - exact mode: `start_session()` returns a `DraftSession` that proposes tokens one step at a time
   and is told which tokens the target verified (with the target states at those positions);
 - scored mode: `teacher_forced_proposals()` computes, in one batched pass over known sequences,
-  the state from which each proposal depth predicts each token, and `proposal_logits()` maps it
-  to logits;
+  the state from which each proposal depth predicts each token, and `proposal_scores()` maps it
+  to logits in the head's own dtype (`proposal_tokens()` and `proposal_log_probability()` read
+  those without a float32 copy of the vocabulary; a head with a reduced vocabulary overrides them);
 - training: `training_loss()` against the target's outputs on a token batch.
 """
 
@@ -21,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from decoder.sampling import log_probability_of
 from decoder.target import TargetModel, TargetOutput
 
 
@@ -138,8 +140,24 @@ class Draft(nn.Module, ABC):
         predicts, when earlier tokens of the step are the ones in `inputs`."""
 
     @abstractmethod
+    def proposal_scores(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
+        """Logits over the target's vocabulary of depth `depth_index + 1` from states of
+        `teacher_forced_proposals`, in the head's compute dtype."""
+
     def proposal_logits(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
-        """Float32 logits of depth `depth_index + 1` from states of `teacher_forced_proposals`."""
+        """`proposal_scores` in float32 (the distributions exact mode samples from)."""
+        return self.proposal_scores(states, depth_index).float()
+
+    def proposal_tokens(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
+        """Greedy proposals: the target id of each state's largest logit, the lowest id on a tie
+        (the argmax of `proposal_logits`: widening to float32 is exact, so no copy is made)."""
+        return self.proposal_scores(states, depth_index).argmax(dim=-1)
+
+    def proposal_log_probability(
+        self, states: torch.Tensor, depth_index: int, tokens: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        """log q(token) at `temperature` for each state and its token (float32)."""
+        return log_probability_of(self.proposal_scores(states, depth_index), tokens, temperature)
 
     @abstractmethod
     def training_loss(self, inputs: DraftInputs, target_logits: torch.Tensor) -> torch.Tensor:

@@ -101,8 +101,9 @@ class DraftModel(Draft):
         hidden = self.hidden_states(inputs.input_ids, inputs.attention_mask)
         return [hidden] * depth
 
-    def proposal_logits(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
-        return self.lm.get_output_embeddings()(states.to(self.dtype)).float()
+    def proposal_scores(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
+        scores: torch.Tensor = self.lm.get_output_embeddings()(states.to(self.dtype))
+        return scores
 
     def training_loss(self, inputs: DraftInputs, target_logits: torch.Tensor) -> torch.Tensor:
         hidden = self.hidden_states(inputs.input_ids, inputs.attention_mask)

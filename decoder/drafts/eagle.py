@@ -159,10 +159,10 @@ class EagleHead(ChainHead):
         projected = self.input_proj(torch.cat([embedded, self.feature_norm(features)], dim=-1))
         return LayerInput(attention_input=projected, residual=projected)
 
-    def proposal_logits(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
+    def proposal_scores(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
         weight = cast(torch.Tensor, self._shared["lm_head"].weight)
         normed = self.final_norm(states.to(self.dtype))
-        return F.linear(normed.to(weight.dtype), weight).float()
+        return F.linear(normed.to(weight.dtype), weight)
 
     def training_loss(self, inputs: DraftInputs, target_logits: torch.Tensor) -> torch.Tensor:
         features = self.fused_features(inputs.target)

@@ -51,6 +51,7 @@ from decoder.drafts.chain import (
     layer_sizes,
     rotated_projections,
 )
+from decoder.sampling import log_probability_of
 from decoder.target import TargetModel, TargetOutput
 
 LayerStyle = Literal["llama", "qwen3"]
@@ -253,10 +254,14 @@ class Eagle3Head(ChainHead):
     def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor) -> LayerInput:
         return self.chain_layer.layer_input(self.embed(next_tokens), features)
 
+    def draft_scores(self, states: torch.Tensor) -> torch.Tensor:
+        """Logits over the draft vocabulary in the head's dtype."""
+        scores: torch.Tensor = self.lm_head(self.norm(states.to(self.dtype)))
+        return scores
+
     def draft_logits(self, states: torch.Tensor) -> torch.Tensor:
         """Float32 logits over the draft vocabulary."""
-        logits: torch.Tensor = self.lm_head(self.norm(states.to(self.dtype)))
-        return logits.float()
+        return self.draft_scores(states).float()
 
     def forward(self, aux_states: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits [batch, time, draft_vocab] of one causal pass (positions 0..time-1):
@@ -269,12 +274,35 @@ class Eagle3Head(ChainHead):
         query, key, value = self.chain_layer.project(inputs.attention_input, positions)
         return self.draft_logits(self.chain_layer.finish(inputs.residual, query, key, value, causal))
 
-    def proposal_logits(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
-        logits = self.draft_logits(states)
+    def proposal_scores(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
+        scores = self.draft_scores(states)
         if self.full_vocabulary:
-            return logits
-        full = logits.new_full((*logits.shape[:-1], self.eagle3_config.vocab_size), float("-inf"))
-        return full.index_copy(-1, self.draft_token_ids.to(logits.device), logits)
+            return scores
+        full = scores.new_full((*scores.shape[:-1], self.eagle3_config.vocab_size), float("-inf"))
+        return full.index_copy(-1, self.draft_token_ids.to(scores.device), scores)
+
+    def proposal_tokens(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
+        """The argmax over the draft vocabulary, as target ids: the same token as the argmax over
+        the target's vocabulary (every other id is -inf there), ties included while the draft ids
+        ascend, as every checkpoint writes them; without the full-vocabulary tensor."""
+        ids = self.draft_token_ids
+        if self.full_vocabulary or not bool((ids[1:] > ids[:-1]).all()):
+            return super().proposal_tokens(states, depth_index)
+        return ids.to(states.device)[self.draft_scores(states).argmax(dim=-1)]
+
+    def proposal_log_probability(
+        self, states: torch.Tensor, depth_index: int, tokens: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        """log q(token): the log-softmax over the draft vocabulary at the token's draft id, -inf for a
+        token outside it (q gives it nothing)."""
+        if self.full_vocabulary:
+            return super().proposal_log_probability(states, depth_index, tokens, temperature)
+        scores = self.draft_scores(states)
+        draft_index = torch.full((self.eagle3_config.vocab_size,), -1, dtype=torch.int64, device=scores.device)
+        draft_index[self.draft_token_ids.to(scores.device)] = torch.arange(scores.shape[-1], device=scores.device)
+        index = draft_index[tokens.to(scores.device)]
+        log_probs = log_probability_of(scores, index.clamp(min=0), temperature)
+        return torch.where(index >= 0, log_probs, torch.full_like(log_probs, float("-inf")))
 
     def training_logits(self, states: torch.Tensor) -> torch.Tensor:
         return self.draft_logits(states)

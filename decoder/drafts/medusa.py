@@ -103,10 +103,10 @@ class MedusaHeads(Draft):
         states: torch.Tensor = block(hidden.to(self.dtype))
         return states
 
-    def proposal_logits(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
+    def proposal_scores(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
         head: nn.Module = self.lm_heads[0 if self.shared_lm_head else depth_index]
         logits: torch.Tensor = head(states.to(self.dtype))
-        return logits.float()
+        return logits
 
     def start_session(self, target: TargetModel) -> DraftSession:
         return MedusaSession(self)

@@ -174,7 +174,7 @@ class MtpHead(ChainHead):
     def recycled(self, output: torch.Tensor) -> torch.Tensor:
         return self.shared_head.norm(output) if self.mtp_config.recycled_state == "normed" else output
 
-    def proposal_logits(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
+    def proposal_scores(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:
         weight = cast(torch.Tensor, self._shared["lm_head"].weight)
         normed = self.shared_head.norm(states.to(self.dtype))
-        return F.linear(normed.to(weight.dtype), weight).float()
+        return F.linear(normed.to(weight.dtype), weight)

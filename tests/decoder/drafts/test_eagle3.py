@@ -102,6 +102,44 @@ def test_reduced_vocabulary_maps_draft_ids_to_target_ids() -> None:
     assert set(logits.argmax(-1).tolist()) <= set(chosen.tolist())
 
 
+@torch.no_grad()
+def test_greedy_tokens_and_log_q_read_the_draft_vocabulary_like_the_full_logits() -> None:
+    """Scored mode's greedy proposal and log q come from the draft-vocabulary logits; they must be the
+    argmax and the log-softmax of the target-vocabulary logits (the reference's expansion through d2t),
+    a tie going to the lowest target id, a token outside the draft vocabulary getting -inf."""
+    target = small_target()
+    head = random_head_keeping_vocabulary(random_head(target, draft_vocab_size=6))
+    head.use_draft_vocabulary(torch.tensor([33, 2, 17, 9, 41, 25]), target)
+    head = random_head_keeping_vocabulary(head)
+    states = torch.randn(64, target.hidden_size, generator=torch.Generator().manual_seed(7))
+    weights = {name: tensor.detach() for name, tensor in head.state_dict().items()}
+    full = target_vocabulary_logits(head.draft_logits(states), weights["d2t"], VOCAB)
+    assert torch.equal(head.proposal_tokens(states, 0), full.argmax(dim=-1))
+
+    tokens = torch.randint(0, VOCAB, (64,), generator=torch.Generator().manual_seed(8))
+    for temperature in (0.7, 1.0):
+        expected = torch.log_softmax(full / temperature, dim=-1).gather(-1, tokens[:, None])[:, 0]
+        ours = head.proposal_log_probability(states, 0, tokens, temperature)
+        assert torch.equal(ours.isinf(), expected.isinf()) and ours.isinf().any()
+        finite = ~expected.isinf()
+        assert (ours[finite] - expected[finite]).abs().max() <= 1e-5
+
+    head.lm_head.weight.zero_()  # every logit 0: the tie goes to the lowest target id
+    assert head.proposal_tokens(states, 0).unique().tolist() == [2]
+
+
+@torch.no_grad()
+def test_unsorted_draft_ids_still_break_ties_by_target_id() -> None:
+    target = small_target()
+    head = random_head_keeping_vocabulary(random_head(target, draft_vocab_size=3))
+    head.d2t.copy_(torch.tensor([30, 4, -1]))  # draft ids 0, 1, 2 -> target ids 30, 5, 1 (descending)
+    head.t2d.zero_()
+    head.t2d[torch.tensor([30, 5, 1])] = True
+    head.lm_head.weight.zero_()  # all three tie
+    states = torch.randn(4, target.hidden_size)
+    assert head.proposal_tokens(states, 0).tolist() == [1, 1, 1, 1]
+
+
 @pytest.mark.parametrize("draft_vocab_size", [VOCAB, 12])
 def test_training_loss_is_finite_and_falls(draft_vocab_size: int) -> None:
     target = small_target()
