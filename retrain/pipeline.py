@@ -4,7 +4,10 @@
                                                                      # logs to <work_dir>/job.log
 
 `announce` receives the gate's decision (a `GateAnnouncement`); the service layer passes one that sends
-it as a notification (monitor.service.gate_notice), so retrain/ needs nothing of alerts/.
+it as a notification (monitor.service.gate_notice), so retrain/ needs nothing of alerts/. Training
+steps go to the job's row (step, steps, loss, and when and at which step this attempt's training
+started, from which `retrain status` states an ETA) and to `progress=` (a decoder.progress.Progress:
+the command's bar or log lines).
 
 Every stage leaves its output in the job's work directory (corpus/, train/checkpoint.pt,
 candidate/), so a job killed halfway resumes where it stopped: the corpus is reused, training
@@ -27,6 +30,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from decoder import TargetModel, load_draft, load_target
+from decoder.progress import NO_PROGRESS, Progress
 from monitor.base.config import Config
 from monitor.base.db import HeadEvent, utcnow
 from monitor.base.groups import Grouping
@@ -109,18 +113,27 @@ class GateAnnouncement:
 Announce = Callable[[GateAnnouncement], None]
 
 
-class ProgressReporter:
-    """Stores training progress in the job row, at most every PROGRESS_EVERY_S seconds."""
+class TrainingProgress:
+    """A job's training steps (train_head's `progress`): stored in its row at most every PROGRESS_EVERY_S
+    seconds and at the last step, with `first_step` and `train_started_at` (the first step this attempt
+    reported, and when) and `updated_at`, so a rate and an ETA follow from the row alone; each step
+    also goes to `progress`."""
 
-    def __init__(self, engine: Engine, job_id: int) -> None:
-        self.engine, self.job_id, self._last = engine, job_id, 0.0
+    def __init__(self, engine: Engine, job_id: int, progress: Progress = NO_PROGRESS) -> None:
+        self.engine, self.job_id, self.progress = engine, job_id, progress
+        self._first: dict[str, Any] | None = None
+        self._stored_at = 0.0
 
     def __call__(self, step: int, steps: int, loss: float) -> None:
+        if self._first is None:
+            self._first = {"first_step": step, "train_started_at": utcnow().isoformat()}
+            self.progress.start(f"retrain job {self.job_id}", steps, done=step)
+        self.progress.advance(step, f"loss {loss:.4f}")
         now = time.monotonic()
-        if now - self._last >= PROGRESS_EVERY_S or step == steps:
-            self._last = now
-            set_progress(self.engine, self.job_id, stage="train", step=step, steps=steps, loss=round(loss, 4))
-            log.info("train step %d/%d loss %.4f", step, steps, loss)
+        if now - self._stored_at >= PROGRESS_EVERY_S or step == steps:
+            self._stored_at = now
+            stored = {"step": step, "steps": steps, "loss": round(loss, 4), "updated_at": utcnow().isoformat()}
+            set_progress(self.engine, self.job_id, stage="train", **stored, **self._first)
 
 
 def prepare_corpus(config: Config, engine: Engine, job: JobView, live_version: str, target: Any) -> Corpus:
@@ -144,8 +157,10 @@ def prepare_corpus(config: Config, engine: Engine, job: JobView, live_version: s
     )
 
 
-def run_job(config: Config, engine: Engine, job: JobView, *, announce: Announce) -> JobOutcome:
-    """The stages of one retrain (the caller holds the lock)."""
+def run_job(
+    config: Config, engine: Engine, job: JobView, *, announce: Announce, progress: Progress = NO_PROGRESS
+) -> JobOutcome:
+    """The stages of one retrain (the caller holds the lock); `progress` hears of the training steps."""
     if config.models.target is None or config.models.draft is None:
         raise ValueError("models.target and models.draft must be set to retrain")
     registry = HeadRegistry(config.heads_dir)
@@ -161,16 +176,19 @@ def run_job(config: Config, engine: Engine, job: JobView, *, announce: Announce)
     corpus = prepare_corpus(config, engine, job, live.version, target)
     update_job(engine, job.id, corpus_hash=corpus.manifest.content_hash)
 
-    set_progress(engine, job.id, stage="train")
-    result = train_head(
-        target,
-        corpus,
-        kind=kind,
-        warm_start=live_dir if kind == live_draft.kind else None,
-        settings=training,
-        work_dir=job.work_dir / "train",
-        progress=ProgressReporter(engine, job.id),
-    )
+    set_progress(engine, job.id, stage="train", first_step=None, train_started_at=None)
+    try:
+        result = train_head(
+            target,
+            corpus,
+            kind=kind,
+            warm_start=live_dir if kind == live_draft.kind else None,
+            settings=training,
+            work_dir=job.work_dir / "train",
+            progress=TrainingProgress(engine, job.id, progress),
+        )
+    finally:
+        progress.finish()
     candidate_dir = save_candidate(result, job.work_dir / "candidate", corpus)
 
     set_progress(engine, job.id, stage="gate")
@@ -243,16 +261,18 @@ def job_log(path: Path) -> Iterator[None]:
         handler.close()
 
 
-def execute_job(config: Config, engine: Engine, job: JobView, *, announce: Announce) -> JobOutcome:
+def execute_job(
+    config: Config, engine: Engine, job: JobView, *, announce: Announce, progress: Progress = NO_PROGRESS
+) -> JobOutcome:
     """Runs a job under the retrain lock (LockBusy if another one is alive); never leaves it
-    'running': it ends succeeded, refused or failed (with the error)."""
+    'running': it ends succeeded, refused or failed (with the error). `progress` hears of the training steps."""
     mark_dead_jobs(engine, config.retrain.stale_after_s)
     settings = config.retrain
     lock = JobLock(engine, job.id, stale_after_s=settings.stale_after_s, heartbeat_s=settings.heartbeat_s)
     with lock, job_log(job.work_dir / "job.log"):
         log.info("retrain job %d (%s: %s) starts, attempt %d", job.id, job.trigger, job.reason, job.attempts + 1)
         try:
-            outcome = run_job(config, engine, job, announce=announce)
+            outcome = run_job(config, engine, job, announce=announce, progress=progress)
         except Exception as error:
             log.exception("retrain job %d failed", job.id)
             finish(engine, job.id, "failed", error=f"{type(error).__name__}: {error}")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from decoder.formats import FORMATS, ExportResult, detect_format
+from decoder.progress import NO_PROGRESS, Progress
 from decoder.target import TargetModel
 from monitor.base.config import DeployConfig
 from retrain.deploy import ServedHead
@@ -101,17 +102,34 @@ EAGLE_NOT_MAPPABLE = (
 )
 
 
+EXPORT_STAGES = ("load the target", "load the head", "write the export")
+"""The stages of an export that converts (`export_head`'s progress counts them); a copy has one."""
+
+
 def export_head(
-    registry: HeadRegistry, version: str, head_format: str, out_dir: Path, target: Callable[[], TargetModel]
+    registry: HeadRegistry,
+    version: str,
+    head_format: str,
+    out_dir: Path,
+    target: Callable[[], TargetModel],
+    progress: Progress = NO_PROGRESS,
 ) -> ExportResult:
     """Writes a registered head into `out_dir` (new or empty) in `head_format`: a copy of its files when
     it is stored so, else the format's export of the loaded head (`target` is called only then). The
-    result says which engines are proven to load it, and why not (`details`)."""
+    result says which engines are proven to load it, and why not (`details`). `progress` hears of the
+    stages done (EXPORT_STAGES, or the copy)."""
     head_dir = registry.draft_dir(version)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise RegistryError(f"{out_dir} is not empty: export into a new directory")
+    what = f"export {version} as {head_format}"
     if stored_format(head_dir) == head_format:
-        shutil.copytree(head_dir, out_dir, dirs_exist_ok=True, copy_function=shutil.copyfile)
+        progress.start(what, 1)
+        try:
+            progress.advance(0, "copy the files")
+            shutil.copytree(head_dir, out_dir, dirs_exist_ok=True, copy_function=shutil.copyfile)
+            progress.advance(1)
+        finally:
+            progress.finish()
         return ExportResult(out_dir=out_dir, format=head_format, details={"copied": "stored in this format"})
     kind = registry.get(version).kind
     if head_format not in engine_formats_for(kind):
@@ -121,8 +139,17 @@ def export_head(
     assert export is not None, "engine_formats_for lists only formats that export"
     from decoder import load_draft
 
-    model = target()
-    result = export(load_draft(head_dir, model), model, out_dir)
+    progress.start(what, len(EXPORT_STAGES))
+    try:
+        progress.advance(0, EXPORT_STAGES[0])
+        model = target()
+        progress.advance(1, EXPORT_STAGES[1])
+        draft = load_draft(head_dir, model)
+        progress.advance(2, EXPORT_STAGES[2])
+        result = export(draft, model, out_dir)
+        progress.advance(3)
+    finally:
+        progress.finish()
     log.info("exported head %s as %s to %s (engines proven: %s)", version, head_format, out_dir, result.engine_loadable)
     return result
 

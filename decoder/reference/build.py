@@ -13,7 +13,8 @@
    draft is also written into the target checkpoint as its MTP layer (`write_target_mtp`);
 
 then reports the target's held-out loss on raw text and, measured by scored mode on held-out
-prompts with the target's own greedy answers, each draft's alpha per language.
+prompts with the target's own greedy answers, each draft's alpha per language. A `progress`
+(decoder.progress) hears of every training step, counted over all stages (`BuildSteps`).
 
     python -c "from decoder.reference import build_reference; print(build_reference('tiny', '/tmp/ref'))"
     specwatch models build-reference --size demo
@@ -28,7 +29,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,7 @@ from decoder.drafts import DRAFT_KINDS, MtpHead, create_draft, kind_objective, l
 from decoder.drafts.chain import ChainHead
 from decoder.formats.mtp import load_target_mtp, write_into_checkpoint
 from decoder.metrics import AcceptCounts
+from decoder.progress import NO_PROGRESS, Progress
 from decoder.reference.corpus import CODE, Document, code_documents, dialog_documents, split
 from decoder.samples import TokenizedSample
 from decoder.scored import score_batch, target_agreement
@@ -277,8 +279,14 @@ def build_target_model(spec: ReferenceSpec, tokenizer: PreTrainedTokenizerFast) 
     return model
 
 
-def train_target(model: PreTrainedModel, batches: Sequence[TokenBatch], settings: FitConfig) -> list[float]:
-    """Next-token cross-entropy training of the target (the same schedule as fit_draft)."""
+def train_target(
+    model: PreTrainedModel,
+    batches: Sequence[TokenBatch],
+    settings: FitConfig,
+    on_step: Callable[[int], None] | None = None,
+) -> list[float]:
+    """Next-token cross-entropy training of the target (the same schedule as fit_draft);
+    `on_step(done)` follows each step."""
     torch.manual_seed(settings.seed)
     order_rng = random.Random(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, betas=(0.9, 0.95), weight_decay=0.01)
@@ -298,6 +306,8 @@ def train_target(model: PreTrainedModel, batches: Sequence[TokenBatch], settings
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(step + 1)
         if (step + 1) % settings.log_every == 0:
             log.info("target step %d/%d loss %.4f", step + 1, settings.steps, sum(losses[-50:]) / len(losses[-50:]))
     model.eval()
@@ -380,7 +390,11 @@ def load_reference_corpus(spec: ReferenceSpec) -> ReferenceCorpus:
 
 
 def pretrain_target(
-    spec: ReferenceSpec, corpus: ReferenceCorpus, tokenizer: PreTrainedTokenizerFast, seed: int
+    spec: ReferenceSpec,
+    corpus: ReferenceCorpus,
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int,
+    on_step: Callable[[int], None] | None = None,
 ) -> PreTrainedModel:
     """The target LM trained on every language's training documents."""
     documents = [d for lang in corpus.languages for d in corpus.train[lang]]
@@ -394,7 +408,7 @@ def pretrain_target(
     settings = FitConfig(
         steps=spec.target_steps, learning_rate=spec.target_learning_rate, warmup_steps=20, seed=seed, log_every=100
     )
-    train_target(model, batches, settings)
+    train_target(model, batches, settings, on_step)
     return model
 
 
@@ -422,7 +436,13 @@ def self_answers(
     ]
 
 
-def chat_tune_target(model: PreTrainedModel, answers: Sequence[Answer], spec: ReferenceSpec, seed: int) -> None:
+def chat_tune_target(
+    model: PreTrainedModel,
+    answers: Sequence[Answer],
+    spec: ReferenceSpec,
+    seed: int,
+    on_step: Callable[[int], None] | None = None,
+) -> None:
     """Trains the target on its own answers (all languages). Chat-tuned production models answer
     with low entropy, which is what makes drafting pay; a small CPU-trained LM is far flatter (its
     top token along its own greedy output has probability ~0.2), so no draft could match its near
@@ -442,30 +462,68 @@ def chat_tune_target(model: PreTrainedModel, answers: Sequence[Answer], spec: Re
         seed=seed,
         log_every=100,
     )
-    train_target(model, batches, settings)
+    train_target(model, batches, settings, on_step)
+
+
+class BuildSteps:
+    """The build's optimizer steps, summed over its training stages, reported as one piece of work
+    (the stages between them, answering and scoring, take time but no steps)."""
+
+    def __init__(self, progress: Progress, spec: ReferenceSpec) -> None:
+        self.progress = progress
+        self.total = spec.target_steps + spec.chat_tuning_steps + len(DRAFT_KINDS) * spec.draft_steps
+        self.before = 0
+        self.stage_steps = 0
+        self.note = ""
+
+    def stage(self, note: str, steps: int = 0) -> None:
+        """The next stage, of `steps` optimizer steps."""
+        self.before += self.stage_steps
+        self.stage_steps, self.note = steps, note
+        self.progress.advance(self.before, note)
+
+    def step(self, done: int, *_: object) -> None:
+        """`done` steps of the current stage are complete (fits train_target's and fit_draft's on_step)."""
+        self.progress.advance(self.before + done, self.note)
 
 
 def build_reference(
-    size: ReferenceSizeName | str, out_dir: str | Path, seed: int = 0, spec: ReferenceSpec | None = None
+    size: ReferenceSizeName | str,
+    out_dir: str | Path,
+    seed: int = 0,
+    spec: ReferenceSpec | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> ReferenceReport:
     """Builds the reference target and drafts into out_dir; see the module docstring. `spec`
-    replaces the named size's settings (for experiments)."""
+    replaces the named size's settings (for experiments); `progress` hears of every training step."""
     if spec is None:
         if size not in REFERENCE_SPECS:
             raise ValueError(f"unknown reference size {size!r}; choose from {sorted(REFERENCE_SPECS)}")
         spec = REFERENCE_SPECS[size]
-    out = Path(out_dir)
+    steps = BuildSteps(progress, spec)
+    progress.start("build-reference", steps.total)
+    try:
+        return _build(str(size), Path(out_dir), seed, spec, steps)
+    finally:
+        progress.finish()
+
+
+def _build(size: str, out: Path, seed: int, spec: ReferenceSpec, steps: BuildSteps) -> ReferenceReport:
     started = time.perf_counter()
     torch.manual_seed(seed)
+    steps.stage("corpus and tokenizer")
     corpus = load_reference_corpus(spec)
     tokenizer = train_tokenizer(
         [render_plain(d) for lang in corpus.languages for d in corpus.train[lang]], spec.vocab_size
     )
     target_started = time.perf_counter()
-    model = pretrain_target(spec, corpus, tokenizer, seed)
+    steps.stage("target", spec.target_steps)
+    model = pretrain_target(spec, corpus, tokenizer, seed, steps.step)
     pretrained_losses = _heldout_losses(TargetModel(model, tokenizer), corpus, spec)
+    steps.stage("answering prompts")
     answers = self_answers(model, tokenizer, corpus, spec, seed)
-    chat_tune_target(model, answers, spec, seed)
+    steps.stage("chat tuning", spec.chat_tuning_steps)
+    chat_tune_target(model, answers, spec, seed, steps.step)
     target = TargetModel(model, tokenizer)
     target_seconds = time.perf_counter() - target_started
     losses = _heldout_losses(target, corpus, spec)
@@ -479,9 +537,10 @@ def build_reference(
         sequence_length=spec.sequence_length,
         batch_size=spec.draft_batch_size,
     )
+    steps.stage("evaluation prompts")
     samples = {lang: evaluation_samples(target, corpus.heldout[lang], spec) for lang in corpus.languages}
     report = ReferenceReport(
-        size=str(size),
+        size=size,
         seed=seed,
         out_dir=str(out),
         seconds=0.0,
@@ -492,11 +551,12 @@ def build_reference(
         window=spec.window,
     )
     for kind in DRAFT_KINDS:
+        steps.stage(f"draft {kind}", spec.draft_steps)
         draft = create_draft(kind, target, **_draft_overrides(kind, spec))
         settings = FitConfig(
             steps=spec.draft_steps, learning_rate=spec.draft_learning_rate, warmup_steps=10, seed=seed, log_every=100
         )
-        result = fit_draft(target, draft, draft_batches, settings)
+        result = fit_draft(target, draft, draft_batches, settings, on_step=steps.step)
         report.draft_train_seconds[kind] = result.seconds
         save_draft(
             draft,
@@ -505,10 +565,11 @@ def build_reference(
                 **result.metadata(),
                 "languages": list(DRAFT_LANGUAGES),
                 "data": "the target's greedy answers to English and code training prompts",
-                "reference_size": str(size),
+                "reference_size": size,
                 "objective": kind_objective(kind),
             },
         )
+        steps.stage(f"scoring {kind}")
         report.drafts[kind] = {
             lang: score_language(target, draft, samples[lang], spec.window) for lang in corpus.languages
         }

@@ -5,15 +5,18 @@ by its name or inode, so `app.log` renamed to `app.log.1` and later compressed t
 `app.log.1.gz` is one file read once: its cursor (byte offset in the uncompressed stream)
 moves with it. Cursors commit in the same transaction as the samples read up to them.
 A line longer than `intake.max_record_bytes` is never held whole: its first bytes go to
-quarantine and the rest is skipped.
+quarantine and the rest is skipped. `import_logs` (a one-shot `specwatch ingest`) reports the bytes
+read, of the files' sizes on disk, to a `decoder.progress.Progress`.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +24,9 @@ from typing import BinaryIO, cast
 
 from sqlalchemy import Engine
 
+from decoder.progress import NO_PROGRESS, Progress
 from monitor.base.config import Config, FollowConfig
 from monitor.intake.pipeline import CursorAdvance, IngestReport, IntakePipeline, RawRecord, cursor_offsets
-from monitor.intake.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ SKIP_CHUNK_BYTES = 1024 * 1024
 class Batch:
     records: list[RawRecord]
     cursor: CursorAdvance
+    disk_offset: int
+    """Bytes of the file on disk read up to the batch's end (compressed bytes for a .gz file)."""
 
 
 def is_compressed(path: Path) -> bool:
@@ -45,6 +50,13 @@ def open_log(path: Path) -> BinaryIO:
     if is_compressed(path):
         return cast(BinaryIO, gzip.GzipFile(path, "rb"))
     return path.open("rb")
+
+
+def disk_offset(handle: BinaryIO) -> int:
+    """How far into the file on disk a handle from `open_log` has read."""
+    if isinstance(handle, gzip.GzipFile):
+        return int(handle.fileobj.tell()) if handle.fileobj is not None else 0
+    return handle.tell()
 
 
 def fingerprint_of(path: Path) -> str | None:
@@ -117,10 +129,10 @@ def read_batches(
                 records.append(RawRecord(position=f"line {line} (byte {offset})", data=data.rstrip(b"\r\n")))
             offset += length
             if len(records) >= batch_lines:
-                yield Batch(records, CursorAdvance(fingerprint, str(path), offset, line))
+                yield Batch(records, CursorAdvance(fingerprint, str(path), offset, line), disk_offset(handle))
                 records, committed = [], offset
         if offset > committed:
-            yield Batch(records, CursorAdvance(fingerprint, str(path), offset, line))
+            yield Batch(records, CursorAdvance(fingerprint, str(path), offset, line), disk_offset(handle))
 
 
 class FileFollower:
@@ -131,7 +143,7 @@ class FileFollower:
         pipeline: IntakePipeline,
         engine: Engine,
         config: FollowConfig,
-        on_batch: Callable[[Path, IngestReport], None] | None = None,
+        on_batch: Callable[[Path, IngestReport, int], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.engine = engine
@@ -162,7 +174,7 @@ class FileFollower:
                 report.add(batch_report)
                 offset = batch.cursor.offset
                 if self.on_batch:
-                    self.on_batch(path, batch_report)
+                    self.on_batch(path, batch_report, batch.disk_offset)
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             log.warning("stopped reading %s at byte %d: %s", path, offset, exc)
         return report
@@ -184,18 +196,25 @@ def _size(path: Path) -> int:
         return 0
 
 
-def import_logs(config: Config, engine: Engine, paths: list[Path]) -> IngestReport:
-    """Read files and directories once to their end (a last line without newline counts), with a
-    progress display on stderr."""
-    progress = Progress()
+def import_logs(config: Config, engine: Engine, paths: list[Path], progress: Progress = NO_PROGRESS) -> IngestReport:
+    """Read files and directories once to their end (a last line without newline counts);
+    `progress` hears of the bytes read of all the files' sizes on disk."""
+    files = discover([path.resolve() for path in paths], config.intake.follow.glob)
+    sizes = [_size(path) for path in files]
+    before = dict(zip(files, itertools.accumulate(sizes, initial=0), strict=False))  # bytes of the files ahead
     total = IngestReport()
+    started = time.monotonic()
 
-    def show(path: Path, report: IngestReport) -> None:
+    def show(path: Path, report: IngestReport, read_to: int) -> None:
         total.add(report)
-        rate = total.records / max(progress.elapsed, 1e-9)
-        progress.update(f"{path.name}: {total.describe()} ({rate:,.0f} records/s)")
+        progress.advance(before.get(path, 0) + read_to, f"{path.name}: {total.records} records")
 
     follower = FileFollower(IntakePipeline(config, engine), engine, config.intake.follow, on_batch=show)
-    follower.poll_once([path.resolve() for path in paths], final=True)
-    progress.finish(f"ingested {total.describe()} in {progress.elapsed:.1f}s")
+    progress.start("ingest", sum(sizes), unit="B")
+    try:
+        follower.poll_once(files, final=True)
+        progress.advance(sum(sizes), f"{total.records} records")
+    finally:
+        progress.finish()
+    log.info("ingested %s in %.1fs", total.describe(), time.monotonic() - started)
     return total

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from monitor.base.config import (
 from monitor.base.db import HeadEvent, OutboxMessage
 from monitor.evaluation.evaluate import evaluate
 from monitor.replay.replayer import Replayer, Versions
+from monitor.service.cli import main
 from monitor.service.gate_notice import gate_decision_notifier
 from retrain.gate_decision import GateDecision
 from retrain.jobs import get_job
@@ -157,7 +159,13 @@ def retrain_process(path: Path, *args: str) -> subprocess.Popen[str]:
 
 @pytest.mark.slow
 def test_sigkill_during_training_keeps_the_live_head_and_the_next_run_resumes(
-    tmp_path: Path, config: Config, engine: Engine, database_url: str, reference_models: Path, target: TargetModel
+    tmp_path: Path,
+    config: Config,
+    engine: Engine,
+    database_url: str,
+    reference_models: Path,
+    target: TargetModel,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     one_backend(engine, "postgresql")
     config = retrain_config(config, reference_models, steps=120, checkpoint_every=10)
@@ -175,6 +183,9 @@ def test_sigkill_during_training_keeps_the_live_head_and_the_next_run_resumes(
         assert process.poll() is None, process.communicate()
         time.sleep(0.2)
     assert job is not None and job.progress.get("step", 0) >= 15, "training did not get going"
+    assert main(["retrain", "status", "--config", str(path)]) == 0
+    status = capsys.readouterr().out
+    assert re.search(r"job +1 running .* train step \d+/120, ETA \d\d:\d\d, loss [\d.]+, heartbeat", status), status
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert HeadRegistry(config.heads_dir).live_version() == seed_version, "the live head is untouched"
@@ -184,6 +195,7 @@ def test_sigkill_during_training_keeps_the_live_head_and_the_next_run_resumes(
     resumed = retrain_process(path)
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
+    assert re.search(r"retrain job 1: 120/120 steps \(100%\) in \d\d:\d\d", err), "stderr is no terminal: log lines"
     outcome = json.loads(out[out.index("{") :])
     assert outcome["job_id"] == 1 and outcome["state"] in ("succeeded", "refused")
     final = get_job(engine, 1)

@@ -1,10 +1,13 @@
 """Training a candidate head on a corpus built by the real intake: the loss falls, a live head
-warm-starts it, and a killed run resumes from its checkpoint to the uninterrupted weights."""
+warm-starts it, and a killed run resumes from its checkpoint to the uninterrupted weights; a job's
+training progress reaches its row and the command's display."""
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,7 +30,10 @@ from monitor.base.config import (
 from monitor.base.db import create_db_engine, upgrade
 from monitor.intake.pipeline import IntakePipeline, RawRecord
 from monitor.service.demo_traffic import traffic
+from monitor.service.progress import ProgressDisplay
 from retrain.corpus import Corpus, build_corpus
+from retrain.jobs import create_job, get_job
+from retrain.pipeline import TrainingProgress
 from retrain.trainer import (
     CHECKPOINT_FILE,
     TrainingError,
@@ -146,6 +152,48 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_weights(
     assert resumed.fit.losses == full.fit.losses
     expected = full.draft.state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in resumed.draft.state_dict().items())
+
+
+def killed_after(step: int, progress: Callable[[int, int, float], None]) -> Callable[[int, int, float], None]:
+    def report(done: int, total: int, loss: float) -> None:
+        progress(done, total, loss)
+        if done == step:
+            raise Killed
+
+    return report
+
+
+def test_a_jobs_training_progress_reaches_its_row_and_the_display_resumed_too(
+    target: TargetModel, corpus: Corpus, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'jobs.db'}")
+    upgrade(engine)
+    job = create_job(engine, trigger="manual", reason="test", kind="medusa", work_root=tmp_path)
+    settings = SETTINGS.model_copy(update={"steps": 8, "checkpoint_every": 3})
+    options = {"kind": "medusa", "warm_start": None, "settings": settings, "overrides": SMALL["medusa"]}
+    display = ProgressDisplay(io.StringIO(), every_s=0)
+    with caplog.at_level(logging.INFO, logger="monitor.service.progress"):
+        with pytest.raises(Killed):
+            first = killed_after(5, TrainingProgress(engine, job.id, display))
+            train_head(target, corpus, work_dir=job.work_dir, progress=first, **options)  # type: ignore[arg-type]
+        display.finish()
+        stored = get_job(engine, job.id).progress  # type: ignore[union-attr]
+        assert (stored["stage"], stored["first_step"], stored["steps"]) == ("train", 1, 8) and stored["step"] <= 5
+        resumed = TrainingProgress(engine, job.id, display)
+        train_head(target, corpus, work_dir=job.work_dir, progress=resumed, **options)  # type: ignore[arg-type]
+        display.finish()
+    stored = get_job(engine, job.id).progress  # type: ignore[union-attr]
+    assert (stored["step"], stored["steps"], stored["first_step"]) == (8, 8, 4), "resumed after checkpoint 3"
+    assert datetime.fromisoformat(stored["train_started_at"]) <= datetime.fromisoformat(stored["updated_at"])
+    lines = [record.getMessage() for record in caplog.records if record.name == "monitor.service.progress"]
+    prefix = f"retrain job {job.id}: "
+    assert lines[0].startswith(f"{prefix}1/8 steps (12%), 00:00 elapsed, ETA ? [loss ")  # no rate before a step
+    assert all(re.search(r"ETA \d\d:\d\d \[loss \d", line) for line in lines[1:5]), lines
+    assert re.fullmatch(rf"{prefix}5/8 steps \(62%\) stopped after \d\d:\d\d", lines[5]), lines
+    assert lines[6].startswith(f"{prefix}4/8 steps (50%), 00:00 elapsed, ETA ? [loss ")
+    assert all(re.search(r"ETA \d\d:\d\d \[loss \d", line) for line in lines[7:10]), lines
+    assert re.fullmatch(rf"{prefix}8/8 steps \(100%\) in \d\d:\d\d", lines[-1]), lines
+    engine.dispose()
 
 
 def test_a_checkpoint_of_other_settings_is_ignored_and_replaced(

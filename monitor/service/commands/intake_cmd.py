@@ -20,10 +20,13 @@ from monitor.intake.http import ExposedWithoutToken, IntakeHTTPServer
 from monitor.intake.pipeline import IntakePipeline, IntakeRefused
 from monitor.intake.retention import purge_expired
 from monitor.service.commands.common import CommandError, add_config_argument, load_config, open_database, print_json
+from monitor.service.progress import ProgressDisplay
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    ingest = subparsers.add_parser("ingest", help="import JSONL traffic logs once (files, directories, .gz)")
+    ingest = subparsers.add_parser(
+        "ingest", help="import JSONL traffic logs once (files, directories, .gz), with a progress bar on a terminal"
+    )
     add_config_argument(ingest)
     ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="log file or directory")
     ingest.add_argument("--format", choices=["auto", "specwatch", "openai"], help="record format (default: config)")
@@ -65,7 +68,8 @@ def ingest_command(args: argparse.Namespace) -> int:
     config = with_format(load_config(args), args.format)
     engine = open_database(config)
     try:
-        total = import_logs(config, engine, args.paths)
+        with ProgressDisplay() as progress:
+            total = import_logs(config, engine, args.paths, progress)
     except IntakeRefused as refused:  # the database refuses even the quarantine: a retry cannot help
         raise CommandError(f"{refused}; nothing more was read") from None
     finally:

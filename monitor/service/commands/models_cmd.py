@@ -2,6 +2,8 @@
 
 specwatch models build-reference --size demo            # into <data_dir>/models/reference-demo
 specwatch models build-reference --size tiny --out /tmp/ref --seed 1
+
+On a terminal a bar shows the training steps of all stages with an ETA; otherwise a log line every 10 s.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from monitor.service.commands.common import add_config_argument, load_config
+from monitor.service.progress import ProgressDisplay
 
 SIZES = ("tiny", "demo")
 
@@ -36,7 +39,8 @@ def build_reference_command(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         out = load_config(args).storage.data_dir / "models" / f"reference-{args.size}"
-    report = build_reference(args.size, out, seed=args.seed)
+    with ProgressDisplay() as progress:
+        report = build_reference(args.size, out, seed=args.seed, progress=progress)
     for line in report.summary_lines():
         print(line)
     return 0

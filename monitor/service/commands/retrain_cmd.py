@@ -1,14 +1,24 @@
 """`specwatch retrain [--now] [--kind K] [--detach]`, `retrain status`, `heads list|import|export`,
-`rollback [VERSION]`: retraining and the head registry by hand."""
+`rollback [VERSION]`: retraining and the head registry by hand.
+
+A retrain in the foreground and `heads export` show their progress (monitor.service.progress): a bar with
+ETA on a terminal, else a log line every 10 s (so the daemon's retrain process logs its steps too).
+`retrain status` states a training job's step, steps and ETA from its row.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.service.commands.common import CommandError, add_config_argument, load_config, open_database, print_json
+from monitor.service.progress import ProgressDisplay, eta_seconds, format_duration
+
+if TYPE_CHECKING:
+    from retrain.jobs import JobView
 
 
 def draft_kind_argument(kind: str) -> str:
@@ -126,7 +136,10 @@ def launch(args: argparse.Namespace, config: Any, engine: Any, job: Any) -> int:
         print_json(result) if args.json else print(f"retrain job {job.id} started (pid {process.pid}): {result['log']}")
         return 0
     try:
-        outcome = execute_job(config, engine, job, announce=gate_decision_notifier(config, engine))
+        with ProgressDisplay() as progress:
+            outcome = execute_job(
+                config, engine, job, announce=gate_decision_notifier(config, engine), progress=progress
+            )
     except LockBusy as busy:
         raise CommandError(str(busy)) from None
     finally:
@@ -161,17 +174,20 @@ def status_command(args: argparse.Namespace) -> int:
     mark_dead_jobs(engine, config.retrain.stale_after_s)
     jobs = recent_jobs(engine, args.limit)
     engine.dispose()
+    now = utcnow()
     if args.json:
-        print_json([job.to_dict() for job in jobs])
+        print_json([{**job.to_dict(), "eta_s": training_eta(job, now)} for job in jobs])
         return 0
     if not jobs:
         print("no retrain jobs yet")
-    now = utcnow()
     for job in jobs:
         progress = job.progress
         stage = progress.get("stage", "-")
         if stage == "train" and progress.get("steps"):
-            stage = f"train {progress.get('step', 0)}/{progress['steps']} loss {progress.get('loss', '-')}"
+            stage = f"train step {progress.get('step', 0)}/{progress['steps']}"
+            if job.state == "running":
+                stage += f", ETA {format_duration(training_eta(job, now))}"
+            stage += f", loss {progress.get('loss', '-')}"
         beat = ""
         if job.state == "running" and job.heartbeat_at is not None:
             beat = f", heartbeat {(now - job.heartbeat_at).total_seconds():.0f}s ago"
@@ -179,6 +195,23 @@ def status_command(args: argparse.Namespace) -> int:
         detail = job.error or job.reason  # the stored decision has no summary line (GateDecision.summary())
         print(f"          {str(detail)[:160]}")
     return 0
+
+
+def training_eta(job: JobView, now: datetime) -> float | None:
+    """Seconds of training left for a running job in its train stage, from its
+    stored progress: the rate from the first step this attempt reported to its last report, less the time
+    since that report; None otherwise, or when the row cannot tell."""
+    progress = job.progress
+    if job.state != "running" or progress.get("stage") != "train":
+        return None
+    try:
+        started = datetime.fromisoformat(progress["train_started_at"])
+        updated = datetime.fromisoformat(progress["updated_at"])
+        step, steps, first = int(progress["step"]), int(progress["steps"]), int(progress["first_step"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    left = eta_seconds(step, steps, (updated - started).total_seconds(), first)
+    return None if left is None else max(0.0, left - (now - updated).total_seconds())
 
 
 def watch_command(args: argparse.Namespace) -> int:
@@ -270,9 +303,10 @@ def heads_export_command(args: argparse.Namespace) -> int:
             raise CommandError("no live head and no version given (or models.target unset)")
         target_dir, device = config.models.target, config.models.device
         head_format = serving_format(DeployConfig(format=check_head_format(args.head_format)), heads, head.version)
-        exported = export_head(
-            heads, head.version, head_format, args.out, lambda: load_target(target_dir, device=device)
-        )
+        with ProgressDisplay() as progress:
+            exported = export_head(
+                heads, head.version, head_format, args.out, lambda: load_target(target_dir, device=device), progress
+            )
     except (DecoderError, RegistryError, ValueError, OSError) as error:
         raise CommandError(str(error)) from None
     loadable = dict(exported.engine_loadable)

@@ -103,7 +103,7 @@ class Intake:
         if self.follower is not None:
             self.daemon.jobs.run_job("intake-follow", self.follower.poll)
 
-    def count(self, path: Path, report: IngestReport) -> None:
+    def count(self, path: Path, report: IngestReport, _read_to: int) -> None:
         self.daemon.health.job_progressed("intake-follow")
         self.daemon.meters.record_intake(f"file:{path}", report)
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from monitor.base.db import HeadEvent
+from monitor.base.db import HeadEvent, utcnow
 from monitor.service.cli import main
+from retrain.jobs import create_job, finish, set_progress, update_job
 from retrain.registry import HeadRegistry
 from tests.retrain.stored_decision import STORED_BEFORE_TYPING
 
@@ -92,3 +96,49 @@ def test_heads_import_and_export(
     code, _, err = run(capsys, "heads", "import", str(tmp_path / "empty"), "--config", str(config_path))
     assert code == 2 and "config.json" in err
     assert [head.version for head in registry.list()] == [imported["version"]]  # nothing registered
+
+
+def test_retrain_status_states_step_steps_and_eta_of_a_training_job(
+    config_path: Path, tmp_path: Path, engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = create_job(engine, trigger="manual", reason="by hand", kind="eagle", work_root=tmp_path / "retrain")
+    now = utcnow()
+    update_job(engine, job.id, state="running", started_at=now - timedelta(seconds=60), heartbeat_at=now)
+    started, reported = now - timedelta(seconds=44.1), now - timedelta(seconds=4.1)
+    set_progress(
+        engine,
+        job.id,
+        stage="train",
+        step=30,
+        steps=120,
+        loss=1.25,
+        first_step=10,
+        train_started_at=started.isoformat(),
+        updated_at=reported.isoformat(),
+    )
+    # 20 steps in the 40 s between the first report and the last: 90 left take 180 s from the last, 4.1 s ago
+    code, out, _ = run(capsys, "retrain", "status", "--config", str(config_path))
+    shown = re.search(r"train step 30/120, ETA (\d\d):(\d\d), loss 1\.25, heartbeat \d+s ago", out)
+    assert code == 0 and shown, out
+    assert 170 <= int(shown[1]) * 60 + int(shown[2]) <= 175.9
+    code, out, _ = run(capsys, "retrain", "status", "--json", "--config", str(config_path))
+    [item] = json.loads(out)
+    assert 170 <= item["eta_s"] <= 175.9 and item["progress"]["step"] == 30
+
+    finish(engine, job.id, "failed", error="stopped by hand")
+    code, out, _ = run(capsys, "retrain", "status", "--config", str(config_path))
+    assert code == 0 and "train step 30/120, loss 1.25" in out and "ETA" not in out
+    assert json.loads(run(capsys, "retrain", "status", "--json", "--config", str(config_path))[1])[0]["eta_s"] is None
+
+
+def test_heads_export_reports_its_progress_off_a_terminal(
+    config_path: Path, tmp_path: Path, reference_models: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = HeadRegistry(tmp_path / "data" / "heads")
+    seed = registry.ensure_seed(reference_models / "drafts" / "eagle3")
+    out = tmp_path / "speculators"
+    with caplog.at_level(logging.INFO, logger="monitor.service.progress"):
+        code = main(["heads", "export", "--format", "speculators", "--out", str(out), "--config", str(config_path)])
+    assert code == 0 and (out / "config.json").is_file()
+    lines = [record.getMessage() for record in caplog.records if record.name == "monitor.service.progress"]
+    assert re.fullmatch(rf"export {seed.version} as speculators: 3/3 steps \(100%\) in \d\d:\d\d", lines[-1]), lines
