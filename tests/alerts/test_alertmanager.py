@@ -67,11 +67,12 @@ class AlertmanagerProcess:
         self.basic_auth = basic_auth
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
-        receiver = {"name": "sink"}
+        receiver: dict[str, Any] = {"name": "sink"}
         if webhook_url:
-            receiver["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]  # type: ignore[assignment]
+            receiver["webhook_configs"] = [{"url": webhook_url, "send_resolved": True}]
         route = {"receiver": "sink", "group_by": ["..."], "group_wait": "0s", "group_interval": "1s"}
-        (directory / "alertmanager.yml").write_text(json.dumps({"route": route, "receivers": [receiver]}))
+        config = {"route": route, "receivers": [receiver]}  # JSON is YAML
+        (directory / "alertmanager.yml").write_text(json.dumps(config))
         (directory / "web.yml").write_text(json.dumps({"basic_auth_users": {USER: PASSWORD_BCRYPT}}))
 
     @property
