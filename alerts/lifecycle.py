@@ -105,6 +105,7 @@ def _annotations(finding: FindingLike, rule: AlertRule, config: AlertsConfig) ->
     return {
         "summary": finding.summary,
         "description": rule.description,
+        "detector": finding.detector,
         "evidence": dict(finding.evidence),
         "window": finding.window,
         "windows": [finding.window],

@@ -1,4 +1,5 @@
-"""Notifiers: deliver a Notification to the console, Slack (bot token or incoming webhook) or a JSON webhook.
+"""Notifiers: deliver a Notification to the console, Slack (bot token or incoming webhook), a JSON webhook
+or Alertmanager.
 
 Every failure comes out as DeliveryError; the outbox retries with backoff, so the clients here make
 one attempt each (slack-sdk's own retry handlers are off). Secrets (bot tokens, webhook URLs, which
@@ -12,6 +13,7 @@ embed a token) never appear in messages or logs: a webhook is named "webhook <re
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -19,7 +21,7 @@ import re
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from slack_sdk import WebClient
@@ -28,8 +30,9 @@ from slack_sdk.web import SlackResponse
 from slack_sdk.webhook import WebhookClient
 
 from alerts import render
+from alerts.alertmanager import postable_alerts
 from alerts.model import RESOLVED, DeliveryError, Notification, Notifier, Receipt
-from monitor.base.config import ReceiverConfig, Secret, SecretSource, SecretUnavailable
+from monitor.base.config import ReceiverConfig, Secret, SecretSource, SecretUnavailable, window_length
 
 log = logging.getLogger(__name__)
 console_log = logging.getLogger("alerts.console")
@@ -247,12 +250,104 @@ class WebhookNotifier(_Webhook):
         }
 
 
+class AlertmanagerNotifier:
+    """Alertmanager's `POST /api/v2/alerts` (alerts.alertmanager shapes the body): every notification is a
+    post of its alerts, firing ones with endsAt `lease` from now, resolved ones with endsAt their
+    resolution time. Alertmanager merges posts of the same labels, so posting again is harmless: after an
+    interrupted attempt the notification is simply posted again."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        url: str,
+        lease: timedelta,
+        authorization: Secret | None = None,
+        static_labels: Mapping[str, str] | None = None,
+        generator_url: str = "",
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.name = name
+        self.lease = lease
+        self._endpoint = url.rstrip("/") + "/api/v2/alerts"
+        self._authorization = authorization
+        self._static_labels = dict(static_labels or {})
+        self._generator_url = generator_url
+        self._timeout_s = timeout_s
+        self._target = f"alertmanager {name}"
+
+    def send(self, notification: Notification, parent: Receipt | None) -> Receipt:
+        alerts = postable_alerts(
+            notification.alerts,
+            datetime.now(UTC),  # Alertmanager judges endsAt by its own clock, not the outbox's
+            lease=self.lease,
+            static_labels=self._static_labels,
+            fallback_url=self._generator_url,
+        )
+        if not alerts:
+            return Receipt(detail={"alerts": 0})
+        body = json.dumps(alerts).encode("utf-8")
+        request = urllib.request.Request(self._endpoint, data=body, method="POST", headers=self._headers())
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+                response.read()
+                return Receipt(detail={"status": response.status, "alerts": len(alerts)})
+        except urllib.error.HTTPError as exc:
+            with exc:
+                reason = _alertmanager_reason(exc) if exc.code == 400 else ""
+                raise http_status_error(exc.code, exc.headers, self._target, reason) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise network_error(exc, self._target) from None
+
+    def find_delivered(self, notification: Notification, parent: Receipt | None, since: datetime) -> Receipt | None:
+        return None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": "specwatch"}
+        if self._authorization is not None:
+            headers["Authorization"] = self._authorization.reveal()
+        return headers
+
+
+def _alertmanager_reason(error: urllib.error.HTTPError) -> str:
+    """Why Alertmanager refused a post ("invalid label set: ..."): its 400 body is a JSON string."""
+    text = error.read(1000).decode("utf-8", errors="replace")
+    try:
+        decoded: Any = json.loads(text)
+    except ValueError:
+        decoded = text
+    if isinstance(decoded, dict):
+        decoded = decoded.get("message", "")
+    return render.truncate(" ".join(str(decoded).split()), 200)
+
+
+def alertmanager_authorization(name: str, receiver: ReceiverConfig) -> Secret | None:
+    """The Authorization header's value: a bearer token, basic auth, or None when neither is configured."""
+    if receiver.bearer_token.configured:
+        return Secret("Bearer " + _read_secret(name, "bearer_token", receiver.bearer_token).reveal())
+    if receiver.basic_auth_user:
+        password = _read_secret(name, "basic_auth_password", receiver.basic_auth_password).reveal()
+        pair = f"{receiver.basic_auth_user}:{password}".encode()
+        return Secret("Basic " + base64.b64encode(pair).decode("ascii"))
+    return None
+
+
 def build_notifier(name: str, receiver: ReceiverConfig) -> Notifier:
     """The notifier for receiver `name`. Raises ValueError (naming the receiver and where the secret
     should come from, never its value) when a configured secret is missing. A slack receiver with both
     bot_token and url uses the bot token (threads and edits need it)."""
     if receiver.type == "console":
         return ConsoleNotifier(name)
+    if receiver.type == "alertmanager":
+        return AlertmanagerNotifier(
+            name,
+            url=receiver.alertmanager_url,
+            lease=window_length(receiver.lease),
+            authorization=alertmanager_authorization(name, receiver),
+            static_labels=receiver.static_labels,
+            generator_url=receiver.generator_url,
+            timeout_s=receiver.timeout_s,
+        )
     if receiver.type == "slack" and receiver.bot_token.configured:
         token = _read_secret(name, "bot_token", receiver.bot_token)
         return SlackNotifier(

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from alerts.alertmanager import queue_resends
 from alerts.lease import LEASE_TTL, ReceiverLease
 from alerts.model import Alert, DeliveryError, Notification, Notifier, Receipt
 from alerts.notifiers import build_notifier
@@ -229,7 +230,9 @@ def notifiers_for(config: AlertsConfig) -> dict[str, Notifier]:
 
 
 def dispatch(config: AlertsConfig, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> DeliveryReport:
-    """Sends the outbox through the configured receivers."""
+    """Queues the Alertmanager resends that are due (alerts.alertmanager), then sends the outbox through
+    the configured receivers."""
+    queue_resends(config, engine, clock())
     return deliver_pending(
         engine, notifiers_for(config), max_backoff=timedelta(seconds=config.max_backoff_s), clock=clock
     )

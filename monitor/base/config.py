@@ -564,14 +564,45 @@ def default_inhibit_rules() -> list[InhibitRule]:
     ]
 
 
+LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # Prometheus and Alertmanager label names
+
+
 class ReceiverConfig(Section):
-    type: Literal["console", "slack", "webhook"] = Field(description="console (log), slack, or a JSON webhook")
+    type: Literal["console", "slack", "webhook", "alertmanager"] = Field(
+        description="console (log), slack, a JSON webhook, or alertmanager (its POST /api/v2/alerts)"
+    )
     channel: str = Field(default="", description="slack with bot_token: channel name or id, e.g. #inference-oncall")
     bot_token: SecretSource = Field(default_factory=SecretSource, description="slack: xoxb- bot token, env or file")
     url: SecretSource = Field(
         default_factory=SecretSource, description="slack incoming-webhook URL, or the JSON webhook's URL; env or file"
     )
     slack_api_url: str = Field(default="https://slack.com/api/", description="Slack Web API base URL")
+    alertmanager_url: str = Field(
+        default="", description="alertmanager: its base URL, e.g. http://127.0.0.1:9093 (alerts go to /api/v2/alerts)"
+    )
+    basic_auth_user: str = Field(
+        default="", description="alertmanager: HTTP basic-auth user (with basic_auth_password)"
+    )
+    basic_auth_password: SecretSource = Field(
+        default_factory=SecretSource, description="alertmanager: HTTP basic-auth password, env or file"
+    )
+    bearer_token: SecretSource = Field(
+        default_factory=SecretSource, description="alertmanager: bearer token (instead of basic auth), env or file"
+    )
+    resend_interval: DurationName = Field(
+        default="1m", description="alertmanager: firing alerts are posted again this often while they fire"
+    )
+    lease: DurationName = Field(
+        default="4m",
+        description="alertmanager: each post sets a firing alert's endsAt this far ahead; Alertmanager resolves it "
+        "by itself when no post renews it in time (at least 2 x resend_interval)",
+    )
+    generator_url: str = Field(
+        default="", description="alertmanager: generatorURL when alerts.report_url is not set (empty: none)"
+    )
+    static_labels: dict[str, str] = Field(
+        default_factory=dict, description='alertmanager: labels added to every alert, e.g. { service = "specwatch" }'
+    )
     timeout_s: float = Field(default=10.0, gt=0, le=300, description="HTTP timeout per request")
 
     @model_validator(mode="after")
@@ -582,7 +613,26 @@ class ReceiverConfig(Section):
             raise ValueError("a slack receiver with bot_token needs channel")
         if self.type == "webhook" and not self.url.configured:
             raise ValueError("a webhook receiver needs url")
+        if self.type == "alertmanager":
+            self._check_alertmanager()
         return self
+
+    def _check_alertmanager(self) -> None:
+        if not self.alertmanager_url.lower().startswith(("http://", "https://")):
+            raise ValueError("an alertmanager receiver needs alertmanager_url, starting with http:// or https://")
+        if bool(self.basic_auth_user) != self.basic_auth_password.configured:
+            raise ValueError("basic auth needs both basic_auth_user and basic_auth_password")
+        if self.basic_auth_user and self.bearer_token.configured:
+            raise ValueError("give basic auth or bearer_token, not both")
+        if window_length(self.resend_interval) <= timedelta(0):
+            raise ValueError("resend_interval must be longer than 0s")
+        if window_length(self.lease) < 2 * window_length(self.resend_interval):
+            raise ValueError(f"lease {self.lease} must be at least 2 x resend_interval {self.resend_interval}")
+        if self.generator_url and not self.generator_url.lower().startswith(("http://", "https://")):
+            raise ValueError("generator_url must start with http:// or https://")
+        bad = sorted(name for name in self.static_labels if not LABEL_NAME.match(name))
+        if bad:
+            raise ValueError(f"static_labels: {', '.join(bad)} not a label name ([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def default_receivers() -> dict[str, ReceiverConfig]:
@@ -615,6 +665,20 @@ class AlertsConfig(Section):
         missing = sorted(named - set(self.receivers))
         if missing:
             raise ValueError(f"unknown receiver(s) {', '.join(missing)}; define them under [alerts.receivers.NAME]")
+        return self
+
+    @model_validator(mode="after")
+    def _leases_outlast_dispatch(self) -> AlertsConfig:
+        """Resends are queued by dispatch runs: the lease must cover a resend interval plus one dispatch tick."""
+        dispatch = timedelta(seconds=self.dispatch_interval_s)
+        for name, receiver in self.receivers.items():
+            if receiver.type != "alertmanager":
+                continue
+            if window_length(receiver.lease) <= window_length(receiver.resend_interval) + dispatch:
+                raise ValueError(
+                    f"receivers.{name}.lease {receiver.lease} must exceed resend_interval {receiver.resend_interval} "
+                    f"+ dispatch_interval_s {self.dispatch_interval_s:g}"
+                )
         return self
 
 

@@ -17,10 +17,11 @@ start; intake starts (the file follower as a job, the HTTP endpoint as `intake s
 
 Jobs: the quarterly retrain stays in retrain.schedule's SQLAlchemy job store; the interval jobs live in a
 memory store on the same scheduler (coalesce, one instance each): replay (drains what is pending and follows
-the live head after a deploy or rollback), evaluation + alert dispatch, alert dispatch, retrain check
-(resume an interrupted job, or start a recapture retrain), post-deploy watch, retention (hourly) and the
-file follower. A job that raises is logged and runs again at its next tick; while the database is
-unreachable the jobs back off together; a full disk pauses file intake with backoff.
+the live head after a deploy or rollback), evaluation + alert dispatch, alert dispatch (every
+`alerts.dispatch_interval_s`; it also queues the Alertmanager re-posts that are due), retrain check (resume an
+interrupted job, or start a recapture retrain), post-deploy watch, retention (hourly) and the file follower.
+A job that raises is logged and runs again at its next tick; while the database is unreachable the jobs back
+off together; a full disk pauses file intake with backoff.
 
 Watchdog: WATCHDOG=1 every WATCHDOG_USEC/2 while the scheduler runs and a replay round completed within
 `daemon.stall_after_s`. SIGTERM/SIGINT: STOPPING=1, intake stops, running jobs finish (the replay job
