@@ -4,12 +4,15 @@
     registry = CollectorRegistry()
     metrics = Metrics([prometheus_reader(registry)], service_name="specwatch")
     server = serve_prometheus("127.0.0.1", 9464, registry=registry)  # curl http://127.0.0.1:9464/metrics
-    metrics.observe_evaluation(evaluation)
+    metrics.observe_evaluation(evaluation, config.drift)
     server.stop(); metrics.shutdown()
 
 `Metrics` owns its MeterProvider (never the global one), so tests and several services in one
 process each get their own. The README's "Metrics" section lists every instrument; Prometheus
 renders a counter named `specwatch_samples_ingested` as `specwatch_samples_ingested_total`.
+monitor/dashboards/specwatch.json (a Grafana dashboard) and monitor/prometheus/specwatch.rules.yml (recording
+and alert rules) read these series; tests/monitor/service/test_prometheus_stack.py checks both on a real
+Prometheus.
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -32,12 +35,16 @@ from prometheus_client import CollectorRegistry, make_asgi_app
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from monitor.base.config import MetricsConfig
+from alerts.model import Alert
+from alerts.queries import alert_views
+from monitor.base.config import AlertRule, Config, DriftConfig, MetricsConfig
 from monitor.base.results import SCORED
 from monitor.base.serving import ThreadedServer
 from monitor.replay.replayer import ReplayReport, Versions
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from monitor.base.stats import SegmentStats
     from monitor.evaluation.evaluate import Evaluation
     from monitor.intake.engine_metrics import EngineTotals
@@ -50,8 +57,13 @@ ACCEPTED_LENGTH_BOUNDARIES = [float(length) for length in range(17)]  # tokens a
 OTLP_PACKAGE = "opentelemetry-exporter-otlp"
 
 Attributes = tuple[tuple[str, str], ...]
-SEGMENT_GAUGES = ("alpha", "tau", "low", "high", "draft_rate", "paired", "position")
+SEGMENT_GAUGES = ("alpha", "threshold", "tau", "low", "high", "draft_rate", "samples", "paired", "position")
 """the gauges per (segment, window, source) the latest evaluation sets"""
+CONDITIONS = {
+    "intake_paused": "1 while a full disk pauses intake (the IntakePaused alert), else 0",
+    "device_lost": "1 while the configured GPU is gone: replay runs on the CPU or is paused (ReplayDeviceLost), else 0",
+}
+"""what only the daemon knows, each a gauge named specwatch_<condition>, read at every collection"""
 
 
 class MetricsUnavailable(Exception):
@@ -167,17 +179,20 @@ def _attributes(**labels: str) -> Attributes:
     return tuple(sorted(labels.items()))
 
 
-def _segment_readings(stats: SegmentStats) -> Iterator[tuple[str, Attributes, float]]:
-    """(gauge, attributes, value) of one segment's statistics; a value that is not known is left out."""
+def _segment_readings(stats: SegmentStats, drift: DriftConfig) -> Iterator[tuple[str, Attributes, float]]:
+    """(gauge, attributes, value) of one segment's statistics; a value that is not known is left out. The
+    threshold that applies to the segment (drift.threshold_for) is set beside each alpha."""
     labels = {"segment": stats.segment, "window": stats.window, "source": stats.source, "group": stats.kind}
     key = _attributes(**labels)
     interval = stats.alpha_interval
     known = {
         "alpha": stats.alpha,
+        "threshold": drift.threshold_for(stats.segment)[0] if stats.alpha is not None else None,
         "tau": stats.tau,
         "low": interval.low if interval else None,
         "high": interval.high if interval else None,
         "draft_rate": stats.draft_acceptance_rate,
+        "samples": float(stats.samples),
         "paired": float(stats.paired),
     }
     for name, value in known.items():
@@ -199,8 +214,10 @@ class Metrics:
             readers.append(otlp_metric_reader(otlp_endpoint))
         self.provider = MeterProvider(metric_readers=readers, resource=Resource.create({SERVICE_NAME: service_name}))
         self._readings = {
-            name: _Readings() for name in (*SEGMENT_GAUGES, "live", "engine_rate", "engine_tau", "engine_alpha")
+            name: _Readings()
+            for name in (*SEGMENT_GAUGES, "live", "engine_rate", "engine_tau", "engine_alpha", "alerts_firing")
         }
+        self._conditions: Callable[[], Mapping[str, bool]] | None = None
         self._histogram_carry: dict[int, float] = defaultdict(float)
         self._carry_lock = threading.Lock()
         self._create_instruments()
@@ -213,10 +230,15 @@ class Metrics:
                 "acceptance rate A / (A + R) of the live draft per group (label group: all, segment or rollup), "
                 "window and source (shadow: replay; live: the serving engine's own counts)",
             ),
+            "threshold": (
+                "specwatch_alpha_threshold",
+                "the alpha threshold that applies to the group (drift.threshold, or its override for the segment)",
+            ),
             "tau": ("specwatch_tau", "emitted tokens per verify step (A + S - E) / S"),
             "low": ("specwatch_alpha_interval_low", "lower end of alpha's bootstrap confidence interval"),
             "high": ("specwatch_alpha_interval_high", "upper end of alpha's bootstrap confidence interval"),
             "draft_rate": ("specwatch_draft_acceptance_rate", "accepted / drafted tokens A / D (vLLM's rate)"),
+            "samples": ("specwatch_samples", "samples of the group and window that alpha is measured on"),
             "paired": ("specwatch_paired_samples", "samples of the segment and window with live and shadow counts"),
             "position": (
                 "specwatch_per_position_acceptance",
@@ -235,9 +257,17 @@ class Metrics:
                 "specwatch_engine_alpha_estimate",
                 "A / (A + R) from a serving engine's counters, R estimated as S - per_pos[k-1]: at most the true alpha",
             ),
+            "alerts_firing": (
+                "specwatch_alerts_firing",
+                "specwatch's own alerts firing (muted or not) per configured alert rule: alertname and severity",
+            ),
         }
         for key, (name, description) in gauges.items():
             meter.create_observable_gauge(name, callbacks=[self._readings[key].observe], description=description)
+        for condition, description in CONDITIONS.items():
+            meter.create_observable_gauge(
+                f"specwatch_{condition}", callbacks=[self._condition_reader(condition)], description=description
+            )
         self._accepted_length = meter.create_histogram(
             "specwatch_accepted_length",
             description="drafted tokens accepted per verify step (scored replays)",
@@ -262,12 +292,23 @@ class Metrics:
             "specwatch_replay_lag_seconds", unit="s", description="how long the oldest pending sample has waited"
         )
 
-    def observe_evaluation(self, evaluation: Evaluation) -> None:
-        """alpha, its interval, tau, A/D, paired samples and p_i per (segment, window, source) from the latest
-        evaluation; a series the evaluation no longer has disappears."""
+    def _condition_reader(self, condition: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            state = self._conditions() if self._conditions is not None else {}
+            return [Observation(int(state[condition]))] if condition in state else []
+
+        return observe
+
+    def follow_conditions(self, read: Callable[[], Mapping[str, bool]]) -> None:
+        """`read()` is called at every collection; each CONDITIONS key it returns becomes its gauge's value."""
+        self._conditions = read
+
+    def observe_evaluation(self, evaluation: Evaluation, drift: DriftConfig) -> None:
+        """alpha with its threshold and interval, tau, A/D, samples, paired samples and p_i per (segment, window,
+        source) from the latest evaluation; a series the evaluation no longer has disappears."""
         values: dict[str, dict[Attributes, float]] = {name: {} for name in SEGMENT_GAUGES}
         for stats in evaluation.stats:
-            for name, key, value in _segment_readings(stats):
+            for name, key, value in _segment_readings(stats, drift):
                 values[name][key] = value
         for name, series in values.items():
             self._readings[name].replace(series)
@@ -286,6 +327,13 @@ class Metrics:
                 values["engine_alpha"][key] = series.alpha
         for name, gauge in values.items():
             self._readings[name].replace({key: value for key, value in gauge.items() if value is not None}, endpoint)
+
+    def observe_alerts(self, rules: Mapping[str, AlertRule], firing: Iterable[Alert]) -> None:
+        """Firing alerts per configured rule (0 for a rule with none, so every rule has a series)."""
+        counted = Counter(alert.name for alert in firing)
+        self._readings["alerts_firing"].replace(
+            {_attributes(alertname=name, severity=rule.severity): float(counted[name]) for name, rule in rules.items()}
+        )
 
     def observe_live_draft(self, versions: Versions) -> None:
         self._readings["live"].replace({_attributes(draft_version=versions.draft, target_version=versions.target): 1})
@@ -322,6 +370,12 @@ class Metrics:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def publish_evaluation(metrics: Metrics, config: Config, engine: Engine, evaluation: Evaluation) -> None:
+    """What an evaluation leaves on /metrics: its statistics, and the alerts that fire after it."""
+    metrics.observe_evaluation(evaluation, config.drift)
+    metrics.observe_alerts(config.alerts.rules, [view.alert for view in alert_views(config.alerts, engine)])
 
 
 def start_metrics(config: MetricsConfig) -> tuple[Metrics, MetricsServer | None]:

@@ -20,7 +20,7 @@ from monitor.base.results import replay_backlog
 from monitor.evaluation.evaluate import evaluate
 from monitor.replay.live_models import LiveModels
 from monitor.replay.replayer import Replayer
-from monitor.service.metrics import Metrics
+from monitor.service.metrics import Metrics, publish_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ class ReplayLoop:
         versions = self.models.versions
         self.metrics.observe_backlog(*replay_backlog(self.engine, versions.draft, versions.target))
         if self.evaluation_due():
-            self.metrics.observe_evaluation(evaluate(self.config, self.engine, self.models.versions.draft))
+            evaluation = evaluate(self.config, self.engine, self.models.versions.draft)
+            publish_evaluation(self.metrics, self.config, self.engine, evaluation)
             dispatch(self.config.alerts, self.engine)
             self._last_evaluation = time.monotonic()
         return report.claimed

@@ -58,6 +58,10 @@ class Health:
     replay_progress_at: float = field(default_factory=time.monotonic)
     jobs: dict[str, float] = field(default_factory=dict)  # running job -> when it last made progress (monotonic)
 
+    def conditions(self) -> dict[str, bool]:
+        """The daemon's condition gauges (monitor.service.metrics.CONDITIONS): intake paused, GPU gone."""
+        return {"intake_paused": self.intake.problem is not None, "device_lost": self.device is not None}
+
     def job_started(self, name: str) -> None:
         self.jobs[name] = time.monotonic()
 

@@ -94,5 +94,6 @@ def start_http(daemon: Daemon, settings: MetricsConfig) -> tuple[Metrics, Metric
         metrics = Metrics(readers, service_name=settings.service_name, otlp_endpoint=settings.otlp_endpoint)
     except MetricsUnavailable as error:
         raise StartupRefused(str(error)) from None
+    metrics.follow_conditions(daemon.health.conditions)
     served = registry if settings.enabled else None
     return metrics, serve_http(settings.host, settings.port, Endpoints(daemon, served))

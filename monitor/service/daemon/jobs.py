@@ -27,6 +27,7 @@ from monitor.intake.engine_metrics import ScrapeError, engine_totals_by_window, 
 from monitor.intake.retention import purge_expired
 from monitor.replay.live_models import version_without_models
 from monitor.service.memory import trim_heap
+from monitor.service.metrics import publish_evaluation
 from retrain.schedule import start_scheduler
 from retrain.watch import watch_latest_deploy
 
@@ -173,10 +174,18 @@ class Jobs:
         if daemon.gpu_free:  # the registry's live head may change by hand (heads import --live) or by a deploy
             daemon.version_without_models = version_without_models(daemon.config)
         evaluation = evaluate(daemon.config, daemon.db, daemon.live_draft_version)
-        daemon.meters.observe_evaluation(evaluation)
         deliver_findings(daemon.config, daemon.db, self.daemon_findings(), DAEMON_DETECTORS, evaluation.at)
+        publish_evaluation(daemon.meters, daemon.config, daemon.db, evaluation)
+        if not daemon.gpu_free:
+            self.observe_backlog()
         self.dispatch_alerts()
         trim_heap()
+
+    def observe_backlog(self) -> None:
+        """The backlog gauges, measured as the ReplayStalled detector measures them: on the evaluation's clock,
+        so they keep growing while replay is stuck or paused (replay rounds set them too)."""
+        daemon = self.daemon
+        daemon.meters.observe_backlog(*replay_backlog(daemon.db, daemon.live_draft_version))
 
     def daemon_findings(self) -> list[Finding]:
         """What only this process knows: the GPU is gone, intake is paused on a full disk."""

@@ -20,8 +20,17 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from alerts.model import FIRING, Alert
 from decoder import AcceptCounts
-from monitor.base.config import Config, MetricsConfig, ModelsConfig, ReplayConfig, Secret
+from monitor.base.config import (
+    Config,
+    DriftConfig,
+    MetricsConfig,
+    ModelsConfig,
+    ReplayConfig,
+    Secret,
+    default_alert_rules,
+)
 from monitor.base.db import ReplayResult
 from monitor.base.results import EXACT, SCORED, replay_backlog
 from monitor.base.stats import LIVE, SampleResult, segment_stats
@@ -59,7 +68,8 @@ def points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     """Metric name -> its data points, from one collection."""
     found: dict[str, list[Any]] = {}
     data = reader.get_metrics_data()
-    assert data is not None
+    if data is None:  # nothing recorded or observed yet
+        return found
     for resource_metrics in data.resource_metrics:
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
@@ -97,7 +107,7 @@ def zh_and_en() -> list[SampleResult]:
 
 
 def test_evaluation_gauges(metrics: Metrics, reader: InMemoryMetricReader) -> None:
-    metrics.observe_evaluation(evaluation_of(zh_and_en()))
+    metrics.observe_evaluation(evaluation_of(zh_and_en()), DriftConfig())
     alpha = values(reader, "specwatch_alpha")
     zh = (("group", "rollup"), ("segment", "lang=zh"), ("source", "shadow"), ("window", "24h"))
     assert alpha[zh] == pytest.approx(3 / (3 + 3))  # A = 1 + 0 + 2 per sample, R = 3 rejections
@@ -115,7 +125,7 @@ def test_evaluation_gauges(metrics: Metrics, reader: InMemoryMetricReader) -> No
     assert positions[tuple(sorted((("position", "1"), *zh)))] == pytest.approx(2 / 3), "two of three steps accept p_1"
     assert not any(dict(key)["source"] == "live" for key in alpha), "no engine counts, no live series"
 
-    metrics.observe_evaluation(evaluation_of(zh_and_en()[3:]))
+    metrics.observe_evaluation(evaluation_of(zh_and_en()[3:]), DriftConfig())
     assert zh not in values(reader, "specwatch_alpha"), "a segment gone from the evaluation leaves the gauge"
 
 
@@ -124,7 +134,7 @@ def test_evaluation_gauges_carry_both_sources(metrics: Metrics, reader: InMemory
     live[0] = replace(live[0], counts=counts([(4, 0), (4, 0), (4, 0)]))
     evaluation = evaluation_of(zh_and_en(), live)
     paired = [replace(item, paired=3 if item.segment in ("lang=zh", "*") else 0) for item in evaluation.stats]
-    metrics.observe_evaluation(replace(evaluation, stats=paired))
+    metrics.observe_evaluation(replace(evaluation, stats=paired), DriftConfig())
     alpha = values(reader, "specwatch_alpha")
     zh_live = (("group", "rollup"), ("segment", "lang=zh"), ("source", "live"), ("window", "24h"))
     zh_shadow = (("group", "rollup"), ("segment", "lang=zh"), ("source", "shadow"), ("window", "24h"))
@@ -138,6 +148,41 @@ def test_evaluation_gauges_carry_both_sources(metrics: Metrics, reader: InMemory
     position_one = values(reader, "specwatch_per_position_acceptance")
     assert position_one[tuple(sorted((("position", "1"), *zh_live)))] == pytest.approx(4 / 9)
     assert position_one[tuple(sorted((("position", "1"), *zh_shadow)))] == pytest.approx(2 / 3)
+
+
+def test_threshold_and_samples_beside_alpha(metrics: Metrics, reader: InMemoryMetricReader) -> None:
+    metrics.observe_evaluation(evaluation_of(zh_and_en()), DriftConfig(threshold_overrides={"lang=zh": 0.7}))
+    threshold, samples = values(reader, "specwatch_alpha_threshold"), values(reader, "specwatch_samples")
+    zh = (("group", "rollup"), ("segment", "lang=zh"), ("source", "shadow"), ("window", "24h"))
+    everything = (("group", "all"), ("segment", "*"), ("source", "shadow"), ("window", "24h"))
+    assert threshold[zh] == 0.7 and threshold[everything] == 0.65, "the override applies to its segment only"
+    assert samples[zh] == 3 and samples[everything] == 5
+    assert set(threshold) == set(values(reader, "specwatch_alpha")), "a threshold wherever there is an alpha"
+
+
+def test_alerts_firing_per_rule(metrics: Metrics, reader: InMemoryMetricReader) -> None:
+    def firing(name: str, segment: str) -> Alert:
+        return Alert({"alertname": name, "segment": segment}, {}, FIRING, NOW)
+
+    rules = default_alert_rules()
+    metrics.observe_alerts(
+        rules, [firing("AcceptanceBelowThreshold", "lang=zh"), firing("AcceptanceBelowThreshold", "*")]
+    )
+    counts = values(reader, "specwatch_alerts_firing")
+    assert len(counts) == len(rules)
+    assert counts[(("alertname", "AcceptanceBelowThreshold"), ("severity", "critical"))] == 2
+    assert counts[(("alertname", "InputDrift"), ("severity", "warning"))] == 0
+    metrics.observe_alerts(rules, [])
+    assert set(values(reader, "specwatch_alerts_firing").values()) == {0}
+
+
+def test_conditions_are_read_at_each_collection(metrics: Metrics, reader: InMemoryMetricReader) -> None:
+    assert not values(reader, "specwatch_intake_paused"), "no series until something reports the conditions"
+    state = {"intake_paused": True, "device_lost": False}
+    metrics.follow_conditions(lambda: state)
+    assert values(reader, "specwatch_intake_paused") == {(): 1} and values(reader, "specwatch_device_lost") == {(): 0}
+    state.update(intake_paused=False, device_lost=True)
+    assert values(reader, "specwatch_intake_paused") == {(): 0} and values(reader, "specwatch_device_lost") == {(): 1}
 
 
 def test_live_draft_info(metrics: Metrics, reader: InMemoryMetricReader) -> None:
@@ -207,7 +252,7 @@ def test_prometheus_scrape_over_http() -> None:
     other_server = serve_prometheus("127.0.0.1", 0, registry=other_registry)
     try:
         live = [replace(result, draft_version=LIVE) for result in zh_and_en()]
-        metrics.observe_evaluation(evaluation_of(zh_and_en(), live))
+        metrics.observe_evaluation(evaluation_of(zh_and_en(), live), DriftConfig())
         metrics.record_intake("http", IngestReport(records=4, stored=3, quarantined=1))
         metrics.record_replay([row(SCORED, [(4, 2)])])
         body = scrape(server.url)

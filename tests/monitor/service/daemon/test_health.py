@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from monitor.service.daemon.health import Health
+from monitor.service.metrics import CONDITIONS
 
 
 def test_readiness_and_liveness() -> None:
@@ -46,3 +47,11 @@ def test_gpu_free_readiness_and_liveness_ask_nothing_of_replay() -> None:
     long_ago = health.replay_progress_at + 3600
     assert health.liveness_problem(True, None, long_ago) is None, "no replay rounds to wait for"
     assert health.liveness_problem(True, 600, long_ago) is not None
+
+
+def test_health_reports_every_condition_the_metrics_export() -> None:
+    health = Health()
+    assert set(health.conditions()) == set(CONDITIONS) and not any(health.conditions().values())
+    health.intake.failed("no space left on device")
+    health.device = "CUDA error: unspecified launch failure"
+    assert health.conditions() == {"intake_paused": True, "device_lost": True}

@@ -39,3 +39,33 @@ def test_health_and_metrics_endpoints_over_http(config: Config, tmp_path: Path) 
         assert http_get(f"http://127.0.0.1:{without_metrics.port}/metrics")[0] == 404
     finally:
         without_metrics.stop()
+
+
+def test_the_daemons_metrics_show_its_conditions(config: Config, tmp_path: Path) -> None:
+    """specwatch_intake_paused and specwatch_device_lost on the daemon's /metrics, read at each scrape."""
+    from monitor.base.config import MetricsConfig
+    from monitor.service.daemon import Daemon
+    from monitor.service.daemon.health_server import start_http
+    from monitor.service.daemon.intake import pause_intake, resume_intake
+
+    daemon = Daemon(config, tmp_path / "config.toml", Systemd({}))
+    metrics, served = start_http(daemon, MetricsConfig(port=0))
+
+    def scraped() -> list[str]:
+        with urllib.request.urlopen(served.url, timeout=10) as reply:
+            return [
+                line
+                for line in reply.read().decode().splitlines()
+                if line.startswith(("specwatch_intake", "specwatch_device"))
+            ]
+
+    try:
+        assert scraped() == ["specwatch_intake_paused 0.0", "specwatch_device_lost 0.0"]
+        pause_intake(daemon.health.intake, "no space left on device")
+        daemon.health.device = "CUDA error: unspecified launch failure; replay paused"
+        assert scraped() == ["specwatch_intake_paused 1.0", "specwatch_device_lost 1.0"]
+        resume_intake(daemon.health.intake)
+        assert scraped()[0] == "specwatch_intake_paused 0.0"
+    finally:
+        served.stop()
+        metrics.shutdown()

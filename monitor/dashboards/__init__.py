@@ -1,0 +1,1 @@
+"""specwatch's Grafana dashboard (specwatch.json) and the code that writes it (build.py)."""
