@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from monitor.base.languages import DEFAULT_LANGUAGES, check_languages
+
 DEFAULT_CONFIG_PATH = Path("config.toml")
 CONFIG_ENV = "SPECWATCH_CONFIG"
 
@@ -339,6 +341,21 @@ class IntakeConfig(Section):
         default_factory=lambda: ["tenant", "region", "route"],
         description="metadata keys that form the segment, in order; the language is always appended",
     )
+    languages: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_LANGUAGES),
+        description="ISO 639-1 codes lingua chooses among for prose the script router cannot place (Latin "
+        "script, Thai, Arabic, other scripts); they label segments (lang=vi). Code, Han, Kana, Hangul and "
+        "Cyrillic text is the router's (code, zh, zh-en, ja, ko, ru). Must list en; each language adds about "
+        "19 MB of models to the daemon, loaded with the first such record; [] = the router alone (en by "
+        "stopwords, the rest other)",
+    )
+    language_min_confidence: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="prose whose most likely language has a lower confidence (relative among intake.languages) "
+        "is labelled other: too short, numbers, or a language not listed",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     follow: FollowConfig = Field(default_factory=FollowConfig)
@@ -351,6 +368,11 @@ class IntakeConfig(Section):
         description="the engine's own per-request acceptance (a few numbers, no text) is stored for all records "
         "that carry it, or only for those sampled for replay",
     )
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, codes: list[str]) -> list[str]:
+        return check_languages(codes)
 
 
 class RetentionConfig(Section):

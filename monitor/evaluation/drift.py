@@ -33,7 +33,7 @@ from monitor.base.config import DriftConfig
 from monitor.base.stats import SegmentStats
 from monitor.evaluation.false_alarms import Hypothesis, below_p_value, controlled
 from monitor.evaluation.finding import CRITICAL, WARNING, Finding
-from monitor.intake.language import detect_language, text_features
+from monitor.intake.language import ProseLanguages, detect_language, text_features
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -328,12 +328,12 @@ NUMERICAL_FEATURES = ("prompt_chars", "completion_chars", "cjk_share", "code_lin
 OPTIONAL_FEATURES = ("segment",)  # a column only when the rows carry it (a training corpus has no segments)
 
 
-def _feature_row(row: Mapping[str, Any]) -> dict[str, Any]:
+def _feature_row(row: Mapping[str, Any], languages: ProseLanguages | None) -> dict[str, Any]:
     prompt = str(row.get("prompt") or "")
     completion = str(row.get("completion") or "")
     features = text_features(f"{prompt}\n{completion}")
     return {
-        "language": row.get("language") or detect_language(prompt),
+        "language": row.get("language") or detect_language(prompt, languages),
         "segment": row.get("segment") or "",
         "prompt_chars": float(len(prompt)),
         "completion_chars": float(len(completion)),
@@ -343,13 +343,14 @@ def _feature_row(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def input_features(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+def input_features(rows: Iterable[Mapping[str, Any]], languages: ProseLanguages | None = None) -> pd.DataFrame:
     """Feature table for input drift: one row per exchange.
 
     Each row is a mapping with "prompt" and "completion" texts and optionally "language" (detected from
-    the prompt when missing) and "segment". The text shares (cjk, code lines, ascii) are measured over
-    prompt and completion together: the draft is judged on the completion, given the prompt. The
-    "segment" column is there only when some row carries a segment.
+    the prompt when missing, with `languages`, the default configuration's when None) and "segment". The
+    text shares (cjk, code lines, ascii) are measured over prompt and completion together: the draft is
+    judged on the completion, given the prompt. The "segment" column is there only when some row carries
+    a segment.
     """
     import pandas as pd  # only input drift needs it: evaluation without it stays small
 
@@ -359,7 +360,7 @@ def input_features(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         for column in (*CATEGORICAL_FEATURES, *NUMERICAL_FEATURES)
         if column not in OPTIONAL_FEATURES or any(row.get(column) for row in rows)
     ]
-    frame = pd.DataFrame([_feature_row(row) for row in rows], columns=columns)
+    frame = pd.DataFrame([_feature_row(row, languages) for row in rows], columns=columns)
     for column in CATEGORICAL_FEATURES:
         if column in frame.columns:
             frame[column] = frame[column].astype(str)

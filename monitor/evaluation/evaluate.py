@@ -59,6 +59,7 @@ from monitor.evaluation.false_alarms import Hypothesis, controlled, drop_p_value
 from monitor.evaluation.finding import Finding
 from monitor.evaluation.findings_store import store_findings
 from monitor.evaluation.health import HEALTH_DETECTORS, health_findings
+from monitor.intake.language import prose_languages
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,10 @@ def detect_input_drift(config: Config, engine: Engine, now: datetime) -> tuple[l
         reference = reference_rows(drift.reference_corpus)[: drift.input_max_rows]
     else:
         reference = recent_rows(engine, since - window_length(drift.change_window), since, limit=drift.input_max_rows)
+    languages = prose_languages(config.intake.languages, config.intake.language_min_confidence)
     finding, report = input_drift_finding(
-        input_features(reference),
-        input_features(current),
+        input_features(reference, languages),
+        input_features(current, languages),
         drift_share=drift.input_drift_share,
         report_dir=config.storage.data_dir / REPORTS_DIR,
         now=now,

@@ -1,26 +1,43 @@
-"""Language of a traffic record, by Unicode script counts and a few line-level code signals.
+"""Language of a traffic record: a script and code router, and lingua for the prose it cannot place.
 
-    from monitor.intake.language import detect_language, text_features
+    from monitor.intake.language import detect_language, prose_languages, text_features
     detect_language("帮我用Python写一个function来parse JSON file")   # 'zh-en'
+    detect_language("Cho mình hỏi cách nấu phở bò ngon tại nhà với.")   # 'vi'
+    detect_language("Ik wil graag een tafel reserveren.", prose_languages(["en", "de"]))   # 'other'
     text_features("def f(x):\\n    return x")   # {'cjk_share': 0.0, 'ascii_share': 1.0, ...}
 
-Labels: zh, en, ja, ko, code, zh-en (Chinese with substantial English), ru (Cyrillic), other (other
-Latin-script languages, other scripts, no letters at all), empty. First each line is sorted into
-code, comment or prose (fenced ``` blocks are code); when code outweighs prose by non-space
-characters the text is "code". Otherwise one regex pass over the prose counts scripts and words:
-any real share of Kana is Japanese, Hangul is Korean, Cyrillic is Russian, Han is Chinese (or
-zh-en when English words make up a fifth of it), and Latin text is English when English stopwords
-outnumber those of other languages and there are few accented letters.
+The router's labels (SCRIPT_LABELS): zh, en, ja, ko, code, zh-en (Chinese with substantial English),
+ru (Cyrillic), other, empty. First each line is sorted into code, comment or prose (fenced ``` blocks
+are code); when code outweighs prose by non-space characters the text is "code". Otherwise one regex
+pass over the prose counts scripts and words: any real share of Kana is Japanese, Hangul is Korean,
+Cyrillic is Russian, Han is Chinese (or zh-en when English words make up a fifth of it). No letters at
+all is "other". No library tells code from prose or produces zh-en, so these stay rules.
+
+The rest (Latin-script, Thai, Arabic and other scripts) goes to lingua, restricted to the configured
+languages (`intake.languages`, ISO 639-1 codes that become labels: vi, id, th, ...). English is proposed
+by a stopword rule (English stopwords outnumber those of other languages, few accented letters) and
+kept when lingua gives English at least ENGLISH_CONFIRMATION: on chatterbot-corpus chat turns the rule
+alone calls a fifth of the Spanish, German, French, Portuguese and Indonesian ones English, and lingua
+alone leaves nearly a quarter of the English ones below the confidence floor (bench/language_detect.py).
+Otherwise lingua's most likely language is the label when its confidence reaches
+`intake.language_min_confidence`, else "other". With no languages configured the router works alone:
+English by the stopword rule, everything else "other".
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cache
+from typing import TYPE_CHECKING
 
-LANGUAGES = ("zh", "en", "ja", "ko", "code", "zh-en", "ru", "other", "empty")
+from monitor.base.languages import DEFAULT_LANGUAGES, ENGLISH, SCRIPT_LABELS
+
+if TYPE_CHECKING:
+    from lingua import LanguageDetector
 
 
 class LineKind(Enum):
@@ -254,7 +271,81 @@ def _chinese_or_japanese(counts: ScriptCounts) -> str:
     return "zh-en" if english_words >= max(2, _ZH_EN_ENGLISH_SHARE * counts.units) else "zh"
 
 
-def language_of_prose(counts: ScriptCounts) -> str:
+# ---- lingua, for the prose the router cannot place ----------------------------------------------------
+
+DEFAULT_MIN_CONFIDENCE = 0.5
+ENGLISH_CONFIRMATION = 0.05  # lingua's least confidence in English that lets the stopword rule's "en" stand
+LINGUA_PROBE_CHARS = 300  # lingua's cost grows with the text (about 3 us a character); 300 tell the language
+
+
+class ProseLanguages:
+    """lingua restricted to the configured languages; the detector is built on first use, once, under a
+    lock (lingua loads each language's models on first need and shares them between detectors)."""
+
+    def __init__(self, codes: Sequence[str], min_confidence: float) -> None:
+        self.codes = tuple(codes)
+        self.min_confidence = min_confidence
+        self.labels = frozenset(SCRIPT_LABELS) | frozenset(self.codes)
+        self._detector: LanguageDetector | None = None
+        self._lock = threading.Lock()
+
+    def detector(self) -> LanguageDetector:
+        with self._lock:
+            if self._detector is None:
+                self._detector = self.build()
+            return self._detector
+
+    def build(self) -> LanguageDetector:
+        """lingua in its high-accuracy mode: its low-accuracy mode reads one short English chat turn in
+        eighteen as another language (bench/language_detect.py)."""
+        from lingua import IsoCode639_1, LanguageDetectorBuilder
+
+        isos = [getattr(IsoCode639_1, code.upper()) for code in self.codes]
+        return LanguageDetectorBuilder.from_iso_codes_639_1(*isos).build()
+
+    def confidences(self, prose: str) -> dict[str, float]:
+        """Each configured language's confidence for the prose (they sum to 1, or are all 0)."""
+        values = self.detector().compute_language_confidence_values(_probe(prose))
+        return {value.language.iso_code_639_1.name.lower(): value.value for value in values}
+
+    def decide(self, prose: str, english_by_rule: bool) -> str:
+        """The label of prose with no CJK, Hangul or Cyrillic majority."""
+        if not self.codes:
+            return ENGLISH if english_by_rule else "other"
+        confidences = self.confidences(prose)
+        if not confidences:
+            return "other"
+        if english_by_rule and confidences.get(ENGLISH, 0.0) >= ENGLISH_CONFIRMATION:
+            return ENGLISH
+        best = max(confidences, key=confidences.__getitem__)
+        return best if confidences[best] >= self.min_confidence else "other"
+
+
+def _probe(prose: str) -> str:
+    """The first LINGUA_PROBE_CHARS characters, cut at a space when there is one."""
+    if len(prose) <= LINGUA_PROBE_CHARS:
+        return prose
+    cut = prose.rfind(" ", 0, LINGUA_PROBE_CHARS + 1)
+    return prose[: cut if cut > 0 else LINGUA_PROBE_CHARS]
+
+
+@cache
+def _prose_languages(codes: tuple[str, ...], min_confidence: float) -> ProseLanguages:
+    return ProseLanguages(codes, min_confidence)
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+def prose_languages(
+    codes: Sequence[str] = DEFAULT_LANGUAGES, min_confidence: float = DEFAULT_MIN_CONFIDENCE
+) -> ProseLanguages:
+    """One ProseLanguages per configuration, shared by every caller and thread."""
+    with _CACHE_LOCK:
+        return _prose_languages(tuple(codes), min_confidence)
+
+
+def language_of_prose(counts: ScriptCounts, prose: str, languages: ProseLanguages) -> str:
     units = counts.units
     if units == 0:
         return "other"
@@ -264,20 +355,20 @@ def language_of_prose(counts: ScriptCounts) -> str:
         return "ko"
     if counts.cyrillic_words >= _MAJORITY * units:
         return "ru"
-    if counts.latin_words >= _MAJORITY * units and _looks_english(counts):
-        return "en"
-    return "other"
+    english_by_rule = counts.latin_words >= _MAJORITY * units and _looks_english(counts)
+    return languages.decide(prose, english_by_rule)
 
 
-def detect_language(text: str) -> str:
-    """One of LANGUAGES: "code" when code lines outweigh prose, else the language of the prose."""
+def detect_language(text: str, languages: ProseLanguages | None = None) -> str:
+    """A router label or one of `languages` (default: the default configuration): "code" when code lines
+    outweigh prose, else the language of the prose."""
     if not text.strip():
         return "empty"
     lines = count_lines(text)
     if lines.code_lines and lines.code_chars >= lines.prose_chars:
         return "code"
     prose = text if lines.code_lines == 0 else "\n".join(lines.prose)
-    return language_of_prose(count_scripts(prose))
+    return language_of_prose(count_scripts(prose), prose, languages or prose_languages())
 
 
 def text_features(text: str) -> dict[str, float]:

@@ -49,7 +49,7 @@ from monitor.base.db import (
     utcnow,
 )
 from monitor.base.failures import is_permanent_database_error
-from monitor.intake.language import LANGUAGES, detect_language
+from monitor.intake.language import detect_language, prose_languages
 from monitor.intake.records import RecordError, TrafficRecord, decode_line, parse_record
 from monitor.intake.redact import Redactor
 from monitor.intake.sampling import Bucket, HourlyCap, hour_of, passes_rate
@@ -220,6 +220,7 @@ class IntakePipeline:
         self.engine = engine
         self.redactor = Redactor(self.intake.redaction.extra_patterns)
         self.hasher = ValueHasher(salt or resolve_salt(config), self.intake.redaction.hashed_keys)
+        self.languages = prose_languages(self.intake.languages, self.intake.language_min_confidence)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def ingest(self, source: str, records: Sequence[RawRecord], cursor: CursorAdvance | None = None) -> IngestReport:
@@ -321,7 +322,7 @@ class IntakePipeline:
     def _language(self, record: TrafficRecord) -> str:
         """The record's `language` when it is one of our labels (any case), else the detected one."""
         label = record.metadata.get("language", "").strip().lower()
-        return label if label in LANGUAGES else detect_language(_language_text(record))
+        return label if label in self.languages.labels else detect_language(_language_text(record), self.languages)
 
     def _segment_values(self, metadata: Mapping[str, str]) -> dict[str, str]:
         """The values that form the segment: hashed keys' hashes, every other value redacted."""

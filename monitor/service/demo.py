@@ -6,8 +6,9 @@
    to the console receiver, a recapture retrain 60 s after a breach alert starts firing;
 3. `specwatch run` as a subprocess (its log: <data dir>/daemon.log), exactly as systemd runs it;
 4. traffic the target served (chatterbot-corpus dialogs, standard-library code), streamed into the
-   gateway log the daemon follows: first English and code, then mostly Chinese, with some PII and
-   a few broken lines;
+   gateway log the daemon follows: first English and code (and a few requests in each of eight more
+   languages, vi, id, th, es, fr, de, pt, ar, which get segments of their own), then mostly Chinese,
+   with some PII and a few broken lines;
 5. a live display: per-language alpha of the live head, the alert, the retrain job's stages, the
    gate's decision, the deploy, and the zh alpha of the new head on traffic that arrived after it;
 6. SIGTERM (the daemon drains and exits 0), the intake summary, the HTML report's path.
@@ -90,11 +91,19 @@ class DemoPlan:
 
     baseline: int = 120  # English and code records before the shift
     shifted: int = 1200  # records after it, mostly Chinese (streamed until the loop closes)
+    per_language: int = 2  # records in each of WRITTEN_LANGUAGES, spread through the baseline
     records_per_s: float = 8.0
     recovered_after: int = 30  # fresh zh samples the new head needs before the demo judges it
     recapture_after: str = "60s"  # a breach alert firing this long starts the retrain
     timeout_s: float = 900.0
     seed: int = 0
+
+    @property
+    def before_shift(self) -> int:
+        """Records streamed before the shift: the baseline and the other languages' few."""
+        from monitor.service.demo_traffic import WRITTEN_LANGUAGES
+
+        return self.baseline + self.per_language * len(WRITTEN_LANGUAGES)
 
 
 @dataclass(frozen=True)
@@ -182,14 +191,29 @@ def write_training_corpus(path: Path, per_kind: int = 300, code_bytes: int = 200
 
 
 def served_traffic(models: Path, plan: DemoPlan) -> list[dict[str, Any]]:
-    """The records the gateway will log: the target's greedy answers, baseline mix then shifted mix."""
+    """The records the gateway will log: the target's greedy answers, baseline mix (with the other
+    languages' records spread through it) then shifted mix. The other languages keep their written
+    answers: the reference target never learned them, and its answers would read as Chinese."""
     from decoder import load_target
-    from monitor.service.demo_traffic import served, traffic
+    from monitor.service.demo_traffic import WRITTEN_LANGUAGES, each_language, served, traffic
 
     target = load_target(models / "target", device="cpu")
     baseline = traffic(plan.baseline, BASELINE_MIX, seed=plan.seed)
     shifted = traffic(plan.shifted, SHIFTED_MIX, seed=plan.seed + 1, first_index=plan.baseline)
-    return served([*baseline, *shifted], target, max_new_tokens=48)
+    story = served([*baseline, *shifted], target, max_new_tokens=48)
+    others = each_language(WRITTEN_LANGUAGES, plan.per_language, seed=plan.seed + 2, first_index=len(story))
+    return [*spread(story[: plan.baseline], list(others)), *story[plan.baseline :]]
+
+
+def spread(records: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`records` with `extra` inserted at even intervals, in order."""
+    after: dict[int, list[dict[str, Any]]] = {}
+    for number, item in enumerate(extra, start=1):
+        after.setdefault(number * len(records) // (len(extra) + 1), []).append(item)
+    merged = after.get(0, [])
+    for position, item in enumerate(records, start=1):
+        merged += [item, *after.get(position, [])]
+    return merged
 
 
 # -- the traffic stream ----------------------------------------------------------------------------------
@@ -496,7 +520,7 @@ def stream_and_watch(
     say(f"[4/5] streaming {plan.records_per_s:g} requests/s; watching alpha, alerts, retrain and deploy")
     display = Display(engine, seed_version, utcnow(), say)
     gateway_log = config.storage.data_dir / "logs" / "gateway.jsonl"
-    stream = TrafficStream(gateway_log, records, plan.records_per_s, plan.baseline)
+    stream = TrafficStream(gateway_log, records, plan.records_per_s, plan.before_shift)
     stream.start()
     try:
         watch_loop(display, stream, process, plan)

@@ -1,8 +1,10 @@
 """Real multilingual traffic for the demo, tests and benchmarks: chatterbot-corpus dialogs
-(English, Chinese, Japanese) and Python standard-library code, as specwatch JSONL records,
-with a mix that can shift toward Chinese and a little PII for the redactor to find.
+(English, Chinese, Japanese), Python standard-library code and short written exchanges in eight more
+languages (monitor.service.demo_dialogs), as specwatch JSONL records, with a mix that can shift toward
+Chinese and a little PII for the redactor to find.
 
     python -c "from monitor.service.demo_traffic import *; print(next(iter(traffic(3, {'en': 1.0}))))"
+    python -c "from monitor.service.demo_traffic import *; print(len(list(each_language(WRITTEN_LANGUAGES, 2))))"
 
 A record's completion is the corpus's own answer, text no model wrote. Production logs hold what
 the serving engine generated, the target's answer, which is what drafts are trained to predict:
@@ -20,19 +22,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from decoder.reference.corpus import Document, code_documents, dialog_documents
+from monitor.service.demo_dialogs import DIALOGS
 
 if TYPE_CHECKING:
     from decoder.target import TargetModel
 
 LANGUAGES = ("en", "zh", "ja", "code")
+WRITTEN_LANGUAGES = tuple(DIALOGS)  # vi, id, th, es, fr, de, pt, ar
 TENANTS = ("acme", "globex", "initech")
-REGIONS = {"en": ("us", "eu"), "zh": ("cn", "sg"), "ja": ("jp",), "code": ("us", "eu", "sg")}
+REGIONS = {
+    "en": ("us", "eu"),
+    "zh": ("cn", "sg"),
+    "ja": ("jp",),
+    "code": ("us", "eu", "sg"),
+    "vi": ("vn",),
+    "id": ("id",),
+    "th": ("th",),
+    "es": ("es", "mx"),
+    "fr": ("fr",),
+    "de": ("de",),
+    "pt": ("br", "pt"),
+    "ar": ("ae", "eg"),
+}
 PII_SNIPPETS = {
     "en": ["You can reach me at dana.lee@example.com.", "My number is +1 415 555 0134.", ""],
     "zh": ["我的手机号是13812345678。", "请发邮件到 wang.fang@example.cn。", ""],
     "ja": ["連絡先は taro@example.jp です。", ""],
     "code": ["# server 10.20.30.40", ""],
-}
+} | {language: [""] for language in WRITTEN_LANGUAGES}
 START = datetime(2026, 11, 1, tzinfo=UTC)
 
 
@@ -40,6 +57,8 @@ START = datetime(2026, 11, 1, tzinfo=UTC)
 def documents(language: str) -> tuple[Document, ...]:
     if language == "code":
         return tuple(code_documents(max_bytes=400_000))
+    if language in DIALOGS:
+        return tuple(Document(language, (("user", ask), ("assistant", answer))) for ask, answer in DIALOGS[language])
     return tuple(dialog_documents(language))
 
 
@@ -86,6 +105,21 @@ def traffic(
         language = rng.choices(languages, weights)[0]
         moment = start + timedelta(seconds=spacing_s * offset)
         yield record(first_index + offset, language, moment, rng)
+
+
+def each_language(
+    languages: Iterable[str],
+    per_language: int,
+    seed: int = 0,
+    start: datetime = START,
+    spacing_s: float = 30.0,
+    first_index: int = 0,
+) -> Iterator[dict[str, Any]]:
+    """`per_language` records of each language, the languages taking turns, `spacing_s` apart."""
+    rng = random.Random(seed)
+    order = [language for _ in range(per_language) for language in languages]
+    for offset, language in enumerate(order):
+        yield record(first_index + offset, language, start + timedelta(seconds=spacing_s * offset), rng)
 
 
 def served(

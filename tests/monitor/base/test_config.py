@@ -186,3 +186,25 @@ def test_draft_mtp_names_the_targets_mtp_layers(tmp_path: Path) -> None:
     path.write_text('[models]\ndraft = "mtp"\n')
     with pytest.raises(ConfigError, match=re.escape('models.draft = "mtp" reads the MTP layers of models.target')):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("languages", "message"),
+    [
+        ('["en", "xx"]', "unknown ISO 639-1 code 'xx': lingua knows af, ar, az"),
+        ('["en", "zh"]', "'zh' is labelled by the script router"),
+        ('["en", "uk"]', "'uk' is labelled by the script router"),
+        ('["en", "vi", "vi"]', "listed more than once: vi"),
+        ('["vi", "th"]', 'list "en"'),
+        ('["en"]', "at least one more, or [] for the script router alone"),
+    ],
+)
+def test_intake_languages_are_checked(languages: str, message: str) -> None:
+    (problem,) = problems_of(f"[intake]\nlanguages = {languages}\n")
+    assert problem.startswith("intake.languages:") and message in problem
+
+
+def test_intake_languages_are_lowercased_and_may_be_empty() -> None:
+    path = Path("/etc/specwatch/config.toml")
+    assert parse_config('[intake]\nlanguages = ["EN", " Vi"]\n', path).intake.languages == ["en", "vi"]
+    assert parse_config("[intake]\nlanguages = []\n", path).intake.languages == []

@@ -23,6 +23,7 @@ from monitor.evaluation.drift import (
     input_features,
     threshold_findings,
 )
+from monitor.intake.language import prose_languages
 from monitor.service.demo_traffic import documents, exchange
 from tests.monitor.base.test_stats import HOUR, NOW, simulated_results
 
@@ -251,3 +252,10 @@ def test_too_few_rows_gives_a_reason_and_no_report(reference: pd.DataFrame, tmp_
     assert finding is None and report.path is None
     assert report.reason is not None and "10 current" in report.reason
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_missing_language_is_detected_among_the_configured_languages() -> None:
+    rows = [{"prompt": "Cho mình hỏi cách nấu phở bò ngon tại nhà với.", "completion": "Bạn cần xương bò và quế."}]
+    assert input_features(rows)["language"].tolist() == ["vi"]
+    assert input_features(rows, prose_languages([]))["language"].tolist() == ["other"]
+    assert input_features([{**rows[0], "language": "th"}])["language"].tolist() == ["th"]

@@ -171,6 +171,24 @@ def test_metadata_language_label_wins_over_detection(config: Config, engine: Eng
     assert samples(engine)[0].segment.endswith("/lang=ja")
 
 
+def test_configured_languages_label_segments(config: Config, engine: Engine) -> None:
+    texts = {
+        "vi": ("Cho mình hỏi cách nấu phở bò ngon tại nhà với.", "Bạn cần xương bò, quế, hồi và gừng nướng."),
+        "th": ("ทำต้มยำกุ้งยังไงให้อร่อย", "ใช้กุ้งสด ข่า ตะไคร้ ใบมะกรูด และพริกขี้หนู"),
+        "pt": ("Como faço um bolo de cenoura?", "Bata as cenouras com ovos e óleo, depois misture a farinha."),
+    }
+    values = [
+        record(index) | {"messages": [{"role": "user", "content": ask}], "completion": answer}
+        for index, (ask, answer) in enumerate(texts.values())
+    ]
+    pipeline_for(config, engine).ingest("test", raws(values))
+    assert [s.segment.rsplit("/", 1)[1] for s in samples(engine)] == ["lang=vi", "lang=th", "lang=pt"]
+    router_alone = config.model_copy(update={"intake": config.intake.model_copy(update={"languages": []})})
+    moved = [value | {"id": f"again-{value['id']}"} for value in values]
+    pipeline_for(router_alone, engine).ingest("test", raws(moved))
+    assert [s.language for s in samples(engine)][3:] == ["other", "other", "other"]
+
+
 def good(index: int) -> RawRecord:
     return RawRecord(position=f"line {index}", data=line(index).rstrip())
 
@@ -227,7 +245,8 @@ def test_poison_values_from_http_are_quarantined(config: Config, engine: Engine)
 
 
 def test_language_override_only_from_known_labels(config: Config, engine: Engine) -> None:
-    overrides = {"ZH": "zh", "code": "code", "ana@corp.example": "en", "x" * 40: "en", "français": "en"}
+    overrides = {"ZH": "zh", "code": "code", "ana@corp.example": "en", "x" * 40: "en", "français": "en", "VI": "vi"}
+    overrides |= {"it": "en"}  # a language lingua knows, but not configured
     values = [record(i, "en") | {"metadata": {"language": label}} for i, label in enumerate(overrides)]
     report = pipeline_for(config, engine).ingest("test", raws(values))
     assert report.stored == len(values)

@@ -21,8 +21,10 @@ from sqlalchemy.orm import Session
 
 from monitor.base.config import load_config
 from monitor.base.db import AlertRecord, HeadEvent, RetrainJob, Sample, create_db_engine
-from monitor.service.demo import DemoPlan, demo_config, readiness, run_demo, write_config
-from monitor.service.demo_traffic import traffic
+from monitor.intake.language import detect_language
+from monitor.service.cli import main
+from monitor.service.demo import DemoPlan, demo_config, readiness, run_demo, spread, write_config
+from monitor.service.demo_traffic import WRITTEN_LANGUAGES, each_language, traffic
 from retrain.gate_decision import GateDecision
 
 
@@ -32,6 +34,20 @@ def test_traffic_shifts_with_the_mix_and_is_seeded() -> None:
     assert list(traffic(5, {"zh": 0.5, "code": 0.5}, seed=3)) == list(traffic(5, {"zh": 0.5, "code": 0.5}, seed=3))
     code = next(iter(traffic(1, {"code": 1.0})))
     assert code["metadata"]["route"] == "code-assist"
+
+
+def test_each_written_language_is_detected_as_itself() -> None:
+    assert set(WRITTEN_LANGUAGES) == {"vi", "id", "th", "es", "fr", "de", "pt", "ar"}
+    records = list(each_language(WRITTEN_LANGUAGES, 3))
+    assert [r["metadata"]["region"] for r in records[:2]] == ["vn", "id"]
+    detected = [detect_language(f"{r['messages'][-1]['content']}\n{r['completion']}") for r in records]
+    assert detected == [*WRITTEN_LANGUAGES] * 3
+
+
+def test_spread_inserts_evenly_and_in_order() -> None:
+    merged = spread(list(range(8)), ["a", "b", "c"])
+    assert merged == [0, 1, "a", 2, 3, "b", 4, 5, "c", 6, 7]
+    assert spread([], ["a"]) == ["a"] and spread([1], []) == [1]
 
 
 def test_demo_config_round_trips_through_its_toml(tmp_path: Path) -> None:
@@ -105,6 +121,10 @@ def test_demo_closes_the_loop_on_a_real_daemon(
     else:
         assert events == ["refused"] and result.deployed is None
     assert result.samples_per_language.get("zh", 0) > 30
+    assert all(result.samples_per_language.get(language) == plan.per_language for language in WRITTEN_LANGUAGES)
+    assert main(["status", "--json", "--config", str(tmp_path / "demo" / "config.toml")]) == 0
+    shown = {status["segment"] for status in json.loads(capsys.readouterr().out)}
+    assert {f"lang={language}" for language in WRITTEN_LANGUAGES} <= shown, sorted(shown)
     assert result.report is not None and result.report.exists() and "<svg" in result.report.read_text()
     summary = json.loads(out.strip().splitlines()[-2])
     assert summary["deployed"] == result.deployed
