@@ -26,7 +26,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -124,8 +124,9 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def end_group(pgid: int, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM to the process group, SIGKILL to what is left after `grace_s`."""
+def end_group(pgid: int, grace_s: float = STOP_GRACE_S, reap: Callable[[], object] | None = None) -> None:
+    """SIGTERM to the process group, SIGKILL to what is left after `grace_s`; `reap` collects our own
+    child meanwhile (a zombie still counts as a member of its group)."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
@@ -133,6 +134,8 @@ def end_group(pgid: int, grace_s: float = STOP_GRACE_S) -> None:
             return
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
+            if reap is not None:
+                reap()
             if not group_alive(pgid):
                 return
             time.sleep(POLL_S)
@@ -252,8 +255,7 @@ def supervise(
         if process.wait(max(0.0, min(settings.heartbeat_s, left))):
             break
         if utcnow() >= deadline:
-            end_group(process.record.pid)
-            process.wait(STOP_GRACE_S)
+            end_group(process.record.pid, reap=process.running)
             store(engine, job_id, process, paths, secrets)
             raise RetrainFailed(
                 f"external trainer ran past retrain.external.timeout = {settings.timeout} and was stopped; "
