@@ -9,6 +9,10 @@ steps go to the job's row (step, steps, loss, and when and at which step this at
 started, from which `retrain status` states an ETA) and to `progress=` (a decoder.progress.Progress:
 the command's bar or log lines).
 
+Training is specwatch's own (`train_internal`) or an external trainer's (`train_external`,
+retrain.external: a command such as speculators under torchrun, its checkpoint imported); the job's
+trainer is the one it was queued with. Both hand a `Candidate` to `judge_and_deploy`.
+
 Every stage leaves its output in the job's work directory (corpus/, train/checkpoint.pt,
 candidate/), so a job killed halfway resumes where it stopped: the corpus is reused, training
 continues from its last checkpoint. The live head is touched only by the atomic pointer switch
