@@ -42,6 +42,11 @@ class LockBusy(Exception):
     """Another retrain holds the lock and is alive."""
 
 
+class RetrainFailed(Exception):
+    """A job's training did not produce a candidate: the external trainer exited non-zero, ran past its
+    timeout, or wrote no checkpoint that loads. The live head is untouched."""
+
+
 def owner_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 

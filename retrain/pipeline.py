@@ -9,6 +9,10 @@ steps go to the job's row (step, steps, loss, and when and at which step this at
 started, from which `retrain status` states an ETA) and to `progress=` (a decoder.progress.Progress:
 the command's bar or log lines).
 
+Training is specwatch's own (`train_internal`) or an external trainer's (`train_external`,
+retrain.external: a command such as speculators under torchrun, its checkpoint imported); the job's
+trainer is the one it was queued with. Both hand a `Candidate` to `judge_and_deploy`.
+
 Every stage leaves its output in the job's work directory (corpus/, train/checkpoint.pt,
 candidate/), so a job killed halfway resumes where it stopped: the corpus is reused, training
 continues from its last checkpoint. The live head is touched only by the atomic pointer switch
@@ -29,19 +33,21 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from decoder import TargetModel, load_draft, load_target
+from decoder import DecoderError, Draft, Eagle3Head, TargetModel, load_draft, load_target
+from decoder.drafts.eagle3 import default_aux_layer_ids
 from decoder.progress import NO_PROGRESS, Progress
-from monitor.base.config import Config
+from monitor.base.config import Config, DeployConfig
 from monitor.base.db import HeadEvent, utcnow
 from monitor.base.groups import Grouping
 from monitor.base.results import load_result_columns
 from monitor.base.stats import group_rows
 from retrain.corpus import Corpus, build_corpus, load_corpus
 from retrain.deploy import run_deploy_hook
+from retrain.external import ExternalPaths, placeholder_values, run_external_trainer
 from retrain.gate import GateOptions, run_gate
 from retrain.gate_decision import GateDecision, OverallResult
-from retrain.jobs import JobLock, JobView, finish, mark_dead_jobs, set_progress, update_job
-from retrain.registry import HeadRegistry
+from retrain.jobs import JobLock, JobView, RetrainFailed, finish, mark_dead_jobs, set_progress, update_job
+from retrain.registry import HeadManifest, HeadRegistry
 from retrain.serving import prepare_served_head
 from retrain.trainer import save_candidate, train_head
 
@@ -157,6 +163,98 @@ def prepare_corpus(config: Config, engine: Engine, job: JobView, live_version: s
     )
 
 
+@dataclass(frozen=True)
+class JobContext:
+    """What every stage of a job reads: the registry, the live head, the target, the kind to train."""
+
+    config: Config
+    engine: Engine
+    job: JobView
+    registry: HeadRegistry
+    live: HeadManifest
+    live_dir: Path
+    live_draft: Draft
+    target: TargetModel
+    kind: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A trained head, loaded for the target, and the directory the registry takes it from."""
+
+    draft: Draft
+    directory: Path
+    source: str
+
+
+def job_trainer(config: Config, job: JobView) -> str:
+    """internal or external: as the job was queued (`specwatch retrain --trainer`), else the config's."""
+    return str(job.progress.get("trainer") or config.retrain.training.trainer)
+
+
+def train_internal(context: JobContext, corpus: Corpus, progress: Progress) -> Candidate:
+    """specwatch's own trainer, in this process."""
+    job = context.job
+    try:
+        result = train_head(
+            context.target,
+            corpus,
+            kind=context.kind,
+            warm_start=context.live_dir if context.kind == context.live_draft.kind else None,
+            settings=context.config.retrain.training,
+            work_dir=job.work_dir / "train",
+            progress=TrainingProgress(context.engine, job.id, progress),
+        )
+    finally:
+        progress.finish()
+    directory = save_candidate(result, job.work_dir / "candidate", corpus)
+    return Candidate(result.draft, directory, f"retrain job {job.id}")
+
+
+def external_values(context: JobContext, corpus_dir: Path, output_dir: Path) -> dict[str, str]:
+    """The external command's placeholders for this job: aux layers and draft vocabulary of the live
+    eagle3 head (the target's defaults for another kind), the live head as a speculators checkpoint."""
+    config, target = context.config, context.target
+    assert config.models.target is not None
+    live_eagle3 = context.live_draft if isinstance(context.live_draft, Eagle3Head) else None
+    if live_eagle3 is not None:
+        aux_layer_ids = tuple(live_eagle3.eagle3_config.aux_layer_ids)
+        vocab_size = live_eagle3.eagle3_config.draft_vocab_size
+        served = prepare_served_head(
+            DeployConfig(format="speculators"), context.registry, context.live.version, lambda: target
+        )
+        live_head: Path | None = served.export_dir
+    else:
+        aux_layer_ids, vocab_size, live_head = default_aux_layer_ids(target.num_layers), target.vocab_size, None
+    return placeholder_values(
+        target=config.models.target,
+        aux_layer_ids=aux_layer_ids,
+        draft_vocab_size=vocab_size,
+        corpus_dir=corpus_dir,
+        live_head=live_head,
+        output_dir=output_dir,
+        gpus=config.retrain.external.gpus,
+    )
+
+
+def train_external(context: JobContext, corpus_dir: Path) -> Candidate:
+    """retrain.external.command (retrain.external): files in, an EAGLE-3 checkpoint out, imported."""
+    if context.kind != "eagle3":
+        raise RetrainFailed(f"the external trainer trains eagle3 heads, not {context.kind}: retrain --kind eagle3")
+    paths = ExternalPaths.of(context.job.work_dir)
+    set_progress(context.engine, context.job.id, stage="train", trainer="external")
+    values = external_values(context, corpus_dir, paths.output)
+    checkpoint = run_external_trainer(context.config.retrain.external, context.engine, context.job.id, paths, values)
+    try:
+        draft = load_draft(checkpoint, context.target)
+    except DecoderError as error:
+        raise RetrainFailed(f"the external trainer's checkpoint {checkpoint} does not load: {error}") from error
+    if draft.kind != context.kind:
+        raise RetrainFailed(f"the external trainer wrote a {draft.kind} head in {checkpoint}, not {context.kind}")
+    log.info("imported the external trainer's %s head from %s", draft.kind, checkpoint)
+    return Candidate(draft, checkpoint, f"retrain job {context.job.id} (external trainer)")
+
+
 def run_job(
     config: Config, engine: Engine, job: JobView, *, announce: Announce, progress: Progress = NO_PROGRESS
 ) -> JobOutcome:
@@ -167,49 +265,50 @@ def run_job(
     live = registry.ensure_seed(config.models.draft)
     live_dir = registry.live_path()
     assert live_dir is not None
-    training = config.retrain.training
-    target = load_target(config.models.target, device=training.device)
+    target = load_target(config.models.target, device=config.retrain.training.device)
     live_draft = load_draft(live_dir, target)
     kind = live_draft.kind if job.kind == "live" else job.kind
+    context = JobContext(config, engine, job, registry, live, live_dir, live_draft, target, kind)
 
     set_progress(engine, job.id, stage="corpus")
     corpus = prepare_corpus(config, engine, job, live.version, target)
     update_job(engine, job.id, corpus_hash=corpus.manifest.content_hash)
 
     set_progress(engine, job.id, stage="train", first_step=None, train_started_at=None)
-    try:
-        result = train_head(
-            target,
-            corpus,
-            kind=kind,
-            warm_start=live_dir if kind == live_draft.kind else None,
-            settings=training,
-            work_dir=job.work_dir / "train",
-            progress=TrainingProgress(engine, job.id, progress),
-        )
-    finally:
-        progress.finish()
-    candidate_dir = save_candidate(result, job.work_dir / "candidate", corpus)
+    if job_trainer(config, job) == "external":
+        candidate = train_external(context, job.work_dir / "corpus")
+    else:
+        candidate = train_internal(context, corpus, progress)
+    return judge_and_deploy(context, corpus, candidate, announce)
 
+
+def judge_and_deploy(context: JobContext, corpus: Corpus, candidate: Candidate, announce: Announce) -> JobOutcome:
+    """What follows training, whoever trained: gate on the holdout, register, announce, deploy or refuse."""
+    config, engine, job, registry, live = context.config, context.engine, context.job, context.registry, context.live
     set_progress(engine, job.id, stage="gate")
-    decision = run_gate(target, live_draft, result.draft, corpus.holdout, GateOptions.from_config(config))
+    decision = run_gate(
+        context.target, context.live_draft, candidate.draft, corpus.holdout, GateOptions.from_config(config)
+    )
     manifest = corpus.manifest.model_dump(mode="json")
     corpus_info = {key: manifest[key] for key in ("content_hash", "counts", "since", "until")}
-    candidate = registry.register(
-        candidate_dir,
+    registered = registry.register(
+        candidate.directory,
         parent=live.version,
-        source=f"retrain job {job.id}",
+        source=candidate.source,
         corpus=corpus_info,
         metrics=decision.overall.to_dict(),
     )
-    registry.update(candidate.version, gate=decision.to_dict())
-    update_job(engine, job.id, candidate_version=candidate.version)
-    announce(GateAnnouncement(job, candidate.version, decision.promote, decision.summary(), decision.overall))
+    registry.update(registered.version, gate=decision.to_dict())
+    update_job(engine, job.id, candidate_version=registered.version)
+    announce(GateAnnouncement(job, registered.version, decision.promote, decision.summary(), decision.overall))
     if not decision.promote:
-        registry.update(candidate.version, state="refused")
-        record_event(engine, "refused", candidate.version, live.version, decision.summary(), decision.to_dict(), job.id)
-        return JobOutcome(job.id, "refused", decision.summary(), candidate.version, decision)
-    return deploy(config, engine, registry, candidate.version, job.id, decision, decision.summary(), lambda: target)
+        registry.update(registered.version, state="refused")
+        record_event(
+            engine, "refused", registered.version, live.version, decision.summary(), decision.to_dict(), job.id
+        )
+        return JobOutcome(job.id, "refused", decision.summary(), registered.version, decision)
+    target = context.target
+    return deploy(config, engine, registry, registered.version, job.id, decision, decision.summary(), lambda: target)
 
 
 def deploy(

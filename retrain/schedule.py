@@ -16,8 +16,10 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -27,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from monitor.base.config import Config, load_config, window_length
 from monitor.base.db import AlertRecord, RetrainJob, open_database, utcnow
-from retrain.jobs import ACTIVE, JobView, create_job, mark_dead_jobs
+from retrain.jobs import ACTIVE, JobView, create_job, mark_dead_jobs, set_progress
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +119,29 @@ def recapture_due(config: Config, engine: Engine, now: datetime | None = None) -
     return f"{alert.alertname} for {segment} firing since {alert.starts_at:%Y-%m-%d %H:%M} UTC"
 
 
-def queue_job(config: Config, engine: Engine, *, trigger: str, reason: str, kind: str | None = None) -> JobView | None:
-    """A new queued job, unless one is already queued or running (then None)."""
+def queue_job(
+    config: Config,
+    engine: Engine,
+    *,
+    trigger: str,
+    reason: str,
+    kind: str | None = None,
+    trainer: Literal["internal", "external"] | None = None,
+) -> JobView | None:
+    """A new queued job, unless one is already queued or running (then None). `kind` and `trainer`
+    default to retrain.training's; the trainer is stored with the job (its progress), so a resumed job
+    keeps it."""
     mark_dead_jobs(engine, config.retrain.stale_after_s)
     if active_job(engine) is not None:
         log.info("a retrain is already queued or running; %s retrain not queued", trigger)
         return None
     kind = kind or config.retrain.training.kind
-    return create_job(engine, trigger=trigger, reason=reason, kind=kind, work_root=config.storage.data_dir / "retrain")
+    trainer = trainer or config.retrain.training.trainer
+    if trainer == "external" and not config.retrain.external.command:
+        raise ValueError("the external trainer needs retrain.external.command")
+    job = create_job(engine, trigger=trigger, reason=reason, kind=kind, work_root=config.storage.data_dir / "retrain")
+    set_progress(engine, job.id, trainer=trainer)
+    return replace(job, progress={**job.progress, "trainer": trainer})
 
 
 def spawn_job(config_path: Path, job: JobView) -> subprocess.Popen[bytes]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import string
 import tomllib
 from datetime import timedelta
 from pathlib import Path
@@ -747,11 +748,91 @@ class TrainingConfig(Section):
         "training-time test), fresh or warm-started; a step runs the head this many times",
     )
     device: str = Field(default="auto", description="auto = the GPU when present, else cpu")
+    trainer: Literal["internal", "external"] = Field(
+        default="internal",
+        description="who trains: internal (in this process) or external (retrain.external.command, e.g. "
+        "speculators under torchrun); `specwatch retrain --trainer` overrides it for one job",
+    )
 
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
         return check_draft_kind(kind)
+
+
+EXTERNAL_PLACEHOLDERS: dict[str, str] = {
+    "target": "models.target, the verifier's directory",
+    "aux_layer_ids": "the EAGLE-3 aux-layer ids, comma-separated, in vLLM's numbering (hidden_states indices)",
+    "draft_vocab_size": "the draft vocabulary size",
+    "corpus_dir": "the job's corpus directory (train.jsonl, holdout.jsonl, manifest.json)",
+    "train_jsonl": "the corpus's train.jsonl (specwatch's own sample lines)",
+    "live_head": "the live head as a speculators checkpoint, for a warm start; empty when it is of another kind",
+    "output_dir": "where the trainer writes checkpoints; the same directory when a job is resumed",
+    "gpus": "retrain.external.gpus",
+}
+"""The `{name}`s a retrain.external.command may use (retrain.external builds their values)."""
+
+
+def command_placeholders(command: list[str]) -> set[str]:
+    """The `{name}` fields of a command template (`{{` and `}}` are literal braces); ValueError for a
+    field with a format spec, a conversion, an index or an attribute, or a malformed brace."""
+    names = set()
+    for argument in command:
+        try:
+            fields = list(string.Formatter().parse(argument))
+        except ValueError as exc:
+            raise ValueError(f"argument {argument!r}: {exc}") from None
+        for _, name, spec, conversion in fields:
+            if name is None:
+                continue
+            if spec or conversion or not name.isidentifier():
+                raise ValueError(f"argument {argument!r}: use plain {{name}} placeholders, got {{{name}...}}")
+            names.add(name)
+    return names
+
+
+class ExternalTrainerConfig(Section):
+    command: list[str] = Field(
+        default_factory=list,
+        description="the trainer, run as a subprocess in its own process group when retrain.training.trainer = "
+        "external (or a script that submits a Kubernetes Job or Slurm batch and waits for it); placeholders "
+        + ", ".join(f"{{{name}}}" for name in EXTERNAL_PLACEHOLDERS)
+        + "; it must write a checkpoint that `specwatch heads import` reads (speculators' EAGLE-3) under "
+        "{output_dir}. See README, Retrain with an external trainer",
+    )
+    working_dir: Path | None = Field(default=None, description="the command's working directory; unset = the job's")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="variables added to the command's environment (it inherits specwatch's: pass secrets that way, "
+        "never here)",
+    )
+    timeout: DurationName = Field(default="48h", description="the run is killed and the job fails after this long")
+    heartbeat_s: float = Field(
+        default=10.0, gt=0, description="how often the child's liveness and log tail are stored on the job"
+    )
+    gpus: int = Field(default=1, ge=1, description="the value of {gpus} (e.g. torchrun --nproc_per_node)")
+    checkpoint_subdir: str = Field(
+        default="",
+        description="the checkpoint's directory under {output_dir}; empty = {output_dir} itself when it holds one, "
+        "else the newest directory under it that holds a head",
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _known_placeholders(cls, command: list[str]) -> list[str]:
+        unknown = command_placeholders(command) - set(EXTERNAL_PLACEHOLDERS)
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {', '.join(sorted(unknown))}; known: {', '.join(EXTERNAL_PLACEHOLDERS)}"
+            )
+        return command
+
+    @field_validator("checkpoint_subdir")
+    @classmethod
+    def _relative(cls, subdir: str) -> str:
+        if subdir and (Path(subdir).is_absolute() or ".." in Path(subdir).parts):
+            raise ValueError("checkpoint_subdir is a relative path under {output_dir}")
+        return subdir
 
 
 class GateConfig(Section):
@@ -821,9 +902,16 @@ class RetrainConfig(Section):
     stale_after_s: float = Field(default=120.0, gt=0, description="a job silent this long is dead; its lock frees")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    external: ExternalTrainerConfig = Field(default_factory=ExternalTrainerConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     deploy: DeployConfig = Field(default_factory=DeployConfig)
     watch: WatchConfig = Field(default_factory=WatchConfig)
+
+    @model_validator(mode="after")
+    def _external_needs_command(self) -> RetrainConfig:
+        if self.training.trainer == "external" and not self.external.command:
+            raise ValueError("retrain.training.trainer = external needs retrain.external.command")
+        return self
 
 
 class EngineEndpointConfig(Section):
@@ -922,7 +1010,12 @@ class Config(Section):
                 "draft": absolute(self.models.draft) if self.models.draft else None,
             }
         )
-        return self.model_copy(update={"storage": storage, "intake": intake, "models": models, "drift": drift})
+        external = self.retrain.external
+        working_dir = absolute(external.working_dir) if external.working_dir else None
+        retrain = self.retrain.model_copy(update={"external": external.model_copy(update={"working_dir": working_dir})})
+        return self.model_copy(
+            update={"storage": storage, "intake": intake, "models": models, "drift": drift, "retrain": retrain}
+        )
 
     @property
     def replays(self) -> bool:

@@ -1,5 +1,5 @@
-"""`specwatch retrain [--now] [--kind K] [--detach]`, `retrain status`, `heads list|import|export`,
-`rollback [VERSION]`: retraining and the head registry by hand.
+"""`specwatch retrain [--now] [--kind K] [--trainer internal|external] [--detach]`, `retrain status`,
+`heads list|import|export`, `rollback [VERSION]`: retraining and the head registry by hand.
 
 A retrain in the foreground and `heads export` show their progress (monitor.service.progress): a bar with
 ETA on a terminal, else a log line every 10 s (so the daemon's retrain process logs its steps too).
@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         metavar="KIND",
         help="live or a registered draft kind (default: retrain.training.kind)",
+    )
+    retrain.add_argument(
+        "--trainer",
+        choices=("internal", "external"),
+        default=None,
+        help="internal (this process) or external (retrain.external.command, e.g. speculators under torchrun); "
+        "default: retrain.training.trainer",
     )
     retrain.add_argument("--detach", action="store_true", help="run the job in the background; print its id")
     retrain.add_argument("--json", action="store_true", help="machine-readable output")
@@ -114,7 +121,12 @@ def retrain_command(args: argparse.Namespace) -> int:
             engine.dispose()
             print("no retrain due: no breach or drop alert has fired long enough (or in cooldown); use --now")
             return 0
-        job = queue_job(config, engine, trigger="manual" if args.now else "recapture", reason=reason, kind=args.kind)
+        trigger = "manual" if args.now else "recapture"
+        try:
+            job = queue_job(config, engine, trigger=trigger, reason=reason, kind=args.kind, trainer=args.trainer)
+        except ValueError as error:
+            engine.dispose()
+            raise CommandError(str(error)) from None
         if job is None:
             engine.dispose()
             raise CommandError("a retrain is already queued or running; see `specwatch retrain status`")

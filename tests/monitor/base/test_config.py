@@ -208,3 +208,22 @@ def test_intake_languages_are_lowercased_and_may_be_empty() -> None:
     path = Path("/etc/specwatch/config.toml")
     assert parse_config('[intake]\nlanguages = ["EN", " Vi"]\n', path).intake.languages == ["en", "vi"]
     assert parse_config("[intake]\nlanguages = []\n", path).intake.languages == []
+
+
+def test_an_external_trainer_command_with_an_unknown_placeholder_is_refused_at_load(tmp_path: Path) -> None:
+    from monitor.base.config import EXTERNAL_PLACEHOLDERS
+
+    path = tmp_path / "config.toml"
+    path.write_text('[retrain.external]\ncommand = ["train", "--out", "{output_dir}", "{outptu_dir}"]\n')
+    with pytest.raises(
+        ConfigError, match=r"retrain.external.command: unknown placeholder\(s\) outptu_dir; known: target"
+    ):
+        load_config(path)
+    path.write_text('[retrain.training]\ntrainer = "external"\n')
+    with pytest.raises(ConfigError, match=r"needs retrain\.external\.command"):
+        load_config(path)
+    every = " ".join(f"{{{name}}}" for name in EXTERNAL_PLACEHOLDERS)
+    path.write_text(
+        f'[retrain.training]\ntrainer = "external"\n[retrain.external]\ncommand = ["t", "{every}", "{{{{x}}}}"]\n'
+    )
+    assert load_config(path).retrain.external.command[1] == every
