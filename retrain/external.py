@@ -38,6 +38,7 @@ from decoder.formats import detect_format
 from monitor.base.config import EXTERNAL_PLACEHOLDERS, ExternalTrainerConfig, window_length
 from monitor.base.db import utcnow
 from retrain.jobs import RetrainFailed, get_job, set_progress
+from retrain.trainer_corpus import TrainerCorpus
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,18 @@ WRAPPER = 'rm -f "$0.tmp"; "$@"; status=$?; echo "$status" > "$0.tmp" && mv "$0.
 
 @dataclass(frozen=True)
 class ExternalPaths:
-    """Where a job's external run lives: <job>/external/{output, trainer.log, exit_status}."""
+    """Where a job's external run lives: <job>/external/{corpus, output, trainer.log, exit_status}."""
 
     root: Path
 
     @classmethod
     def of(cls, job_dir: Path) -> ExternalPaths:
         return cls(job_dir / "external")
+
+    @property
+    def corpus(self) -> Path:
+        """The train side of the corpus, the trainer's input (no holdout)."""
+        return self.root / "corpus"
 
     @property
     def output(self) -> Path:
@@ -79,7 +85,7 @@ def placeholder_values(
     target: Path,
     aux_layer_ids: Sequence[int],
     draft_vocab_size: int,
-    corpus_dir: Path,
+    corpus: TrainerCorpus,
     live_head: Path | None,
     output_dir: Path,
     gpus: int,
@@ -89,8 +95,11 @@ def placeholder_values(
         "target": str(target),
         "aux_layer_ids": ",".join(str(layer) for layer in aux_layer_ids),
         "draft_vocab_size": str(draft_vocab_size),
-        "corpus_dir": str(corpus_dir),
-        "train_jsonl": str(corpus_dir / "train.jsonl"),
+        "corpus_dir": str(corpus.manifest.parent),
+        "train_jsonl": str(corpus.manifest.parent / "train.jsonl"),
+        "conversations_jsonl": str(corpus.speculators),
+        "sharegpt_jsonl": str(corpus.sharegpt),
+        "trainer_manifest": str(corpus.manifest),
         "live_head": "" if live_head is None else str(live_head),
         "output_dir": str(output_dir),
         "gpus": str(gpus),

@@ -22,6 +22,7 @@ after the gate passed; a deploy hook that fails switches the pointer back.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ from retrain.jobs import JobLock, JobView, RetrainFailed, finish, mark_dead_jobs
 from retrain.registry import HeadManifest, HeadRegistry
 from retrain.serving import prepare_served_head
 from retrain.trainer import save_candidate, train_head
+from retrain.trainer_corpus import write_trainer_corpora
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +213,11 @@ def train_internal(context: JobContext, corpus: Corpus, progress: Progress) -> C
     return Candidate(result.draft, directory, f"retrain job {job.id}")
 
 
-def external_values(context: JobContext, corpus_dir: Path, output_dir: Path) -> dict[str, str]:
+def external_values(context: JobContext, corpus: Corpus, corpus_dir: Path, paths: ExternalPaths) -> dict[str, str]:
     """The external command's placeholders for this job: aux layers and draft vocabulary of the live
-    eagle3 head (the target's defaults for another kind), the live head as a speculators checkpoint."""
+    eagle3 head (the target's defaults for another kind), the live head as a speculators checkpoint,
+    and the train side of the corpus in specwatch's and the trainers' formats, in a directory of its
+    own (the holdout stays in `corpus_dir`: it never leaves specwatch)."""
     config, target = context.config, context.target
     assert config.models.target is not None
     live_eagle3 = context.live_draft if isinstance(context.live_draft, Eagle3Head) else None
@@ -226,24 +230,34 @@ def external_values(context: JobContext, corpus_dir: Path, output_dir: Path) -> 
         live_head: Path | None = served.export_dir
     else:
         aux_layer_ids, vocab_size, live_head = default_aux_layer_ids(target.num_layers), target.vocab_size, None
+    paths.corpus.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(corpus_dir / "train.jsonl", paths.corpus / "train.jsonl")
+    files = write_trainer_corpora(
+        corpus,
+        paths.corpus,
+        target=str(config.models.target),
+        aux_layer_ids=aux_layer_ids,
+        draft_vocab_size=vocab_size,
+        seed=config.retrain.training.seed,
+    )
     return placeholder_values(
         target=config.models.target,
         aux_layer_ids=aux_layer_ids,
         draft_vocab_size=vocab_size,
-        corpus_dir=corpus_dir,
+        corpus=files,
         live_head=live_head,
-        output_dir=output_dir,
+        output_dir=paths.output,
         gpus=config.retrain.external.gpus,
     )
 
 
-def train_external(context: JobContext, corpus_dir: Path) -> Candidate:
+def train_external(context: JobContext, corpus: Corpus, corpus_dir: Path) -> Candidate:
     """retrain.external.command (retrain.external): files in, an EAGLE-3 checkpoint out, imported."""
     if context.kind != "eagle3":
         raise RetrainFailed(f"the external trainer trains eagle3 heads, not {context.kind}: retrain --kind eagle3")
     paths = ExternalPaths.of(context.job.work_dir)
     set_progress(context.engine, context.job.id, stage="train", trainer="external")
-    values = external_values(context, corpus_dir, paths.output)
+    values = external_values(context, corpus, corpus_dir, paths)
     checkpoint = run_external_trainer(context.config.retrain.external, context.engine, context.job.id, paths, values)
     try:
         draft = load_draft(checkpoint, context.target)
@@ -276,7 +290,7 @@ def run_job(
 
     set_progress(engine, job.id, stage="train", first_step=None, train_started_at=None)
     if job_trainer(config, job) == "external":
-        candidate = train_external(context, job.work_dir / "corpus")
+        candidate = train_external(context, corpus, job.work_dir / "corpus")
     else:
         candidate = train_internal(context, corpus, progress)
     return judge_and_deploy(context, corpus, candidate, announce)

@@ -162,7 +162,19 @@ def test_an_external_trainers_checkpoint_is_imported_gated_and_deployed(
     seed_config = json.loads((weak_seed / "config.json").read_text(encoding="utf-8"))["draft"]
     assert args["aux_layer_ids"] == ",".join(str(layer) for layer in seed_config["aux_layer_ids"])
     assert args["target"] == str(reference_models / "target")
-    assert args["data"] == str(job.work_dir / "corpus" / "train.jsonl") and args["draft_vocab_size"] == 512
+    trainer_input = job.work_dir / "external" / "corpus"
+    assert args["data"] == str(trainer_input / "train.jsonl") and args["draft_vocab_size"] == 512
+    assert sorted(p.name for p in trainer_input.iterdir()) == [
+        "conversations.jsonl",
+        "sharegpt.jsonl",
+        "train.jsonl",
+        "trainer_manifest.json",
+    ], "the trainer gets the train side in every format, and no holdout"
+    assert (trainer_input / "train.jsonl").read_bytes() == (job.work_dir / "corpus" / "train.jsonl").read_bytes()
+    holdout = (job.work_dir / "corpus" / "holdout.jsonl").read_text(encoding="utf-8").splitlines()
+    held_keys = {json.loads(line)["sample_key"] for line in holdout}
+    trainer_text = "".join(p.read_text(encoding="utf-8") for p in trainer_input.iterdir())
+    assert held_keys and not any(key in trainer_text for key in held_keys)
     live_head = Path(args["from_pretrained"])
     assert live_head == config.heads_dir / "exports" / seed_version / "speculators"
     assert (live_head / "config.json").is_file()
