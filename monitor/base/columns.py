@@ -83,10 +83,14 @@ class ResultColumns:
         return ResultColumns(segments=self.segments, **values)
 
     def window(self, start: datetime, end: datetime) -> ResultColumns:
-        """Samples with start < occurred_at <= end (rows are time-sorted: a slice)."""
+        """Samples with start < occurred_at <= end."""
+        return self.take(self.rows_between(start, end))  # views, not copies
+
+    def rows_between(self, start: datetime, end: datetime) -> slice:
+        """The rows with start < occurred_at <= end (rows are time-sorted: a slice)."""
         low = int(np.searchsorted(self.occurred, start.timestamp(), side="right"))
         high = int(np.searchsorted(self.occurred, end.timestamp(), side="right"))
-        return self.take(slice(low, high))  # views, not copies
+        return slice(low, high)
 
     def counts(self, rows: np.ndarray | slice | None = None) -> AcceptCounts:
         """The summed counts of the rows (all rows when None)."""

@@ -235,26 +235,37 @@ def bootstrap_intervals(
 
 
 def paired_alpha_difference(
-    first: Sequence[AcceptCounts], second: Sequence[AcceptCounts], *, confidence: float, resamples: int, seed: int
+    first: Sequence[AcceptCounts] | ResultColumns,
+    second: Sequence[AcceptCounts] | ResultColumns,
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
 ) -> Interval | None:
-    """Paired cluster-bootstrap interval of alpha(second) - alpha(first), the two lists holding the same
-    samples in the same order: each resample draws samples with replacement and recomputes both ratio
-    estimators on the same draw. None below 2 samples."""
+    """Paired cluster-bootstrap interval of alpha(second) - alpha(first), the two holding the same samples
+    in the same order (lists of counts, or row-aligned columns): each resample draws samples with
+    replacement and recomputes both ratio estimators on the same draw. None below 2 samples."""
+    if len(first) != len(second):
+        raise ValueError(f"paired samples must match: {len(first)} first, {len(second)} second")
     if len(first) < 2:
         return None
-    columns = np.array(
-        [
-            (one.accepted, one.accepted + one.rejected, two.accepted, two.accepted + two.rejected)
-            for one, two in zip(first, second, strict=True)
-        ],
-        dtype=np.float64,
-        order="F",
-    )
+    columns = np.empty((len(first), 4), dtype=np.float64, order="F")
+    columns[:, 0], columns[:, 1] = _proposals(first)
+    columns[:, 2], columns[:, 3] = _proposals(second)
     sums = resampled_sums(columns, resamples, np.random.default_rng(seed))
     first_accepted, first_denominator, second_accepted, second_denominator = sums.T
     with np.errstate(divide="ignore", invalid="ignore"):
         differences = second_accepted / second_denominator - first_accepted / first_denominator
     return percentile_interval(differences, expanded_levels(len(first), confidence))
+
+
+def _proposals(counts: Sequence[AcceptCounts] | ResultColumns) -> tuple[np.ndarray, np.ndarray]:
+    """A and A + R of each sample."""
+    if isinstance(counts, ResultColumns):
+        return counts.accepted, counts.accepted + counts.rejected
+    accepted = np.array([c.accepted for c in counts], dtype=np.float64)
+    rejected = np.array([c.rejected for c in counts], dtype=np.float64)
+    return accepted, accepted + rejected
 
 
 def beyond_tolerance(interval: Interval, tolerance: float) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -34,7 +33,7 @@ from monitor.base.config import Config, window_length
 from monitor.base.db import Sample, utcnow
 from monitor.base.groups import Grouping
 from monitor.base.results import (
-    LiveShadowPair,
+    LiveShadowPairs,
     last_head_change,
     load_live_columns,
     load_result_columns,
@@ -231,7 +230,7 @@ class Measured:
     windows: dict[str, timedelta]
     shadow: ResultColumns
     live: ResultColumns
-    pairs: list[LiveShadowPair]
+    pairs: LiveShadowPairs
     stats: list[SegmentStats]
     cost_ratio: float | None
     primary: str
@@ -261,7 +260,7 @@ def side_by_side(
     config: Config,
     shadow: ResultColumns,
     live: ResultColumns,
-    pairs: Sequence[LiveShadowPair],
+    pairs: LiveShadowPairs,
     windows: dict[str, timedelta],
     now: datetime,
     cost_ratio: float | None,
@@ -288,17 +287,14 @@ def side_by_side(
 
 
 def paired_counts(
-    pairs: Sequence[LiveShadowPair], windows: dict[str, timedelta], now: datetime, rollups: Sequence[Sequence[str]] = ()
+    pairs: LiveShadowPairs, windows: dict[str, timedelta], now: datetime, rollups: Sequence[Sequence[str]] = ()
 ) -> dict[tuple[str, str], int]:
     """(group, window) -> samples with both live and shadow counts."""
-    grouping = Grouping.of(sorted({pair.segment for pair in pairs}), rollups)
-    index = {segment: position for position, segment in enumerate(grouping.segments)}
-    counts: dict[tuple[str, str], int] = defaultdict(int)
+    grouping = Grouping.of(pairs.live.segments, rollups)
+    counts: dict[tuple[str, str], int] = {}
     for window, length in windows.items():
-        for pair in pairs:
-            if now - length < pair.occurred_at <= now:
-                for group in grouping.groups_of(index[pair.segment]):
-                    counts[(grouping.names[group], window)] += 1
+        for group, rows in group_rows(pairs.live.window(now - length, now), grouping).items():
+            counts[(grouping.names[group], window)] = int(rows.shape[0])
     return counts
 
 
