@@ -16,12 +16,12 @@ the serving engine reported about each request (live_results): the live side of 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import numpy as np
 from sqlalchemy import Engine, Float, String, Text, case, cast, exists, extract, func, select, type_coerce
 from sqlalchemy.orm import Session
@@ -83,14 +83,25 @@ def _detail(column: Any, moment: Any, detail_since: datetime | None) -> Any:
     return text if detail_since is None else case((moment > detail_since, text), else_=None)
 
 
+class _Detail(msgspec.Struct):
+    """What columns read of a counts JSON (AcceptCounts.to_dict or an engine's report); other keys are skipped."""
+
+    eos_ended: float | None = 0.0
+    accepted_per_position: list[float] | None = None
+    accept_histogram: list[float] | None = None
+
+
+_DETAILS = msgspec.json.Decoder(list[_Detail])
+
+
 def _vectors(texts: Sequence[str | None]) -> dict[str, list[Any]]:
-    """E and the per-position and histogram vectors of a chunk's counts JSON (AcceptCounts.to_dict or an
-    engine's report), parsed in one call (one C-level parse, not one per row); None reads as none."""
-    counts = json.loads("[" + ",".join(text or "{}" for text in texts) + "]")
+    """E and the per-position and histogram vectors of a chunk's counts JSON, parsed in one call (one C-level
+    parse into typed records, not one per row); None reads as none."""
+    details = _DETAILS.decode("[" + ",".join(text or "{}" for text in texts) + "]")
     return {
-        "eos_ended": [c.get("eos_ended", 0.0) for c in counts],
-        "per_position": [c.get("accepted_per_position") or () for c in counts],
-        "histogram": [c.get("accept_histogram") or () for c in counts],
+        "eos_ended": [detail.eos_ended for detail in details],
+        "per_position": [detail.accepted_per_position or () for detail in details],
+        "histogram": [detail.accept_histogram or () for detail in details],
     }
 
 

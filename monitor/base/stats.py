@@ -245,18 +245,20 @@ def paired_alpha_difference(
     """Paired cluster-bootstrap interval of alpha(second) - alpha(first), the two holding the same samples
     in the same order (lists of counts, or row-aligned columns): each resample draws samples with
     replacement and recomputes both ratio estimators on the same draw. None below 2 samples."""
+    bootstrap = GroupBootstrap(confidence=confidence, resamples=resamples, seed=seed)
+    return bootstrap.alpha_difference(paired_proposals(first, second))
+
+
+def paired_proposals(
+    first: Sequence[AcceptCounts] | ResultColumns, second: Sequence[AcceptCounts] | ResultColumns
+) -> np.ndarray:
+    """(A, A + R) of `first`, then of `second`, per sample: the columns `GroupBootstrap.alpha_difference` reads."""
     if len(first) != len(second):
         raise ValueError(f"paired samples must match: {len(first)} first, {len(second)} second")
-    if len(first) < 2:
-        return None
     columns = np.empty((len(first), 4), dtype=np.float64, order="F")
     columns[:, 0], columns[:, 1] = _proposals(first)
     columns[:, 2], columns[:, 3] = _proposals(second)
-    sums = resampled_sums(columns, resamples, np.random.default_rng(seed))
-    first_accepted, first_denominator, second_accepted, second_denominator = sums.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        differences = second_accepted / second_denominator - first_accepted / first_denominator
-    return percentile_interval(differences, expanded_levels(len(first), confidence))
+    return columns
 
 
 def _proposals(counts: Sequence[AcceptCounts] | ResultColumns) -> tuple[np.ndarray, np.ndarray]:
@@ -284,10 +286,13 @@ class GroupBootstrap:
     four-dimensional normal draws instead of resamples x n index draws. The ratio (alpha, tau) is still
     computed on every draw, so its skew is kept; at n = EXACT_MAX the two agree to a few thousandths of
     alpha (tests/monitor/base/test_stats.py measures it). The work per group is bounded by EXACT_MAX x
-    resamples, whatever the traffic."""
+    resamples, whatever the traffic.
+
+    The paired difference of two alphas (`alpha_difference`) is always resampled exactly: with the
+    shared count matrices up to EXACT_MAX samples, by drawing indices above."""
 
     EXACT_MAX = 256
-    DRAWS_BYTES = 32 << 20  # draw matrices kept for reuse (groups of one size share theirs), at most
+    DRAWS_BYTES = 32 << 20  # count matrices kept for reuse (groups of one size share theirs), at most
 
     def __init__(self, *, confidence: float, resamples: int, seed: int) -> None:
         self.confidence, self.resamples, self.seed = confidence, resamples, seed
@@ -309,18 +314,36 @@ class GroupBootstrap:
             return Interval(alpha_low, alpha_high), Interval(tau_low, tau_high)
         return percentile_interval(alphas, levels), percentile_interval(taus, levels)
 
-    def _exact(self, columns: np.ndarray) -> np.ndarray:
+    def alpha_difference(self, columns: np.ndarray) -> Interval | None:
+        """Interval of alpha(second) - alpha(first) for the rows of `columns` = (A, A + R) of the first
+        measurement, then of the second, per sample (`paired_proposals`); None below 2 samples."""
         samples = columns.shape[0]
+        if samples < 2:
+            return None
+        if samples <= self.EXACT_MAX:
+            sums = self._exact(columns)
+        else:
+            sums = resampled_sums(columns, self.resamples, np.random.default_rng(self.seed))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            differences = sums[:, 2] / sums[:, 3] - sums[:, 0] / sums[:, 1]
+        return percentile_interval(differences, expanded_levels(samples, self.confidence))
+
+    def _exact(self, columns: np.ndarray) -> np.ndarray:
+        return self._draw_counts(columns.shape[0]) @ columns
+
+    def _draw_counts(self, samples: int) -> np.ndarray:
+        """How often each of `samples` rows is drawn in each resample (the draws `resampled_sums` makes in
+        one call), in the smallest unsigned type that holds them."""
         draws = self._draws.get(samples)
         if draws is None:
             picks = np.random.default_rng(self.seed).integers(0, samples, size=(self.resamples, samples))
             offsets = (np.arange(self.resamples) * samples)[:, None]
             flat = np.bincount((picks + offsets).ravel(), minlength=self.resamples * samples)
-            draws = flat.reshape(self.resamples, samples).astype(np.float64)
+            draws = flat.reshape(self.resamples, samples).astype(np.min_scalar_type(int(flat.max())))
             if self._draws_bytes + draws.nbytes <= self.DRAWS_BYTES:
                 self._draws[samples] = draws
                 self._draws_bytes += draws.nbytes
-        return draws @ columns
+        return draws
 
     def _normal(self, columns: np.ndarray) -> np.ndarray:
         samples = columns.shape[0]

@@ -4,7 +4,7 @@
 
 On the samples that carry both the engine's own per-request counts (live) and a shadow replay of the
 live head on the same completion, the paired cluster-bootstrap interval of alpha(live) - alpha(shadow)
-(`monitor.base.stats.paired_alpha_difference`) is computed per segment and for all traffic ("*"), for
+(`monitor.base.stats.GroupBootstrap.alpha_difference`) is computed per segment and for all traffic ("*"), for
 each window. When the whole interval lies more than `tolerance` away from zero, the two measurements
 disagree beyond noise and a `divergence` finding (alert ShadowLiveDivergence) names the group, the
 positions where they differ most, the segments that diverge on their own, and an onset: the pair after
@@ -26,7 +26,7 @@ import numpy as np
 from decoder.counts import AcceptCounts
 from monitor.base.columns import ResultColumns
 from monitor.base.results import LiveShadowPairs
-from monitor.base.stats import ALL_SEGMENTS, Interval, beyond_tolerance, paired_alpha_difference
+from monitor.base.stats import ALL_SEGMENTS, GroupBootstrap, Interval, beyond_tolerance, paired_proposals
 from monitor.evaluation.finding import CRITICAL, Finding
 
 DETECTOR = "divergence"
@@ -67,15 +67,14 @@ def divergence_findings(
     """One finding per (group, window) whose paired interval of live - shadow alpha excludes [-tolerance,
     tolerance], on at least `min_pairs` pairs."""
     findings: list[Finding] = []
+    bootstrap = GroupBootstrap(confidence=confidence, resamples=resamples, seed=seed)
     for window, length in windows.items():
         groups = _groups(pairs.window(now - length, now), min_pairs)
         diverging: dict[str, float] = {}
         found: dict[str, Finding] = {}
         for group in sorted(groups, key=lambda name: (name != ALL_SEGMENTS, name)):
             members = groups[group]
-            interval = paired_alpha_difference(
-                members.shadow, members.live, confidence=confidence, resamples=resamples, seed=seed
-            )
+            interval = bootstrap.alpha_difference(paired_proposals(members.shadow, members.live))
             if interval is None or not beyond_tolerance(interval, tolerance):
                 continue  # the interval reaches into the tolerated band
             finding = _finding(group, window, members, interval, tolerance, confidence)
