@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import NormalDist
@@ -430,19 +430,20 @@ def _group_stats(
     )
 
 
-def group_rows(columns: ResultColumns, grouping: Grouping) -> dict[int, np.ndarray]:
-    """Group index -> the rows (time-ordered) of every group with a sample in `columns`."""
-    found: dict[int, np.ndarray] = {}
+def group_rows(columns: ResultColumns, grouping: Grouping) -> Iterator[tuple[int, np.ndarray]]:
+    """(group index, its rows in time order) for every group with a sample in `columns`, one level of the
+    grouping after the other and by group index within a level; a level's rows are built as it is reached,
+    so one level's index array is held at a time."""
+    if len(columns) == 0:
+        return
+    per_segment = np.bincount(columns.segment, minlength=len(grouping.segments))
+    compact = np.int16 if len(grouping.names) < np.iinfo(np.int16).max else np.int32  # radix-sorted, stable
     for level in grouping.levels:
-        groups = level.of_segment[columns.segment] if len(columns) else np.zeros(0, dtype=np.int64)
-        rows = np.flatnonzero(groups >= 0)
-        if rows.shape[0] == 0:
-            continue
-        order = rows[np.argsort(groups[rows], kind="stable")]
-        present, starts = np.unique(groups[order], return_index=True)
-        for group, start, stop in zip(present, starts, [*starts[1:], order.shape[0]], strict=True):
-            found[int(group)] = order[start:stop]
-    return found
+        order = np.argsort(level.of_segment.astype(compact)[columns.segment], kind="stable")
+        sizes = np.bincount(level.of_segment + 1, weights=per_segment, minlength=len(grouping.names) + 1)
+        stops = np.cumsum(sizes.astype(np.int64))  # rows of no group (-1) sort first
+        for group in np.flatnonzero(sizes[1:]).tolist():
+            yield group, order[stops[group] : stops[group + 1]]
 
 
 def _check_arguments(now: datetime, confidence: float, resamples: int) -> None:
@@ -481,20 +482,20 @@ def segment_stats(
     for name, length in windows.items():
         window = _Window(name, now - length, now)
         inside = columns.window(window.start, now)
-        rows = group_rows(inside, grouping)
-        for group in sorted(rows, key=lambda g: (grouping.names[g] != ALL_SEGMENTS, grouping.names[g])):
-            stats.append(
-                _group_stats(
-                    grouping.names[group],
-                    grouping.kinds[group],
-                    window,
-                    inside,
-                    rows[group],
-                    bootstrap,
-                    window_k=window_k,
-                    cost_ratio=cost_ratio,
-                    source=source,
-                )
+        found = [
+            _group_stats(
+                grouping.names[group],
+                grouping.kinds[group],
+                window,
+                inside,
+                rows,
+                bootstrap,
+                window_k=window_k,
+                cost_ratio=cost_ratio,
+                source=source,
             )
-        logger.debug("window %s: %d samples in %d groups", name, len(inside), len(rows))
+            for group, rows in group_rows(inside, grouping)
+        ]
+        stats += sorted(found, key=lambda item: (item.segment != ALL_SEGMENTS, item.segment))
+        logger.debug("window %s: %d samples in %d groups", name, len(inside), len(found))
     return stats

@@ -69,15 +69,17 @@ def divergence_findings(
     findings: list[Finding] = []
     bootstrap = GroupBootstrap(confidence=confidence, resamples=resamples, seed=seed)
     for window, length in windows.items():
-        groups = _groups(pairs.window(now - length, now), min_pairs)
+        inside = pairs.window(now - length, now)
+        proposals = paired_proposals(inside.shadow, inside.live)
+        groups = _groups(inside, min_pairs)
         diverging: dict[str, float] = {}
         found: dict[str, Finding] = {}
         for group in sorted(groups, key=lambda name: (name != ALL_SEGMENTS, name)):
-            members = groups[group]
-            interval = bootstrap.alpha_difference(paired_proposals(members.shadow, members.live))
+            rows = groups[group]
+            interval = bootstrap.alpha_difference(proposals[rows])
             if interval is None or not beyond_tolerance(interval, tolerance):
                 continue  # the interval reaches into the tolerated band
-            finding = _finding(group, window, members, interval, tolerance, confidence)
+            finding = _finding(group, window, inside.take(rows), interval, tolerance, confidence)
             found[group] = finding
             if group != ALL_SEGMENTS:
                 diverging[group] = finding.evidence["difference"]
@@ -87,15 +89,16 @@ def divergence_findings(
     return findings
 
 
-def _groups(pairs: LiveShadowPairs, min_pairs: int) -> dict[str, LiveShadowPairs]:
-    """All pairs ("*") and each segment's, those with at least `min_pairs` pairs (rows in time order)."""
-    groups = {ALL_SEGMENTS: pairs} if len(pairs) >= min_pairs else {}
+def _groups(pairs: LiveShadowPairs, min_pairs: int) -> dict[str, slice | np.ndarray]:
+    """The rows (in time order) of all pairs ("*") and of each segment's, for those with at least
+    `min_pairs` pairs."""
+    groups: dict[str, slice | np.ndarray] = {ALL_SEGMENTS: slice(None)} if len(pairs) >= min_pairs else {}
     segment = pairs.live.segment
     order = np.argsort(segment, kind="stable")
     present, starts, sizes = np.unique(segment[order], return_index=True, return_counts=True)
     for index, start, size in zip(present.tolist(), starts.tolist(), sizes.tolist(), strict=True):
         if size >= min_pairs:
-            groups[pairs.live.segments[index]] = pairs.take(order[start : start + size])
+            groups[pairs.live.segments[index]] = order[start : start + size]
     return groups
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from alerts.lifecycle import raise_findings
 from monitor.base.columns import ResultColumns
-from monitor.base.config import Config, window_length
+from monitor.base.config import Config, DriftConfig, window_length
 from monitor.base.db import Sample, utcnow
 from monitor.base.groups import Grouping
 from monitor.base.results import (
@@ -293,7 +293,7 @@ def paired_counts(
     grouping = Grouping.of(pairs.live.segments, rollups)
     counts: dict[tuple[str, str], int] = {}
     for window, length in windows.items():
-        for group, rows in group_rows(pairs.live.window(now - length, now), grouping).items():
+        for group, rows in group_rows(pairs.live.window(now - length, now), grouping):
             counts[(grouping.names[group], window)] = int(rows.shape[0])
     return counts
 
@@ -309,26 +309,42 @@ def group_change_tests(config: Config, columns: ResultColumns, recent_since: dat
     drafted = proposed > 0
     per_sample = np.divide(columns.accepted, proposed, out=np.zeros(len(columns)), where=drafted)
     recent_start = recent_since.timestamp()
-    series = {}
-    for group, rows in group_rows(columns, grouping).items():
-        earlier = rows[columns.occurred[rows] <= recent_start]
-        reference = earlier if earlier.shape[0] >= drift.min_samples else rows[: drift.min_samples]
-        recent = rows[(columns.occurred[rows] > recent_start) & drafted[rows]]
-        baseline = columns.counts(reference).alpha
-        if reference.shape[0] < drift.min_samples or baseline is None or recent.shape[0] < drift.min_samples:
-            continue
-        series[grouping.names[group]] = AlphaSeries(
-            columns.occurred[recent],
-            per_sample[recent],
-            baseline,
-            _drop_p_value(columns, reference, recent, drift.change_delta),
-        )
+    series = (  # built group by group as the tests read them: one group's series held at a time
+        (grouping.names[group], found)
+        for group, rows in group_rows(columns, grouping)
+        if (found := _alpha_series(columns, rows, per_sample, drafted, recent_start, drift)) is not None
+    )
     return change_tests(
         series,
         delta=drift.change_delta,
         threshold=drift.change_threshold,
         min_samples=drift.min_samples,
         window=drift.change_window,
+    )
+
+
+def _alpha_series(
+    columns: ResultColumns,
+    rows: np.ndarray,
+    per_sample: np.ndarray,
+    drafted: np.ndarray,
+    recent_start: float,
+    drift: DriftConfig,
+) -> AlphaSeries | None:
+    """A group's per-sample alphas after `recent_start` with its baseline and drop p-value, or None when it
+    has fewer than drift.min_samples results on either side."""
+    times = columns.occurred[rows]
+    earlier = rows[times <= recent_start]
+    reference = earlier if earlier.shape[0] >= drift.min_samples else rows[: drift.min_samples]
+    recent = rows[(times > recent_start) & drafted[rows]]
+    baseline = columns.counts(reference).alpha
+    if reference.shape[0] < drift.min_samples or baseline is None or recent.shape[0] < drift.min_samples:
+        return None
+    return AlphaSeries(
+        columns.occurred[recent],
+        per_sample[recent],
+        baseline,
+        _drop_p_value(columns, reference, recent, drift.change_delta),
     )
 
 
