@@ -83,12 +83,12 @@ def _detail(column: Any, moment: Any, detail_since: datetime | None) -> Any:
     return text if detail_since is None else case((moment > detail_since, text), else_=None)
 
 
-class _Detail(msgspec.Struct):
+class _Detail(msgspec.Struct, gc=False):
     """What columns read of a counts JSON (AcceptCounts.to_dict or an engine's report); other keys are skipped."""
 
     eos_ended: float | None = 0.0
-    accepted_per_position: list[float] | None = None
-    accept_histogram: list[float] | None = None
+    accepted_per_position: tuple[float, ...] | None = None
+    accept_histogram: tuple[float, ...] | None = None
 
 
 _DETAILS = msgspec.json.Decoder(list[_Detail])
