@@ -22,7 +22,7 @@ import torch
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from decoder import AcceptCounts, load_draft
+from decoder import load_draft
 from monitor.base.config import Config, ModelsConfig, ReplayConfig, Secret, StatsConfig, StorageConfig
 from monitor.base.db import Sample, open_database, utcnow
 from monitor.base.results import load_pairs
@@ -59,17 +59,10 @@ def measure_case(models_dir: Path, served_head: str, requests: int, window: int)
         report = IntakePipeline(config, engine, Secret("bench")).ingest("gateway", raws)
         Replayer(engine, models.target, models.draft, models.versions, config.replay).replay_all()
         pairs = load_pairs(engine, models.versions.draft, start - timedelta(hours=1))
-        live = AcceptCounts.total(pair.live for pair in pairs).alpha or 0.0
-        shadow = AcceptCounts.total(pair.shadow for pair in pairs).alpha or 0.0
-        interval = paired_alpha_difference(
-            [p.shadow for p in pairs], [p.live for p in pairs], confidence=0.95, resamples=2000, seed=0
-        )
-        differing = [
-            p.sample_id
-            for p in pairs
-            if (p.live.accepted, p.live.rejected, p.live.drafted, p.live.steps)
-            != (p.shadow.accepted, p.shadow.rejected, p.shadow.drafted, p.shadow.steps)
-        ]
+        live = pairs.live.counts().alpha or 0.0
+        shadow = pairs.shadow.counts().alpha or 0.0
+        interval = paired_alpha_difference(pairs.shadow, pairs.live, confidence=0.95, resamples=2000, seed=0)
+        differing = pairs.live.sample_id[~pairs.same_steps()].tolist()
         with Session(engine) as session:
             redacted = session.scalar(
                 select(func.count()).where(Sample.id.in_(differing), Sample.redactions != text("'{}'"))

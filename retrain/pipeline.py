@@ -78,9 +78,7 @@ def live_segment_alphas(
     them): low-alpha segments, and the segments of low-alpha roll-ups, weigh more."""
     columns = load_result_columns(engine, version, since)
     grouping = Grouping.of(columns.segments, rollups)
-    alphas = {
-        grouping.names[group]: columns.counts(rows).alpha for group, rows in group_rows(columns, grouping).items()
-    }
+    alphas = {grouping.names[group]: columns.counts(rows).alpha for group, rows in group_rows(columns, grouping)}
     return {group: alpha for group, alpha in alphas.items() if alpha is not None}
 
 

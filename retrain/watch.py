@@ -138,12 +138,12 @@ def engine_not_serving(config: Config, engine: Engine, event: HeadEvent) -> str 
     2 x watch.min_samples requests are judged, so an engine that loads the head late is seen to."""
     minimum = config.retrain.watch.min_samples
     pairs = load_pairs(engine, event.version, event.at)
-    pairs = pairs[-2 * minimum :]
+    pairs = pairs.take(slice(max(0, len(pairs) - 2 * minimum), None))
     if len(pairs) < minimum:
         return None
     interval = paired_alpha_difference(
-        [pair.shadow for pair in pairs],
-        [pair.live for pair in pairs],
+        pairs.shadow,
+        pairs.live,
         confidence=config.retrain.gate.confidence,
         resamples=WATCH_RESAMPLES,
         seed=0,
@@ -151,8 +151,8 @@ def engine_not_serving(config: Config, engine: Engine, event: HeadEvent) -> str 
     tolerance = config.drift.divergence_tolerance
     if interval is None or not beyond_tolerance(interval, tolerance):
         return None
-    live = AcceptCounts.total(pair.live for pair in pairs).alpha or 0.0
-    shadow = AcceptCounts.total(pair.shadow for pair in pairs).alpha or 0.0
+    live = pairs.live.counts().alpha or 0.0
+    shadow = pairs.shadow.counts().alpha or 0.0
     return (
         f"the engine does not serve {event.version}: its own alpha {live:.3f} vs {shadow:.3f} replayed on the "
         f"same {len(pairs)} requests since the deploy (live - shadow {_span(interval)}, tolerance {tolerance})"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from itertools import compress
 from typing import Any
 
 import numpy as np
@@ -83,10 +84,14 @@ class ResultColumns:
         return ResultColumns(segments=self.segments, **values)
 
     def window(self, start: datetime, end: datetime) -> ResultColumns:
-        """Samples with start < occurred_at <= end (rows are time-sorted: a slice)."""
+        """Samples with start < occurred_at <= end."""
+        return self.take(self.rows_between(start, end))  # views, not copies
+
+    def rows_between(self, start: datetime, end: datetime) -> slice:
+        """The rows with start < occurred_at <= end (rows are time-sorted: a slice)."""
         low = int(np.searchsorted(self.occurred, start.timestamp(), side="right"))
         high = int(np.searchsorted(self.occurred, end.timestamp(), side="right"))
-        return self.take(slice(low, high))  # views, not copies
+        return slice(low, high)
 
     def counts(self, rows: np.ndarray | slice | None = None) -> AcceptCounts:
         """The summed counts of the rows (all rows when None)."""
@@ -204,13 +209,15 @@ class ColumnsBuilder:
 
 
 def _matrix(vectors: Sequence[Sequence[float]]) -> np.ndarray:
-    width = max((len(vector) for vector in vectors), default=0)
-    if all(len(vector) == width for vector in vectors):  # the common case: one window k throughout
-        return np.array(vectors, dtype=VECTOR_DTYPE).reshape(len(vectors), width)
+    """The vectors as rows of a matrix as wide as the longest, zero-padded (rows without counts stay zero)."""
+    lengths = np.fromiter(map(len, vectors), dtype=np.intp, count=len(vectors))
+    width = int(lengths.max(initial=0))
     matrix = np.zeros((len(vectors), width), dtype=VECTOR_DTYPE)
-    for row, vector in enumerate(vectors):
-        if vector:
-            matrix[row, : len(vector)] = vector
+    full = lengths == width
+    if width and full.any():  # the common case, one window k throughout: one call
+        matrix[full] = np.array(list(compress(vectors, full)), dtype=VECTOR_DTYPE)
+    for row in np.flatnonzero((lengths > 0) & ~full).tolist():  # shorter: measured with a smaller k
+        matrix[row, : lengths[row]] = vectors[row]
     return matrix
 
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from statistics import NormalDist
@@ -235,26 +235,39 @@ def bootstrap_intervals(
 
 
 def paired_alpha_difference(
-    first: Sequence[AcceptCounts], second: Sequence[AcceptCounts], *, confidence: float, resamples: int, seed: int
+    first: Sequence[AcceptCounts] | ResultColumns,
+    second: Sequence[AcceptCounts] | ResultColumns,
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
 ) -> Interval | None:
-    """Paired cluster-bootstrap interval of alpha(second) - alpha(first), the two lists holding the same
-    samples in the same order: each resample draws samples with replacement and recomputes both ratio
-    estimators on the same draw. None below 2 samples."""
-    if len(first) < 2:
-        return None
-    columns = np.array(
-        [
-            (one.accepted, one.accepted + one.rejected, two.accepted, two.accepted + two.rejected)
-            for one, two in zip(first, second, strict=True)
-        ],
-        dtype=np.float64,
-        order="F",
-    )
-    sums = resampled_sums(columns, resamples, np.random.default_rng(seed))
-    first_accepted, first_denominator, second_accepted, second_denominator = sums.T
-    with np.errstate(divide="ignore", invalid="ignore"):
-        differences = second_accepted / second_denominator - first_accepted / first_denominator
-    return percentile_interval(differences, expanded_levels(len(first), confidence))
+    """Paired cluster-bootstrap interval of alpha(second) - alpha(first), the two holding the same samples
+    in the same order (lists of counts, or row-aligned columns): each resample draws samples with
+    replacement and recomputes both ratio estimators on the same draw. None below 2 samples."""
+    bootstrap = GroupBootstrap(confidence=confidence, resamples=resamples, seed=seed)
+    return bootstrap.alpha_difference(paired_proposals(first, second))
+
+
+def paired_proposals(
+    first: Sequence[AcceptCounts] | ResultColumns, second: Sequence[AcceptCounts] | ResultColumns
+) -> np.ndarray:
+    """(A, A + R) of `first`, then of `second`, per sample: the columns `GroupBootstrap.alpha_difference` reads."""
+    if len(first) != len(second):
+        raise ValueError(f"paired samples must match: {len(first)} first, {len(second)} second")
+    columns = np.empty((len(first), 4), dtype=np.float64, order="F")
+    columns[:, 0], columns[:, 1] = _proposals(first)
+    columns[:, 2], columns[:, 3] = _proposals(second)
+    return columns
+
+
+def _proposals(counts: Sequence[AcceptCounts] | ResultColumns) -> tuple[np.ndarray, np.ndarray]:
+    """A and A + R of each sample."""
+    if isinstance(counts, ResultColumns):
+        return counts.accepted, counts.accepted + counts.rejected
+    accepted = np.array([c.accepted for c in counts], dtype=np.float64)
+    rejected = np.array([c.rejected for c in counts], dtype=np.float64)
+    return accepted, accepted + rejected
 
 
 def beyond_tolerance(interval: Interval, tolerance: float) -> bool:
@@ -273,10 +286,13 @@ class GroupBootstrap:
     four-dimensional normal draws instead of resamples x n index draws. The ratio (alpha, tau) is still
     computed on every draw, so its skew is kept; at n = EXACT_MAX the two agree to a few thousandths of
     alpha (tests/monitor/base/test_stats.py measures it). The work per group is bounded by EXACT_MAX x
-    resamples, whatever the traffic."""
+    resamples, whatever the traffic.
+
+    The paired difference of two alphas (`alpha_difference`) is always resampled exactly: with the
+    shared count matrices up to EXACT_MAX samples, by drawing indices above."""
 
     EXACT_MAX = 256
-    DRAWS_BYTES = 32 << 20  # draw matrices kept for reuse (groups of one size share theirs), at most
+    DRAWS_BYTES = 32 << 20  # count matrices kept for reuse (groups of one size share theirs), at most
 
     def __init__(self, *, confidence: float, resamples: int, seed: int) -> None:
         self.confidence, self.resamples, self.seed = confidence, resamples, seed
@@ -298,18 +314,36 @@ class GroupBootstrap:
             return Interval(alpha_low, alpha_high), Interval(tau_low, tau_high)
         return percentile_interval(alphas, levels), percentile_interval(taus, levels)
 
-    def _exact(self, columns: np.ndarray) -> np.ndarray:
+    def alpha_difference(self, columns: np.ndarray) -> Interval | None:
+        """Interval of alpha(second) - alpha(first) for the rows of `columns` = (A, A + R) of the first
+        measurement, then of the second, per sample (`paired_proposals`); None below 2 samples."""
         samples = columns.shape[0]
+        if samples < 2:
+            return None
+        if samples <= self.EXACT_MAX:
+            sums = self._exact(columns)
+        else:
+            sums = resampled_sums(columns, self.resamples, np.random.default_rng(self.seed))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            differences = sums[:, 2] / sums[:, 3] - sums[:, 0] / sums[:, 1]
+        return percentile_interval(differences, expanded_levels(samples, self.confidence))
+
+    def _exact(self, columns: np.ndarray) -> np.ndarray:
+        return self._draw_counts(columns.shape[0]) @ columns
+
+    def _draw_counts(self, samples: int) -> np.ndarray:
+        """How often each of `samples` rows is drawn in each resample (the draws `resampled_sums` makes in
+        one call), in the smallest unsigned type that holds them."""
         draws = self._draws.get(samples)
         if draws is None:
             picks = np.random.default_rng(self.seed).integers(0, samples, size=(self.resamples, samples))
             offsets = (np.arange(self.resamples) * samples)[:, None]
             flat = np.bincount((picks + offsets).ravel(), minlength=self.resamples * samples)
-            draws = flat.reshape(self.resamples, samples).astype(np.float64)
+            draws = flat.reshape(self.resamples, samples).astype(np.min_scalar_type(int(flat.max())))
             if self._draws_bytes + draws.nbytes <= self.DRAWS_BYTES:
                 self._draws[samples] = draws
                 self._draws_bytes += draws.nbytes
-        return draws @ columns
+        return draws
 
     def _normal(self, columns: np.ndarray) -> np.ndarray:
         samples = columns.shape[0]
@@ -396,19 +430,20 @@ def _group_stats(
     )
 
 
-def group_rows(columns: ResultColumns, grouping: Grouping) -> dict[int, np.ndarray]:
-    """Group index -> the rows (time-ordered) of every group with a sample in `columns`."""
-    found: dict[int, np.ndarray] = {}
+def group_rows(columns: ResultColumns, grouping: Grouping) -> Iterator[tuple[int, np.ndarray]]:
+    """(group index, its rows in time order) for every group with a sample in `columns`, one level of the
+    grouping after the other and by group index within a level; a level's rows are built as it is reached,
+    so one level's index array is held at a time."""
+    if len(columns) == 0:
+        return
+    per_segment = np.bincount(columns.segment, minlength=len(grouping.segments))
+    compact = np.int16 if len(grouping.names) < np.iinfo(np.int16).max else np.int32  # radix-sorted, stable
     for level in grouping.levels:
-        groups = level.of_segment[columns.segment] if len(columns) else np.zeros(0, dtype=np.int64)
-        rows = np.flatnonzero(groups >= 0)
-        if rows.shape[0] == 0:
-            continue
-        order = rows[np.argsort(groups[rows], kind="stable")]
-        present, starts = np.unique(groups[order], return_index=True)
-        for group, start, stop in zip(present, starts, [*starts[1:], order.shape[0]], strict=True):
-            found[int(group)] = order[start:stop]
-    return found
+        order = np.argsort(level.of_segment.astype(compact)[columns.segment], kind="stable")
+        sizes = np.bincount(level.of_segment + 1, weights=per_segment, minlength=len(grouping.names) + 1)
+        stops = np.cumsum(sizes.astype(np.int64))  # rows of no group (-1) sort first
+        for group in np.flatnonzero(sizes[1:]).tolist():
+            yield group, order[stops[group] : stops[group + 1]]
 
 
 def _check_arguments(now: datetime, confidence: float, resamples: int) -> None:
@@ -447,20 +482,20 @@ def segment_stats(
     for name, length in windows.items():
         window = _Window(name, now - length, now)
         inside = columns.window(window.start, now)
-        rows = group_rows(inside, grouping)
-        for group in sorted(rows, key=lambda g: (grouping.names[g] != ALL_SEGMENTS, grouping.names[g])):
-            stats.append(
-                _group_stats(
-                    grouping.names[group],
-                    grouping.kinds[group],
-                    window,
-                    inside,
-                    rows[group],
-                    bootstrap,
-                    window_k=window_k,
-                    cost_ratio=cost_ratio,
-                    source=source,
-                )
+        found = [
+            _group_stats(
+                grouping.names[group],
+                grouping.kinds[group],
+                window,
+                inside,
+                rows,
+                bootstrap,
+                window_k=window_k,
+                cost_ratio=cost_ratio,
+                source=source,
             )
-        logger.debug("window %s: %d samples in %d groups", name, len(inside), len(rows))
+            for group, rows in group_rows(inside, grouping)
+        ]
+        stats += sorted(found, key=lambda item: (item.segment != ALL_SEGMENTS, item.segment))
+        logger.debug("window %s: %d samples in %d groups", name, len(inside), len(found))
     return stats

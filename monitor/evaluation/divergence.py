@@ -4,7 +4,7 @@
 
 On the samples that carry both the engine's own per-request counts (live) and a shadow replay of the
 live head on the same completion, the paired cluster-bootstrap interval of alpha(live) - alpha(shadow)
-(`monitor.base.stats.paired_alpha_difference`) is computed per segment and for all traffic ("*"), for
+(`monitor.base.stats.GroupBootstrap.alpha_difference`) is computed per segment and for all traffic ("*"), for
 each window. When the whole interval lies more than `tolerance` away from zero, the two measurements
 disagree beyond noise and a `divergence` finding (alert ShadowLiveDivergence) names the group, the
 positions where they differ most, the segments that diverge on their own, and an onset: the pair after
@@ -17,14 +17,16 @@ engine rejects nearly every draft while the replay of the registry's head stays 
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from decoder.counts import AcceptCounts
-from monitor.base.results import LiveShadowPair
-from monitor.base.stats import ALL_SEGMENTS, Interval, beyond_tolerance, paired_alpha_difference
+from monitor.base.columns import ResultColumns
+from monitor.base.results import LiveShadowPairs
+from monitor.base.stats import ALL_SEGMENTS, GroupBootstrap, Interval, beyond_tolerance, paired_proposals
 from monitor.evaluation.finding import CRITICAL, Finding
 
 DETECTOR = "divergence"
@@ -52,7 +54,7 @@ def divergence_windows(
 
 
 def divergence_findings(
-    pairs: Sequence[LiveShadowPair],
+    pairs: LiveShadowPairs,
     windows: Mapping[str, timedelta],
     now: datetime,
     *,
@@ -65,21 +67,19 @@ def divergence_findings(
     """One finding per (group, window) whose paired interval of live - shadow alpha excludes [-tolerance,
     tolerance], on at least `min_pairs` pairs."""
     findings: list[Finding] = []
+    bootstrap = GroupBootstrap(confidence=confidence, resamples=resamples, seed=seed)
     for window, length in windows.items():
-        inside = [pair for pair in pairs if now - length < pair.occurred_at <= now]
-        groups = _groups(inside)
+        inside = pairs.window(now - length, now)
+        proposals = paired_proposals(inside.shadow, inside.live)
+        groups = _groups(inside, min_pairs)
         diverging: dict[str, float] = {}
         found: dict[str, Finding] = {}
         for group in sorted(groups, key=lambda name: (name != ALL_SEGMENTS, name)):
-            members = groups[group]
-            if len(members) < min_pairs:
-                continue
-            shadow = [pair.shadow for pair in members]
-            live = [pair.live for pair in members]
-            interval = paired_alpha_difference(shadow, live, confidence=confidence, resamples=resamples, seed=seed)
+            rows = groups[group]
+            interval = bootstrap.alpha_difference(proposals[rows])
             if interval is None or not beyond_tolerance(interval, tolerance):
                 continue  # the interval reaches into the tolerated band
-            finding = _finding(group, window, members, interval, tolerance, confidence)
+            finding = _finding(group, window, inside.take(rows), interval, tolerance, confidence)
             found[group] = finding
             if group != ALL_SEGMENTS:
                 diverging[group] = finding.evidence["difference"]
@@ -89,24 +89,28 @@ def divergence_findings(
     return findings
 
 
-def _groups(pairs: Sequence[LiveShadowPair]) -> dict[str, list[LiveShadowPair]]:
-    groups: dict[str, list[LiveShadowPair]] = defaultdict(list)
-    for pair in pairs:
-        groups[pair.segment].append(pair)
-        groups[ALL_SEGMENTS].append(pair)
+def _groups(pairs: LiveShadowPairs, min_pairs: int) -> dict[str, slice | np.ndarray]:
+    """The rows (in time order) of all pairs ("*") and of each segment's, for those with at least
+    `min_pairs` pairs."""
+    groups: dict[str, slice | np.ndarray] = {ALL_SEGMENTS: slice(None)} if len(pairs) >= min_pairs else {}
+    segment = pairs.live.segment
+    order = np.argsort(segment, kind="stable")
+    present, starts, sizes = np.unique(segment[order], return_index=True, return_counts=True)
+    for index, start, size in zip(present.tolist(), starts.tolist(), sizes.tolist(), strict=True):
+        if size >= min_pairs:
+            groups[pairs.live.segments[index]] = order[start : start + size]
     return groups
 
 
 def _finding(
     group: str,
     window: str,
-    pairs: Sequence[LiveShadowPair],
+    pairs: LiveShadowPairs,
     interval: Interval,
     tolerance: float,
     confidence: float,
 ) -> Finding:
-    live = AcceptCounts.total(pair.live for pair in pairs)
-    shadow = AcceptCounts.total(pair.shadow for pair in pairs)
+    live, shadow = pairs.live.counts(), pairs.shadow.counts()
     live_alpha, shadow_alpha = live.alpha or 0.0, shadow.alpha or 0.0
     difference = live_alpha - shadow_alpha
     onset = onset_of(pairs, sign=1.0 if difference > 0 else -1.0, tolerance=tolerance)
@@ -115,6 +119,7 @@ def _finding(
         f"of {group} over {window} (live - shadow {difference:+.3f}, CI {confidence:.0%} "
         f"{interval.low:+.3f}..{interval.high:+.3f}, tolerance {tolerance:.2f}), since {onset.isoformat()}"
     )
+    engine_k = pairs.live.window_k
     evidence: dict[str, Any] = {
         "live_alpha": live_alpha,
         "shadow_alpha": shadow_alpha,
@@ -129,10 +134,10 @@ def _finding(
         "live_draft_acceptance_rate": live.draft_acceptance_rate,
         "shadow_draft_acceptance_rate": shadow.draft_acceptance_rate,
         "positions": position_differences(live, shadow),
-        "rejected_estimated": sum(pair.rejected_estimated for pair in pairs),
+        "rejected_estimated": int(pairs.live.rejected_estimated.sum()),
         "windows_k": {
-            "live": sorted({pair.live_window for pair in pairs if pair.live_window is not None}),
-            "shadow": sorted({pair.shadow_window for pair in pairs}),
+            "live": np.unique(engine_k[engine_k >= 0]).tolist(),
+            "shadow": np.unique(pairs.shadow.window_k).tolist(),
         },
         "causes": list(CAUSES),
     }
@@ -152,17 +157,22 @@ def position_differences(live: AcceptCounts, shadow: AcceptCounts) -> list[dict[
     return rows[:POSITIONS_SHOWN]
 
 
-def onset_of(pairs: Sequence[LiveShadowPair], *, sign: float, tolerance: float) -> datetime:
+def onset_of(pairs: LiveShadowPairs, *, sign: float, tolerance: float) -> datetime:
     """When the difference began: the pair after the lowest point of sum_i (sign * d_i - tolerance), with
-    d_i the per-sample live - shadow alpha (pairs where either side drafted nothing are skipped)."""
-    ordered = sorted(pairs, key=lambda pair: (pair.occurred_at, pair.sample_id))
-    cumulative, lowest, start = 0.0, 0.0, ordered[0].occurred_at
-    for index, pair in enumerate(ordered):
-        live_alpha, shadow_alpha = pair.live.alpha, pair.shadow.alpha
-        if live_alpha is None or shadow_alpha is None:
-            continue
-        cumulative += sign * (live_alpha - shadow_alpha) - tolerance
-        if cumulative < lowest:
-            lowest = cumulative
-            start = ordered[index + 1].occurred_at if index + 1 < len(ordered) else pair.occurred_at
-    return start
+    d_i the per-sample live - shadow alpha (pairs where either side drafted nothing are skipped; rows are
+    in time order)."""
+    live_alpha, live_drafted = _alphas(pairs.live)
+    shadow_alpha, shadow_drafted = _alphas(pairs.shadow)
+    steps = np.where(live_drafted & shadow_drafted, sign * (live_alpha - shadow_alpha) - tolerance, 0.0)
+    cumulative = np.cumsum(steps)
+    lowest = int(np.argmin(cumulative))  # the first row at the lowest point
+    if cumulative[lowest] >= 0.0:
+        return pairs.live.occurred_at(0)
+    return pairs.live.occurred_at(min(lowest + 1, len(pairs) - 1))
+
+
+def _alphas(columns: ResultColumns) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's alpha, A / (A + R), and whether it drafted anything (alpha is 0 where it did not)."""
+    proposed = columns.accepted + columns.rejected
+    drafted = proposed > 0
+    return np.divide(columns.accepted, proposed, out=np.zeros(len(columns)), where=drafted), drafted

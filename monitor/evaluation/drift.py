@@ -279,18 +279,18 @@ def _change_finding(
 
 
 def change_tests(
-    series_by_group: Mapping[str, AlphaSeries],
+    series_by_group: Iterable[tuple[str, AlphaSeries]],
     *,
     delta: float = 0.05,
     threshold: float = 5.0,
     min_samples: int = 30,
     window: str = "series",
 ) -> list[Hypothesis]:
-    """One test per group with at least `min_samples` values: its p-value (the series') and, when
+    """One test per (group, series) with at least `min_samples` values: its p-value (the series') and, when
     Page-Hinkley fires on the series (scanned from its start), the finding describing the first detection
     (index and time, the estimated start of the drop, the mean since then). `window` labels the span."""
     tests = []
-    for group, series in series_by_group.items():
+    for group, series in series_by_group:
         if series.values.shape[0] < min_samples:
             continue
         drop = first_drop(series.values, series.baseline, delta=delta, threshold=threshold, min_samples=min_samples)
@@ -317,7 +317,7 @@ def change_findings(
     is a finding; `evaluate` adds the p-values and controls false discoveries.
     """
     series = {segment: AlphaSeries.of(points, baselines.get(segment)) for segment, points in series_by_segment.items()}
-    tests = change_tests(series, delta=delta, threshold=threshold, min_samples=min_samples, window=window)
+    tests = change_tests(series.items(), delta=delta, threshold=threshold, min_samples=min_samples, window=window)
     return [test.finding for test in tests if test.finding is not None]
 
 

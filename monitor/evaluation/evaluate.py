@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -30,11 +29,11 @@ from sqlalchemy.orm import Session
 
 from alerts.lifecycle import raise_findings
 from monitor.base.columns import ResultColumns
-from monitor.base.config import Config, window_length
+from monitor.base.config import Config, DriftConfig, window_length
 from monitor.base.db import Sample, utcnow
 from monitor.base.groups import Grouping
 from monitor.base.results import (
-    LiveShadowPair,
+    LiveShadowPairs,
     last_head_change,
     load_live_columns,
     load_result_columns,
@@ -233,7 +232,7 @@ class Measured:
     windows: dict[str, timedelta]
     shadow: ResultColumns
     live: ResultColumns
-    pairs: list[LiveShadowPair]
+    pairs: LiveShadowPairs
     stats: list[SegmentStats]
     cost_ratio: float | None
     primary: str
@@ -263,7 +262,7 @@ def side_by_side(
     config: Config,
     shadow: ResultColumns,
     live: ResultColumns,
-    pairs: Sequence[LiveShadowPair],
+    pairs: LiveShadowPairs,
     windows: dict[str, timedelta],
     now: datetime,
     cost_ratio: float | None,
@@ -290,17 +289,14 @@ def side_by_side(
 
 
 def paired_counts(
-    pairs: Sequence[LiveShadowPair], windows: dict[str, timedelta], now: datetime, rollups: Sequence[Sequence[str]] = ()
+    pairs: LiveShadowPairs, windows: dict[str, timedelta], now: datetime, rollups: Sequence[Sequence[str]] = ()
 ) -> dict[tuple[str, str], int]:
     """(group, window) -> samples with both live and shadow counts."""
-    grouping = Grouping.of(sorted({pair.segment for pair in pairs}), rollups)
-    index = {segment: position for position, segment in enumerate(grouping.segments)}
-    counts: dict[tuple[str, str], int] = defaultdict(int)
+    grouping = Grouping.of(pairs.live.segments, rollups)
+    counts: dict[tuple[str, str], int] = {}
     for window, length in windows.items():
-        for pair in pairs:
-            if now - length < pair.occurred_at <= now:
-                for group in grouping.groups_of(index[pair.segment]):
-                    counts[(grouping.names[group], window)] += 1
+        for group, rows in group_rows(pairs.live.window(now - length, now), grouping):
+            counts[(grouping.names[group], window)] = int(rows.shape[0])
     return counts
 
 
@@ -315,26 +311,42 @@ def group_change_tests(config: Config, columns: ResultColumns, recent_since: dat
     drafted = proposed > 0
     per_sample = np.divide(columns.accepted, proposed, out=np.zeros(len(columns)), where=drafted)
     recent_start = recent_since.timestamp()
-    series = {}
-    for group, rows in group_rows(columns, grouping).items():
-        earlier = rows[columns.occurred[rows] <= recent_start]
-        reference = earlier if earlier.shape[0] >= drift.min_samples else rows[: drift.min_samples]
-        recent = rows[(columns.occurred[rows] > recent_start) & drafted[rows]]
-        baseline = columns.counts(reference).alpha
-        if reference.shape[0] < drift.min_samples or baseline is None or recent.shape[0] < drift.min_samples:
-            continue
-        series[grouping.names[group]] = AlphaSeries(
-            columns.occurred[recent],
-            per_sample[recent],
-            baseline,
-            _drop_p_value(columns, reference, recent, drift.change_delta),
-        )
+    series = (  # built group by group as the tests read them: one group's series held at a time
+        (grouping.names[group], found)
+        for group, rows in group_rows(columns, grouping)
+        if (found := _alpha_series(columns, rows, per_sample, drafted, recent_start, drift)) is not None
+    )
     return change_tests(
         series,
         delta=drift.change_delta,
         threshold=drift.change_threshold,
         min_samples=drift.min_samples,
         window=drift.change_window,
+    )
+
+
+def _alpha_series(
+    columns: ResultColumns,
+    rows: np.ndarray,
+    per_sample: np.ndarray,
+    drafted: np.ndarray,
+    recent_start: float,
+    drift: DriftConfig,
+) -> AlphaSeries | None:
+    """A group's per-sample alphas after `recent_start` with its baseline and drop p-value, or None when it
+    has fewer than drift.min_samples results on either side."""
+    times = columns.occurred[rows]
+    earlier = rows[times <= recent_start]
+    reference = earlier if earlier.shape[0] >= drift.min_samples else rows[: drift.min_samples]
+    recent = rows[(times > recent_start) & drafted[rows]]
+    baseline = columns.counts(reference).alpha
+    if reference.shape[0] < drift.min_samples or baseline is None or recent.shape[0] < drift.min_samples:
+        return None
+    return AlphaSeries(
+        columns.occurred[recent],
+        per_sample[recent],
+        baseline,
+        _drop_p_value(columns, reference, recent, drift.change_delta),
     )
 
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from decoder import AcceptCounts
 from monitor.base.columns import ResultColumns
+from monitor.base.db import LiveResult
 from monitor.base.results import (
     HISTOGRAM_ESTIMATE,
     PER_STEP,
     load_live,
     load_live_columns,
+    load_pairs,
     load_result_columns,
     load_results,
 )
@@ -82,3 +85,57 @@ def test_windows_are_slices_of_time() -> None:
     inside = columns.window(NOW - timedelta(minutes=30), NOW - timedelta(minutes=10))
     assert sorted(inside.sample_id.tolist()) == list(range(10, 30))  # (start, end]: 30 minutes ago is out
     assert columns.counts() == sum((r.counts for r in results[1:]), results[0].counts)
+
+
+def store_pairable(engine: Engine, rng: np.random.Generator, count: int) -> None:
+    """Samples whose replays draft fewer than k = 4 tokens in some steps (so S - hist[4] overstates R), with
+    engine reports of k = 4 or 3, exact or histogram-estimated R; some without a replay or a sample."""
+    with Session(engine) as session, session.begin():
+        for index in range(count):
+            occurred_at = NOW - timedelta(minutes=int(rng.integers(1, 600)), seconds=index)
+            steps = []
+            for _ in range(int(rng.integers(1, 10))):
+                drafted = int(rng.choice([2, 4, 4]))
+                steps.append((drafted, int(rng.integers(0, drafted + 1))))
+            segment = ("tenant=a/lang=zh", "tenant=b/lang=en")[index % 2]
+            sample = sample_row(f"p{index}", segment, occurred_at)
+            session.add(sample)
+            session.flush()
+            if index % 7:
+                session.add(shadow_row(sample, steps, "draft-a"))
+            report = live_row(f"p{index}", segment, occurred_at, steps, (PER_STEP, HISTOGRAM_ESTIMATE)[index % 3 // 2])
+            report.num_spec_tokens = 3 if index % 5 == 0 else 4
+            report.sample_id = sample.id if index % 11 else None
+            session.add(report)
+
+
+def test_pairs_join_live_and_shadow_by_sample_with_r_counted_as_the_engine_did(engine: Engine) -> None:
+    store_pairable(engine, np.random.default_rng(7), 120)
+    since = NOW - timedelta(hours=8)
+    with Session(engine) as session:
+        engine_k = dict(session.execute(select(LiveResult.sample_id, LiveResult.num_spec_tokens)).all())
+    shadow_of = {result.sample_id: result.counts for result in load_results(engine, "draft-a", since)}
+    expected = []
+    for live in load_live(engine, since):
+        shadow = shadow_of.get(live.sample_id)
+        if live.sample_id <= 0 or shadow is None:
+            continue
+        if live.rejected_estimated:  # the engine's R is S - hist[k]: the shadow's is counted the same way
+            k = engine_k[live.sample_id]
+            full = shadow.accept_histogram[k] if len(shadow.accept_histogram) > k else 0.0
+            shadow = AcceptCounts(**{**shadow.to_dict(), "rejected": shadow.steps - full})
+        expected.append((live.sample_id, live.segment, live.occurred_at, live.counts, shadow))
+    expected.sort(key=lambda pair: (pair[2], pair[0]))
+
+    pairs = load_pairs(engine, "draft-a", since)
+    assert len(pairs) == len(expected) > 40
+    assert pairs.live.rejected_estimated.any() and (pairs.shadow.rejected != pairs.live.rejected).any()
+    for row, (sample_id, segment, occurred_at, live_counts, shadow_counts) in enumerate(expected):
+        assert int(pairs.live.sample_id[row]) == int(pairs.shadow.sample_id[row]) == sample_id
+        assert pairs.live.segments[pairs.live.segment[row]] == segment
+        assert pairs.live.occurred_at(row) == occurred_at
+        assert pairs.live.sample_counts(row) == live_counts
+        assert pairs.shadow.sample_counts(row) == shadow_counts
+    late = pairs.window(NOW - timedelta(hours=2), NOW)
+    assert late.live.sample_id.tolist() == [pair[0] for pair in expected if pair[2] > NOW - timedelta(hours=2)]
+    assert len(load_pairs(engine, "draft-b", since)) == 0

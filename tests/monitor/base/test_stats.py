@@ -16,6 +16,9 @@ from monitor.base.stats import (
     SegmentStats,
     bootstrap_intervals,
     estimated_speedup,
+    expanded_levels,
+    paired_alpha_difference,
+    paired_proposals,
     ratio_standard_error,
     segment_stats,
 )
@@ -259,6 +262,27 @@ def test_exact_group_bootstrap_reproduces_the_per_sample_bootstrap() -> None:
         for mine, theirs in zip(grouped, plain, strict=True):
             assert mine is not None and theirs is not None
             assert (mine.low, mine.high) == pytest.approx((theirs.low, theirs.high), abs=1e-12)
+
+
+def test_paired_difference_resamples_each_sample_as_drawing_indices_does() -> None:
+    """One GroupBootstrap for many sizes (its count matrices shared) gives, at every size, the interval of
+    drawing sample indices with replacement and summing both measurements' A and A + R on each draw."""
+    rng = np.random.default_rng(6)
+    bootstrap = GroupBootstrap(confidence=0.9, resamples=300, seed=2)
+    for size in (2, 7, 120, GroupBootstrap.EXACT_MAX, 7, GroupBootstrap.EXACT_MAX + 40):
+        first = [simulated_counts(rng, 0.7) for _ in range(size)]
+        second = [simulated_counts(rng, 0.6) for _ in range(size)]
+        columns = np.array([(a.accepted, a.accepted + a.rejected, b.accepted, b.accepted + b.rejected)
+                            for a, b in zip(first, second, strict=True)])  # fmt: skip
+        picks = np.random.default_rng(2).integers(0, size, size=(300, size))
+        sums = columns[picks].sum(axis=1)
+        differences = sums[:, 2] / sums[:, 3] - sums[:, 0] / sums[:, 1]
+        low, high = np.quantile(differences, expanded_levels(size, 0.9))
+        found = bootstrap.alpha_difference(paired_proposals(first, second))
+        assert found is not None and (found.low, found.high) == pytest.approx((low, high), abs=1e-12)
+        again = paired_alpha_difference(first, second, confidence=0.9, resamples=300, seed=2)
+        assert again == found
+    assert bootstrap.alpha_difference(np.ones((1, 4))) is None
 
 
 def test_large_groups_draw_sums_from_their_normal_limit_and_agree_with_the_bootstrap() -> None:

@@ -11,14 +11,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from decoder import AcceptCounts, Draft, load_draft
+from monitor.base.columns import ResultColumns
 from monitor.base.config import Config, DriftConfig, ReplayConfig, Secret, StatsConfig
 from monitor.base.db import AlertRecord, LiveResult, utcnow
-from monitor.base.results import LiveShadowPair, load_pairs
+from monitor.base.results import LiveShadowPairs, load_pairs
+from monitor.base.stats import LIVE, SampleResult
 from monitor.evaluation.divergence import divergence_findings, onset_of
 from monitor.evaluation.evaluate import evaluate
 from monitor.intake.pipeline import IntakePipeline, RawRecord
@@ -159,12 +162,8 @@ def test_an_engine_serving_the_live_head_never_diverges_over_seven_days(
     with Session(engine) as session:
         linked = len(list(session.scalars(select(LiveResult.id).where(LiveResult.sample_id.is_not(None)))))
     assert 0.95 * linked <= len(pairs) <= linked, "every replayed sample with engine counts pairs (a few are skipped)"
-    exact_agreement = sum(step_counts(pair.live) == step_counts(pair.shadow) for pair in pairs) / len(pairs)
+    exact_agreement = float(pairs.same_steps().mean())
     assert exact_agreement > 0.5, "with the engine's own token ids, replay reproduces the engine's counts exactly"
-
-
-def step_counts(counts: AcceptCounts) -> tuple[float, float, float, float]:
-    return counts.accepted, counts.rejected, counts.drafted, counts.steps
 
 
 def steps(drafted: int, accepted_per_step: list[int]) -> AcceptCounts:
@@ -174,22 +173,21 @@ def steps(drafted: int, accepted_per_step: list[int]) -> AcceptCounts:
     return counts
 
 
-def synthetic_pairs(
-    live_steps: list[list[int]], shadow_steps: list[list[int]], start: datetime
-) -> list[LiveShadowPair]:
-    return [
-        LiveShadowPair(
-            sample_id=index,
-            segment="route=chat/lang=en" if index % 2 else "route=chat/lang=zh",
-            occurred_at=start + timedelta(minutes=index),
-            live=steps(WINDOW, live),
-            shadow=steps(WINDOW, shadow),
-            live_window=WINDOW,
-            shadow_window=WINDOW,
-            rejected_estimated=False,
+def synthetic_pairs(live_steps: list[list[int]], shadow_steps: list[list[int]], start: datetime) -> LiveShadowPairs:
+    def side(per_sample: list[list[int]], draft_version: str) -> ResultColumns:
+        return ResultColumns.from_results(
+            SampleResult(
+                sample_id=index + 1,
+                segment="route=chat/lang=en" if index % 2 else "route=chat/lang=zh",
+                occurred_at=start + timedelta(minutes=index),
+                counts=steps(WINDOW, accepted),
+                completion_tokens=1,
+                draft_version=draft_version,
+            )
+            for index, accepted in enumerate(per_sample)
         )
-        for index, (live, shadow) in enumerate(zip(live_steps, shadow_steps, strict=True))
-    ]
+
+    return LiveShadowPairs(live=side(live_steps, LIVE), shadow=side(shadow_steps, "shadow-head"))
 
 
 def test_divergence_fires_only_when_the_paired_interval_clears_the_tolerance() -> None:
@@ -211,7 +209,7 @@ def test_divergence_fires_only_when_the_paired_interval_clears_the_tolerance() -
 
     assert (
         divergence_findings(
-            synthetic_pairs(broken, healthy, start)[:29], windows, utcnow(), tolerance=0.05, min_pairs=30
+            synthetic_pairs(broken, healthy, start).take(slice(0, 29)), windows, utcnow(), tolerance=0.05, min_pairs=30
         )
         == []
     ), "below min_pairs nothing is judged"
@@ -233,4 +231,33 @@ def test_onset_is_where_the_excess_difference_starts_to_accumulate() -> None:
     healthy = [[4, 2, 4, 1]] * 40
     live = healthy[:25] + [[0, 1, 0, 0]] * 15
     pairs = synthetic_pairs(live, healthy, start)
-    assert onset_of(pairs, sign=-1.0, tolerance=0.05) == pairs[25].occurred_at
+    assert onset_of(pairs, sign=-1.0, tolerance=0.05) == pairs.live.occurred_at(25)
+
+
+def onset_by_loop(live: list[AcceptCounts], shadow: list[AcceptCounts], times: list[datetime], sign: float) -> datetime:
+    """The onset rule step by step: after the lowest point of the running sum of sign * d_i - 0.05."""
+    cumulative, lowest, start = 0.0, 0.0, times[0]
+    for index, (one, two) in enumerate(zip(live, shadow, strict=True)):
+        if one.alpha is None or two.alpha is None:
+            continue
+        cumulative += sign * (one.alpha - two.alpha) - 0.05
+        if cumulative < lowest:
+            lowest, start = cumulative, times[min(index + 1, len(times) - 1)]
+    return start
+
+
+def test_onset_equals_the_running_sum_step_by_step_skipping_pairs_without_drafts() -> None:
+    rng = np.random.default_rng(3)
+    start = utcnow() - timedelta(hours=2)
+    for case in range(20):
+        size = int(rng.integers(2, 40))
+        drop = int(rng.integers(0, size))
+        live = [[int(a) for a in rng.integers(0, 5 if i < drop else 2, size=3)] for i in range(size)]
+        shadow = [[int(a) for a in rng.integers(0, 5, size=3)] for _ in range(size)]
+        for quiet in rng.choice(size, size=size // 5, replace=False):
+            live[quiet] = []  # nothing drafted: no alpha
+        pairs = synthetic_pairs(live, shadow, start)
+        times = [pairs.live.occurred_at(row) for row in range(size)]
+        counts = [pairs.live.sample_counts(row) for row in range(size)], [steps(WINDOW, s) for s in shadow]
+        for sign in (-1.0, 1.0):
+            assert onset_of(pairs, sign=sign, tolerance=0.05) == onset_by_loop(*counts, times, sign), (case, sign)
