@@ -766,7 +766,7 @@ EXTERNAL_PLACEHOLDERS: dict[str, str] = {
     "draft_vocab_size": "the draft vocabulary size",
     "corpus_dir": "the trainer's input directory: the corpus's train side only (the holdout stays in specwatch)",
     "train_jsonl": "the train samples in specwatch's own lines",
-    "conversations_jsonl": "the train samples as speculators/ModelOpt conversations ({conversations: [{role, content}]})",
+    "conversations_jsonl": "the train samples as speculators/ModelOpt chats ({conversations: [{role, content}]})",
     "sharegpt_jsonl": "the train samples as SpecForge ShareGPT ({id, conversations: [{from, value}]})",
     "trainer_manifest": "target, aux-layer ids, draft vocabulary, seed, corpus hash, the holdout's hash and count",
     "live_head": "the live head as a speculators checkpoint, for a warm start; empty when it is of another kind",
