@@ -1,5 +1,5 @@
 """Evaluation at scale: wall time and peak resident memory of `specwatch evaluate` over N scored replay results in
-2,000 segments, on SQLite and PostgreSQL (issue 17, part 3; goal: 1,000,000 results in at most 30 s and 500 MB).
+2,000 segments, on SQLite and PostgreSQL (goal: 1,000,000 results in at most 30 s and 500 MB).
 
     python bench/evaluate_scale.py --data-dir /tmp/evalbench                  # 100k, 300k, 1M; SQLite and PostgreSQL
     python bench/evaluate_scale.py --data-dir /tmp/evalbench --sizes 100k --backends sqlite --runs 3

@@ -1,4 +1,4 @@
-"""Measurement fidelity on random models (issue 13, items 1-3).
+"""Measurement fidelity on random models.
 
 - Scored greedy counts equal exact-mode counts bit for bit (A, R, D, S, E, per-position rates,
   histogram) on the target's own greedy output, with exact mode under its natural stopping rule:
