@@ -11,9 +11,10 @@ head; random token traffic. Measures
   depth (every depth counted, though greedy scoring skips depths the verify loop cannot read);
   plus a target-forward-only figure. Greedy first; the eagle3 head also at temperature 1 (every
   depth computed: a random head accepts almost nothing, so greedy barely reaches depth 2);
-- padding: the share of padded positions when samples of heavy-tailed lengths (log-normal prompt
-  and completion) are scored in claims of `replay.samples_per_round` samples, and the useful
-  target tokens/s then (padding is computed, not counted);
+- packing: samples of heavy-tailed lengths (log-normal prompt and completion) scored in claims of
+  `replay.samples_per_round` (64) and of 1,024 samples, one sample per row (right padding) and
+  packed several to a row: the share of computed positions that hold no token, and the useful
+  target tokens/s (empty positions are computed, not counted);
 - exact mode (draft-then-verify, batch 1) and the target alone: generated tokens/s;
 - the ratio scored / exact. Goals: scored >= 40,000 target tokens/s with the draft_model and with
   the eagle3 head (32k draft vocabulary), each >= 80% of the pair's FLOP ceiling, and >= 50x exact;
@@ -59,6 +60,7 @@ from decoder import (
     load_draft,
     score_batch,
 )
+from decoder.batching import plan_batches
 from decoder.drafts import DraftModelConfig, Eagle3Head
 from decoder.formats.speculators import export_speculators_head
 
@@ -223,9 +225,10 @@ def scored_throughput(
     *,
     temperature: float = 0.0,
     claim: int | None = None,
+    pack: bool = True,
 ) -> dict[str, Any]:
     """Scored replay from tokenized samples to counts, in claims of `claim` samples (all at once by
-    default), each claim sorted by length and cut into batches as the replayer does."""
+    default), each claim packed and cut into batches as the replayer does."""
     device = target.device
     budget = shape.batch * (shape.prompt_tokens + shape.completion_tokens)
     warm = samples[: max(1, shape.batch // 8)]
@@ -244,6 +247,7 @@ def scored_throughput(
                 temperature=temperature,
                 batch_size=shape.batch,
                 max_batch_tokens=budget,
+                pack=pack,
             )
         ]
 
@@ -259,24 +263,20 @@ def scored_throughput(
         "completion_tokens_per_s": completion / seconds,
         "pair_gflops_per_token": pair / 1e9,
         "share_of_pair_ceiling": pair * rate / (ceiling * 1e12),
-        "padding_share": padding_share(claims, shape.batch, budget),
+        "pack": pack,
+        "empty_share": empty_share(claims, shape.batch, budget, pack),
     }
 
 
-def padding_share(claims: list[list[TokenizedSample]], batch: int, budget: int) -> float:
-    """Padded positions / computed positions when each claim is sorted longest first and cut into
-    batches of at most `batch` samples and `budget` padded tokens (score_batch's batching)."""
-    padded = real = 0
+def empty_share(claims: list[list[TokenizedSample]], batch: int, budget: int, pack: bool) -> float:
+    """Computed positions that hold no token / computed positions, in score_batch's own batches."""
+    computed = real = 0
     for part in claims:
-        lengths = sorted((len(s.prompt_ids) + len(s.completion_ids) for s in part), reverse=True)
-        start = 0
-        while start < len(lengths):
-            size = max(1, min(batch, budget // lengths[start]))
-            chunk = lengths[start : start + size]
-            padded += chunk[0] * len(chunk)
-            real += sum(chunk)
-            start += size
-    return (padded - real) / padded if padded else 0.0
+        lengths = [s.num_tokens for s in part]
+        plan = plan_batches(lengths, batch_size=batch, max_batch_tokens=budget, pack=pack)
+        computed += sum(planned.layout.computed_positions for planned in plan)
+        real += sum(lengths)
+    return (computed - real) / computed if computed else 0.0
 
 
 def varied_samples(shape: Shape, count: int, seed: int) -> list[TokenizedSample]:
@@ -431,14 +431,15 @@ def main() -> int:
     results["scored"] = scored
 
     varied = varied_samples(shape, len(samples), seed=2)
-    results["padding"] = {
-        f"claims_of_{claim}": scored_throughput(target, draft_model, varied, shape, ceiling, claim=claim)
-        for claim in (64, 1024)
-    }
-    for claim, row in results["padding"].items():
-        log.info(
-            "%s: padding %.1f%%, %.0f target tokens/s", claim, 100 * row["padding_share"], row["target_tokens_per_s"]
+    results["packing"] = {
+        f"claims_of_{claim}_{'packed' if pack else 'one_per_row'}": scored_throughput(
+            target, draft_model, varied, shape, ceiling, claim=claim, pack=pack
         )
+        for claim in (64, 1024)
+        for pack in (False, True)
+    }
+    for name, row in results["packing"].items():
+        log.info("%s: %.1f%% empty, %.0f target tokens/s", name, 100 * row["empty_share"], row["target_tokens_per_s"])
 
     exact = {"draft_model": exact_throughput(target, draft_model, samples, shape)}
     if eagle is not None:

@@ -30,7 +30,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from decoder.batching import map_in_batches
+    from decoder.batching import map_in_packed_batches, plan_batches
     from decoder.counts import AcceptCounts
     from decoder.drafts import (
         DRAFT_KINDS,
@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     from decoder.training import FitConfig, FitResult, TokenBatch, fit_draft, pack_token_batches
 
 _EXPORTS = {
-    "map_in_batches": "decoder.batching",
+    "map_in_packed_batches": "decoder.batching",
+    "plan_batches": "decoder.batching",
     "DRAFT_KINDS": "decoder.drafts",
     "Draft": "decoder.drafts",
     "DraftConfig": "decoder.drafts",
@@ -148,8 +149,9 @@ __all__ = [
     "kind_objective",
     "load_draft",
     "load_target",
-    "map_in_batches",
+    "map_in_packed_batches",
     "pack_token_batches",
+    "plan_batches",
     "read_manifest",
     "register_draft",
     "save_draft",

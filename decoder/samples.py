@@ -1,4 +1,4 @@
-"""Samples as token ids, fitted into the context and padded into batches."""
+"""Samples as token ids, fitted into the context and placed in the rows of a batch."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from decoder.batching import PackedLayout
 
 MIN_GENERATION_ROOM = 2
 """Context a kept prompt must leave: the prefill's token and one verify step."""
@@ -109,33 +111,78 @@ def fit_to_context(sample: TokenizedSample, max_length: int, eos_token_id: int |
 
 
 @dataclass
-class PaddedBatch:
-    """Right-padded token ids with an attention mask and each row's prompt/completion lengths."""
+class PackedBatch:
+    """(prompt, completion) sequences in rows, placed by a `PackedLayout`.
+
+    `attention_mask` is 1 on a sequence's tokens and 0 on the padding that closes a row.
+    `position_ids` give each token its position in its own sequence (the padding closing a row
+    counts as a sequence of its own, so every position attends somewhere); None when every row
+    holds one sequence from position 0, where the column index is the position and the attention
+    mask says the rest."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    position_ids: torch.Tensor | None
+    rows: torch.Tensor
+    starts: torch.Tensor
     prompt_lengths: torch.Tensor
     completion_lengths: torch.Tensor
 
-    @property
-    def lengths(self) -> torch.Tensor:
-        return self.prompt_lengths + self.completion_lengths
 
-
-def pad_right(
-    sequences: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int, device: torch.device
-) -> PaddedBatch:
-    """Batches (prompt, completion) pairs as prompt+completion rows padded on the right."""
-    width = max(len(p) + len(c) for p, c in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, (prompt, completion) in enumerate(sequences):
+def pack_rows(
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+    layout: PackedLayout,
+    pad_id: int,
+    device: torch.device,
+) -> PackedBatch:
+    """Places (prompt, completion) pairs as prompt+completion runs where `layout` says."""
+    if len(sequences) != len(layout.rows):
+        raise ValueError(f"{len(sequences)} sequences for a layout of {len(layout.rows)}")
+    shape = (layout.num_rows, layout.width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    attention_mask = torch.zeros(shape, dtype=torch.long)
+    position_ids = torch.zeros(shape, dtype=torch.long)
+    used = [0] * layout.num_rows
+    for (prompt, completion), row, start in zip(sequences, layout.rows, layout.starts, strict=True):
         tokens = list(prompt) + list(completion)
-        input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        attention_mask[row, : len(tokens)] = 1
-    return PaddedBatch(
+        end = start + len(tokens)
+        if end > layout.width or attention_mask[row, start:end].any():
+            raise ValueError(f"a sequence of {len(tokens)} tokens does not fit row {row} from {start}")
+        input_ids[row, start:end] = torch.tensor(tokens, dtype=torch.long)
+        attention_mask[row, start:end] = 1
+        position_ids[row, start:end] = torch.arange(len(tokens))
+        used[row] = max(used[row], end)
+    for row, end in enumerate(used):
+        if int(attention_mask[row, :end].sum()) != end:
+            raise ValueError(f"row {row} has a gap between its sequences")
+        position_ids[row, end:] = torch.arange(layout.width - end)
+    return PackedBatch(
         input_ids=input_ids.to(device),
         attention_mask=attention_mask.to(device),
+        position_ids=None if layout.one_per_row else position_ids.to(device),
+        rows=torch.tensor(layout.rows, dtype=torch.long, device=device),
+        starts=torch.tensor(layout.starts, dtype=torch.long, device=device),
         prompt_lengths=torch.tensor([len(p) for p, _ in sequences], dtype=torch.long, device=device),
         completion_lengths=torch.tensor([len(c) for _, c in sequences], dtype=torch.long, device=device),
     )
+
+
+def sequence_ids(position_ids: torch.Tensor) -> torch.Tensor:
+    """[rows, time] -> which sequence of its row each position belongs to: a new one starts
+    wherever the position is 0."""
+    return torch.cumsum(position_ids == 0, dim=-1)
+
+
+def same_sequence(position_ids: torch.Tensor) -> torch.Tensor:
+    """[rows, time, time]: key position k (last axis) is in the same sequence as query position q."""
+    ids = sequence_ids(position_ids)
+    return ids[:, :, None] == ids[:, None, :]
+
+
+def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """[rows, 1, time, time] booleans, True where query q may attend key k: the same sequence
+    and k <= q. The 4D mask a transformers model applies as given."""
+    time = position_ids.shape[-1]
+    index = torch.arange(time, device=position_ids.device)
+    causal = index[:, None] >= index[None, :]
+    return (same_sequence(position_ids) & causal[None])[:, None]

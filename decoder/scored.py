@@ -48,10 +48,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from decoder.batching import map_in_batches
+from decoder.batching import PackedLayout, map_in_packed_batches
 from decoder.drafts import Draft, DraftInputs
 from decoder.metrics import AcceptCounts, simulate_verify_loop
-from decoder.samples import FittedSample, TokenizedSample, fit_to_context, pad_right
+from decoder.samples import FittedSample, TokenizedSample, fit_to_context, pack_rows
 from decoder.sampling import is_greedy, log_probability_of
 from decoder.target import TargetModel
 
@@ -108,11 +108,15 @@ def score_batch(
     batch_size: int = 32,
     max_batch_tokens: int | None = 32768,
     max_length: int | None = None,
+    pack: bool = True,
 ) -> list[SampleScore]:
-    """Scores samples (prompt + known continuation) in padded batches; one result per sample, in
-    order. Samples are fitted into `max_length` (default: the target's context) by
-    `fit_to_context`, the dropped tokens counted; samples with an empty continuation or prompt are skipped with a
-    reason. A batch that runs out of device memory is halved and retried."""
+    """Scores samples (prompt + known continuation); one result per sample, in order. Samples are
+    fitted into `max_length` (default: the target's context) by `fit_to_context`, the dropped
+    tokens counted; samples with an empty continuation or prompt are skipped with a reason. A
+    forward pass takes at most `batch_size` rows and `max_batch_tokens` positions; short samples
+    share a row, each attending only to itself (`decoder.batching`; `pack=False`: one sample per
+    row, for a target whose state runs along the row). A pass that runs out of device memory is
+    halved and retried."""
     if window < 1:
         raise ValueError("window must be at least 1")
     context = max_length or target.context_length
@@ -125,17 +129,17 @@ def score_batch(
             results[index] = _skip(sample, "empty prompt: the first token needs a prompt to follow")
         else:
             fitted.append((index, fit_to_context(sample, context, target.eos_token_id)))
-    fitted.sort(key=lambda item: -item[1].num_tokens)
 
-    def forward(chunk: Sequence[tuple[int, FittedSample]]) -> list[SampleScore]:
-        return _score_chunk(target, draft, [item for _, item in chunk], window, temperature)
+    def forward(chunk: Sequence[tuple[int, FittedSample]], layout: PackedLayout) -> list[SampleScore]:
+        return _score_chunk(target, draft, [item for _, item in chunk], layout, window, temperature)
 
-    scores = map_in_batches(
+    scores = map_in_packed_batches(
         forward,
         fitted,
+        [item.num_tokens for _, item in fitted],
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
-        tokens_of=lambda item: item[1].num_tokens,
+        pack=pack,
     )
     for (index, _), score in zip(fitted, scores, strict=True):
         results[index] = score
@@ -157,20 +161,33 @@ def posterior_acceptance(draft_log_prob: torch.Tensor, target_log_prob: torch.Te
 
 @torch.inference_mode()
 def _score_chunk(
-    target: TargetModel, draft: Draft, fitted: Sequence[FittedSample], window: int, temperature: float
+    target: TargetModel,
+    draft: Draft,
+    fitted: Sequence[FittedSample],
+    layout: PackedLayout,
+    window: int,
+    temperature: float,
 ) -> list[SampleScore]:
     started = time.perf_counter()
     depth = window if draft.max_draft_tokens is None else min(window, draft.max_draft_tokens)
     pad_id = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
-    batch = pad_right([(f.prompt_ids, f.completion_ids) for f in fitted], pad_id, target.device)
-    output = target.forward(batch.input_ids, attention_mask=batch.attention_mask, feature_layers=draft.feature_layers)
-    states = draft.teacher_forced_proposals(DraftInputs(batch.input_ids, batch.attention_mask, output), depth)
+    batch = pack_rows([(f.prompt_ids, f.completion_ids) for f in fitted], layout, pad_id, target.device)
+    output = target.forward(
+        batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        feature_layers=draft.feature_layers,
+    )
+    inputs = DraftInputs(batch.input_ids, batch.attention_mask, output, batch.position_ids)
+    states = draft.teacher_forced_proposals(inputs, depth)
 
-    # one row per completion token c of each sample: the target position P - 1 + c predicts it
-    rows = torch.repeat_interleave(torch.arange(len(fitted), device=target.device), batch.completion_lengths)
-    starts = torch.cumsum(batch.completion_lengths, 0) - batch.completion_lengths
-    completion_index = torch.arange(rows.shape[0], device=target.device) - starts[rows]
-    positions = batch.prompt_lengths[rows] - 1 + completion_index
+    # one entry per completion token c of each sample: the target position P - 1 + c of the
+    # sample's run in its row predicts it
+    samples = torch.repeat_interleave(torch.arange(len(fitted), device=target.device), batch.completion_lengths)
+    firsts = torch.cumsum(batch.completion_lengths, 0) - batch.completion_lengths
+    completion_index = torch.arange(samples.shape[0], device=target.device) - firsts[samples]
+    rows = batch.rows[samples]
+    positions = batch.starts[samples] + batch.prompt_lengths[samples] - 1 + completion_index
     continuation = batch.input_ids[rows, positions + 1]
     acceptance = torch.zeros(rows.shape[0], depth, device=target.device)
     agreement = torch.zeros(rows.shape[0], dtype=torch.bool, device=target.device)
@@ -206,7 +223,7 @@ def _score_chunk(
 
     longest = int(batch.completion_lengths.max())
     matrix = torch.zeros(len(fitted), longest, depth, device=target.device)
-    matrix[rows, completion_index] = acceptance
+    matrix[samples, completion_index] = acceptance
     counts = simulate_verify_loop(
         matrix,
         batch.completion_lengths,

@@ -25,6 +25,8 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from decoder.samples import packed_causal_mask
+
 log = logging.getLogger(__name__)
 
 # transformers 5.24 renamed the forward argument to `cache=` and warns on the old name; 5.17 only
@@ -133,11 +135,22 @@ def run_base_model(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     cache: DynamicCache | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Final hidden states of a causal LM's base model; with a cache, extends it."""
+    """Final hidden states of a causal LM's base model; with a cache, extends it. With
+    `position_ids` (rows of packed sequences, `decoder.samples.PackedBatch`), each token attends
+    only to its own sequence, through a 4D additive mask the model applies as given (every
+    transformers 5.x, every attention implementation)."""
+    if position_ids is not None:
+        position_ids = position_ids.to(input_ids.device)
+        allowed = packed_causal_mask(position_ids)
+        dtype = cast(torch.Tensor, model.get_input_embeddings().weight).dtype
+        attention_mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        attention_mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     output = model.get_decoder()(
         input_ids=input_ids,
         attention_mask=attention_mask,
+        position_ids=position_ids,
         past_key_values=cache,
         use_cache=cache is not None,
     )
@@ -238,9 +251,10 @@ class TargetModel:
         attention_mask: torch.Tensor | None = None,
         cache: DynamicCache | None = None,
         feature_layers: Sequence[int] = (),
+        position_ids: torch.Tensor | None = None,
     ) -> TargetOutput:
         with capture_layer_outputs(self.model, feature_layers) as captured:
-            hidden = run_base_model(self.model, input_ids.to(self.device), attention_mask, cache)
+            hidden = run_base_model(self.model, input_ids.to(self.device), attention_mask, cache, position_ids)
         return TargetOutput(hidden=hidden, features=tuple(captured[index] for index in feature_layers))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

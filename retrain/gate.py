@@ -89,6 +89,7 @@ class GateOptions:
     window: int
     batch_size: int = 16
     max_batch_tokens: int = 16384
+    pack: bool = True
     seed: int = 0
     resamples: int = RESAMPLES
 
@@ -101,6 +102,7 @@ class GateOptions:
             window=config.replay.window,
             batch_size=config.replay.batch_size,
             max_batch_tokens=config.replay.max_batch_tokens,
+            pack=config.replay.pack_samples,
             seed=config.retrain.training.seed,
             resamples=config.stats.resamples,
         )
@@ -170,6 +172,7 @@ def _score_both(
         "window": options.window,
         "batch_size": options.batch_size,
         "max_batch_tokens": options.max_batch_tokens,
+        "pack": options.pack,
     }
     live_scores = score_batch(target, live, tokenized, **scoring)
     candidate_scores = score_batch(target, candidate, tokenized, **scoring)

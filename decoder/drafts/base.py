@@ -36,11 +36,14 @@ class DraftConfigBase(BaseModel):
 
 @dataclass
 class DraftInputs:
-    """A right-padded token batch with the target's states over it."""
+    """A token batch with the target's states over it: right-padded rows, or rows of packed
+    sequences with each token's position in its own sequence (`decoder.samples.PackedBatch`);
+    a draft attends only within a token's sequence."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     target: TargetOutput
+    position_ids: torch.Tensor | None = None
 
 
 @dataclass

@@ -33,6 +33,7 @@ from decoder.drafts.base import (
     shift_right,
     soft_cross_entropy,
 )
+from decoder.samples import same_sequence
 from decoder.sampling import choose_tokens
 from decoder.target import TargetModel, TargetOutput, rope_theta
 
@@ -88,10 +89,13 @@ class RMSNorm(nn.Module):
 
 
 def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """RoPE (rotate-half form) on x [batch, heads, time, head_dim] at positions [time]."""
+    """RoPE (rotate-half form) on x [batch, heads, time, head_dim] at positions [time] or, one
+    row of positions per batch row, [batch, time]."""
     half = x.shape[-1] // 2
     inverse = 1.0 / theta ** (torch.arange(0, half, device=x.device, dtype=torch.float32) / half)
-    angles = positions.to(torch.float32)[:, None] * inverse[None, :]
+    angles = positions.to(x.device, torch.float32)[..., None] * inverse
+    if angles.dim() == 3:
+        angles = angles[:, None]  # [batch, 1 (heads), time, half]
     cos = torch.cat([angles.cos(), angles.cos()], dim=-1).to(x.dtype)
     sin = torch.cat([angles.sin(), angles.sin()], dim=-1).to(x.dtype)
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -201,7 +205,7 @@ class ChainLayer(Protocol):
     def project(
         self, attention_input: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rotated queries, keys and values [batch, heads, time, head_dim] at positions [time]."""
+        """Rotated queries, keys and values [batch, heads, time, head_dim] at positions [time] or [batch, time]."""
         ...
 
     def finish(
@@ -234,7 +238,8 @@ class ChainHead(Draft):
 
     @abstractmethod
     def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor) -> LayerInput:
-        """The layer's input at `positions` [time] with features g_t and following tokens t+1."""
+        """The layer's input at `positions` ([time], or [batch, time] per row) with features g_t and
+        following tokens t+1."""
 
     def recycled(self, output: torch.Tensor) -> torch.Tensor:
         """What a chained step reads in place of a feature: the previous step's output (default)."""
@@ -257,29 +262,42 @@ class ChainHead(Draft):
         return ChainSession(self)
 
     def chain_outputs(
-        self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, depth: int
+        self,
+        features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        depth: int,
+        position_ids: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Outputs o^i [batch, time, hidden] for depths 1..depth: o^i at t predicts token t+2 in a
-        chain that started from target features at t-i+1 (see the module docstring)."""
+        chain that started from target features at t-i+1 (see the module docstring). Rows are
+        right-padded (`attention_mask`), or packed sequences with `position_ids` (DraftInputs):
+        then a chain sees only its own sequence, and the padding closing a row only itself."""
         layer = self.chain_layer
         batch, time, _ = features.shape
         next_tokens = torch.zeros_like(input_ids)
         next_tokens[:, :-1] = input_ids[:, 1:]
-        positions = torch.arange(time, device=features.device)
-        key_valid = attention_mask.bool()[:, None, None, :]
-        offset = positions[:, None] - positions[None, :]  # query - key
+        index = torch.arange(time, device=features.device)
+        offset = (index[:, None] - index[None, :])[None, None]  # query - key
+        if position_ids is None:
+            positions = index
+            key_valid = attention_mask.bool()[:, None, None, :]
+            same = torch.ones(1, 1, time, time, dtype=torch.bool, device=features.device)
+        else:
+            positions = position_ids.to(features.device)
+            key_valid = same = same_sequence(positions)[:, None]
         inputs = self.layer_input(features, next_tokens, positions)
         query, key, value = layer.project(inputs.attention_input, positions)
         keys, values = [key], [value]
-        allowed = (offset >= 0)[None, None] & key_valid
+        allowed = (offset >= 0) & key_valid
         outputs = [layer.finish(inputs.residual, query, key, value, allowed)]
         for level in range(2, depth + 1):
             inputs = self.layer_input(shift_right(self.recycled(outputs[-1]), 1), next_tokens, positions)
             query, key, value = layer.project(inputs.attention_input, positions)
             keys.append(key)
             values.append(value)
-            blocks = [(offset >= level - 1)[None, None] & key_valid]
-            blocks += [(offset == level - j)[None, None].expand(batch, 1, time, time) for j in range(2, level + 1)]
+            blocks = [(offset >= level - 1) & key_valid]
+            blocks += [((offset == level - j) & same).expand(batch, 1, time, time) for j in range(2, level + 1)]
             outputs.append(
                 layer.finish(
                     inputs.residual, query, torch.cat(keys, dim=2), torch.cat(values, dim=2), torch.cat(blocks, dim=-1)
@@ -289,7 +307,7 @@ class ChainHead(Draft):
 
     def teacher_forced_proposals(self, inputs: DraftInputs, depth: int) -> list[torch.Tensor]:
         features = self.fused_features(inputs.target)
-        outputs = self.chain_outputs(features, inputs.input_ids, inputs.attention_mask, depth)
+        outputs = self.chain_outputs(features, inputs.input_ids, inputs.attention_mask, depth, inputs.position_ids)
         # depth i proposes token t+1 from its output at t-1
         return [shift_right(output, 1) for output in outputs]
 

@@ -94,11 +94,13 @@ class DraftModel(Draft):
     def start_session(self, target: TargetModel) -> DraftSession:
         return DraftModelSession(self)
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return run_base_model(self.lm, input_ids.to(self.device), attention_mask.to(self.device))
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return run_base_model(self.lm, input_ids.to(self.device), attention_mask.to(self.device), None, position_ids)
 
     def teacher_forced_proposals(self, inputs: DraftInputs, depth: int) -> list[torch.Tensor]:
-        hidden = self.hidden_states(inputs.input_ids, inputs.attention_mask)
+        hidden = self.hidden_states(inputs.input_ids, inputs.attention_mask, inputs.position_ids)
         return [hidden] * depth
 
     def proposal_scores(self, states: torch.Tensor, depth_index: int) -> torch.Tensor:

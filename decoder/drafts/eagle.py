@@ -77,7 +77,7 @@ class DecoderLayer(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, hidden, bias=False)
 
     def project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rotated queries, keys and values of x [batch, time, hidden] at positions [time]."""
+        """Rotated queries, keys and values of x [batch, time, hidden] at positions [time] or [batch, time]."""
         return rotated_projections(
             self.attention_norm(x), (self.q_proj, self.k_proj, self.v_proj), self.config, positions
         )

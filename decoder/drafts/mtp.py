@@ -167,7 +167,7 @@ class MtpHead(ChainHead):
         return self._shared["embedding"](token_ids).to(self.dtype)
 
     def layer_input(self, features: torch.Tensor, next_tokens: torch.Tensor, positions: torch.Tensor) -> LayerInput:
-        embedded = self._embed(next_tokens).masked_fill((positions == 0)[None, :, None], 0.0)
+        embedded = self._embed(next_tokens).masked_fill((positions == 0)[..., None], 0.0)
         x = self.eh_proj(torch.cat([self.enorm(embedded), self.hnorm(features.to(self.dtype))], dim=-1))
         return LayerInput(attention_input=x, residual=x)
 

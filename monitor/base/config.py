@@ -420,8 +420,15 @@ class ReplayConfig(Section):
     )
     window: int = Field(default=4, ge=1, le=16, description="draft window k: tokens proposed per verify step")
     samples_per_round: int = Field(default=64, ge=1, le=100_000, description="samples a worker claims per round")
-    batch_size: int = Field(default=16, ge=1, le=4096, description="samples per scored forward pass")
-    max_batch_tokens: int = Field(default=16_384, ge=64, description="tokens per scored forward pass, at most")
+    batch_size: int = Field(
+        default=16, ge=1, le=4096, description="rows per scored forward pass (short samples share a row when packed)"
+    )
+    max_batch_tokens: int = Field(default=16_384, ge=64, description="positions per scored forward pass, at most")
+    pack_samples: bool = Field(
+        default=True,
+        description="pack short samples into shared rows, each attending only to itself; false for a recurrent or "
+        "hybrid target (its state runs along the row)",
+    )
     exact_fraction: float = Field(
         default=0.02, ge=0.0, le=1.0, description="share of samples also replayed in exact mode (chosen by sample hash)"
     )

@@ -251,6 +251,7 @@ class Replayer:
                     temperature=temperature,
                     batch_size=self.config.batch_size,
                     max_batch_tokens=self.config.max_batch_tokens,
+                    pack=self.config.pack_samples,
                 )
             rows.extend(
                 self._scored_row(sample, score, temperature, tokens)

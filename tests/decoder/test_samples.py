@@ -1,10 +1,12 @@
-"""Fitting samples into the context and padding them into batches."""
+"""Fitting samples into the context and placing them in the rows of a batch."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from decoder.samples import TokenizedSample, fit_prompt, fit_to_context, pad_right
+from decoder.batching import PackedLayout
+from decoder.samples import TokenizedSample, fit_prompt, fit_to_context, pack_rows, packed_causal_mask
 
 
 def test_short_sample_is_untouched() -> None:
@@ -27,12 +29,39 @@ def test_prompt_that_fills_the_context_keeps_its_end() -> None:
     assert fitted.truncated_tokens == 16
 
 
-def test_pad_right_builds_mask_and_lengths() -> None:
-    batch = pad_right([([1, 2], [3]), ([4], [5, 6, 7])], pad_id=0, device=torch.device("cpu"))
+def test_one_sequence_per_row_is_right_padded_without_positions() -> None:
+    layout = PackedLayout(width=4, num_rows=2, rows=(0, 1), starts=(0, 0))
+    batch = pack_rows([([1, 2], [3]), ([4], [5, 6, 7])], layout, pad_id=0, device=torch.device("cpu"))
     assert batch.input_ids.tolist() == [[1, 2, 3, 0], [4, 5, 6, 7]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert batch.position_ids is None
     assert batch.prompt_lengths.tolist() == [2, 1]
     assert batch.completion_lengths.tolist() == [1, 3]
+
+
+def test_packed_sequences_restart_their_positions_and_attend_only_to_themselves() -> None:
+    layout = PackedLayout(width=6, num_rows=2, rows=(0, 0, 1), starts=(0, 3, 0))
+    batch = pack_rows([([1, 2], [3]), ([4], [5]), ([6], [7, 8, 9])], layout, pad_id=0, device=torch.device("cpu"))
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5, 0], [6, 7, 8, 9, 0, 0]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0]]
+    assert batch.position_ids is not None
+    assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]]
+    assert (batch.rows.tolist(), batch.starts.tolist()) == ([0, 0, 1], [0, 3, 0])
+    mask = packed_causal_mask(batch.position_ids)[0, 0].int().tolist()
+    assert mask == [
+        [1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1],  # the padding closing the row attends only to itself
+    ]
+
+
+def test_overlapping_sequences_are_refused() -> None:
+    layout = PackedLayout(width=4, num_rows=1, rows=(0, 0), starts=(0, 1))
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_rows([([1], [2]), ([3], [4])], layout, pad_id=0, device=torch.device("cpu"))
 
 
 def test_fit_prompt_keeps_a_prompt_that_leaves_room_and_caps_generation() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from decoder import AcceptCounts, Draft, TargetModel, TokenizedSample, exact_generate, generate, score_batch
+from decoder.batching import plan_batches
 from tests.decoder.conftest import IMPORTED, KINDS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -51,6 +53,23 @@ def test_batching_does_not_change_results(
     single = score_batch(target, drafts["eagle"], greedy_samples, window=3, batch_size=1)
     assert [s.counts for s in batched] == [s.counts for s in single]
     assert [s.sample_id for s in batched] == [s.sample_id for s in greedy_samples]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_packed_rows_score_like_one_sample_per_row(
+    kind: str, target: TargetModel, drafts: dict[str, Draft], greedy_samples: list[TokenizedSample]
+) -> None:
+    """Short samples share a row (checked) and see only themselves: at temperature 1, where every
+    depth of every token is computed, acceptance equals one sample per row's up to float rounding.
+    (Greedy, the packed batches of the test above equal exact mode.)"""
+    lengths = [sample.num_tokens for sample in greedy_samples]
+    assert not all(batch.layout.one_per_row for batch in plan_batches(lengths, batch_size=len(lengths)))
+    scoring = {"window": 3, "temperature": 1.0, "batch_size": len(lengths)}
+    packed = score_batch(target, drafts[kind], greedy_samples, **scoring)
+    alone = score_batch(target, drafts[kind], greedy_samples, pack=False, **scoring)
+    for one, other in zip(packed, alone, strict=True):
+        assert one.sample_id == other.sample_id and one.target_agreement == other.target_agreement
+        assert torch.allclose(torch.tensor(one.acceptance), torch.tensor(other.acceptance), atol=1e-4), one.sample_id
 
 
 def test_agreement_labels_a_continuation_the_target_would_not_produce(
