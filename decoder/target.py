@@ -139,14 +139,15 @@ def run_base_model(
 ) -> torch.Tensor:
     """Final hidden states of a causal LM's base model; with a cache, extends it. With
     `position_ids` (rows of packed sequences, `decoder.samples.PackedBatch`), each token attends
-    only to its own sequence, through a 4D additive mask the model applies as given (every
-    transformers 5.x, every attention implementation)."""
+    only to its own sequence, through a 4D mask the model applies as given (every transformers 5.x):
+    booleans for SDPA, which reads them as allowed pairs, else additive (0 or the dtype's minimum)."""
     if position_ids is not None:
         position_ids = position_ids.to(input_ids.device)
-        allowed = packed_causal_mask(position_ids)
-        dtype = cast(torch.Tensor, model.get_input_embeddings().weight).dtype
-        attention_mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-        attention_mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        attention_mask = packed_causal_mask(position_ids)
+        if getattr(model.config, "_attn_implementation", None) != "sdpa":
+            dtype = cast(torch.Tensor, model.get_input_embeddings().weight).dtype
+            additive = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
+            attention_mask = additive.masked_fill_(~attention_mask, torch.finfo(dtype).min)
     output = model.get_decoder()(
         input_ids=input_ids,
         attention_mask=attention_mask,

@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, Qwen2Config
 
 from decoder import TargetModel, load_target, target_fingerprint
-from decoder.target import crop_cache
+from decoder.batching import PackedLayout
+from decoder.samples import pack_rows
+from decoder.target import crop_cache, run_base_model
 
 
 def test_fingerprint_is_stable_across_loads_and_dtypes(reference_dir: Path, target: TargetModel) -> None:
@@ -62,3 +65,23 @@ def test_cpu_loads_in_float32(reference_dir: Path, device: str | None) -> None:
     if torch.cuda.is_available() and device != "cpu":
         pytest.skip("a GPU is present")
     assert load_target(reference_dir / "target", device=device).dtype == torch.float32
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_sequences_get_the_states_they_get_alone(attention: str) -> None:
+    """Three sequences packed in one row (and the padding closing it) through a real Qwen2 model: each
+    sequence's hidden states equal a forward of that sequence alone, under either attention."""
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attention).eval()
+    sequences = [torch.randint(1, 64, (length,)) for length in (7, 4, 5)]
+    layout = PackedLayout(width=18, num_rows=1, rows=(0, 0, 0), starts=(0, 7, 11))
+    batch = pack_rows([(s.tolist(), []) for s in sequences], layout, pad_id=0, device=torch.device("cpu"))
+    with torch.no_grad():
+        packed = run_base_model(model, batch.input_ids, batch.attention_mask, position_ids=batch.position_ids)
+        for sequence, start in zip(sequences, layout.starts, strict=True):
+            alone = run_base_model(model, sequence[None])
+            assert torch.allclose(packed[0, start : start + len(sequence)], alone[0], atol=1e-5)
