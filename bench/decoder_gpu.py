@@ -15,6 +15,9 @@ head; random token traffic. Measures
   `replay.samples_per_round` (64) and of 1,024 samples, one sample per row (right padding) and
   packed several to a row: the share of computed positions that hold no token, and the useful
   target tokens/s (empty positions are computed, not counted);
+- torch.compile: scored draft_model throughput with the target's and the draft's bodies compiled
+  (dynamic shapes: packed batches vary), the warm-up's seconds, and the ratio to eager (skipped with
+  `--skip-compile`);
 - exact mode (draft-then-verify, batch 1) and the target alone: generated tokens/s;
 - the ratio scored / exact. Goals: scored >= 40,000 target tokens/s with the draft_model and with
   the eagle3 head (32k draft vocabulary), each >= 80% of the pair's FLOP ceiling, and >= 50x exact;
@@ -268,6 +271,33 @@ def scored_throughput(
     }
 
 
+def compiled_throughput(
+    target: TargetModel, draft: DraftModel, samples: list[TokenizedSample], shape: Shape, ceiling: float, eager: Any
+) -> dict[str, Any]:
+    """Scored draft_model throughput with both bodies under torch.compile (dynamic shapes), against
+    the eager row measured before; the bodies are put back afterwards. An error is reported, not raised."""
+    bodies = [(target.model, target.model.model), (draft.lm, draft.lm.model)]
+    started = time.perf_counter()
+    try:
+        for owner, body in bodies:
+            owner.model = torch.compile(body, dynamic=True)
+        score_batch(target, draft, samples[: shape.batch], window=WINDOW, batch_size=shape.batch)
+        warm_up = time.perf_counter() - started
+        row = scored_throughput(target, draft, samples, shape, ceiling)
+    except Exception as error:  # a benchmark reports what failed and goes on
+        log.warning("torch.compile failed: %s", error)
+        return {"error": f"{type(error).__name__}: {error}"[:2000]}
+    finally:
+        for owner, body in bodies:
+            owner.model = body
+    row["warm_up_seconds"] = warm_up
+    row["over_eager"] = row["target_tokens_per_s"] / eager["target_tokens_per_s"]
+    log.info(
+        "scored draft_model compiled: %.0f target tokens/s (x%.2f eager)", row["target_tokens_per_s"], row["over_eager"]
+    )
+    return row
+
+
 def empty_share(claims: list[list[TokenizedSample]], batch: int, budget: int, pack: bool) -> float:
     """Computed positions that hold no token / computed positions, in score_batch's own batches."""
     computed = real = 0
@@ -367,6 +397,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--skip-eagle", action="store_true", help="measure the draft_model only")
     parser.add_argument("--skip-vllm", action="store_true", help="do not try to serve the eagle3 export with vLLM")
+    parser.add_argument("--skip-compile", action="store_true", help="do not measure torch.compile")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     started = time.perf_counter()
@@ -440,6 +471,9 @@ def main() -> int:
     }
     for name, row in results["packing"].items():
         log.info("%s: %.1f%% empty, %.0f target tokens/s", name, 100 * row["empty_share"], row["target_tokens_per_s"])
+
+    if not args.skip_compile:
+        results["compiled"] = compiled_throughput(target, draft_model, samples, shape, ceiling, scored["draft_model"])
 
     exact = {"draft_model": exact_throughput(target, draft_model, samples, shape)}
     if eagle is not None:
