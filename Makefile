@@ -16,8 +16,12 @@ $(BIN)/specwatch: pyproject.toml
 demo: $(BIN)/specwatch
 	$(BIN)/specwatch demo
 
+# two workers, each taking whole test files (a file's tests keep their order and module fixtures);
+# TEST_WORKERS=0 runs the suite in this process
+TEST_WORKERS ?= 2
+
 test: $(BIN)/specwatch
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(BIN)/specwatch
 	$(BIN)/ruff check .

@@ -3,7 +3,9 @@ SPECWATCH_TEST_DATABASE_URL is set (each test gets its own schema there)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import pickle
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,8 +76,9 @@ def config(tmp_path: Path, database_url: str) -> Config:
 
 @pytest.fixture(scope="session")
 def reference_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    """One tiny offline reference build (target + one draft of each kind) per test session, with its
-    report. SPECWATCH_TEST_REFERENCE_DIR reuses a prebuilt one (report None) while developing."""
+    """One tiny offline reference build (target + one draft of each kind) per test run, with its
+    report; pytest-xdist's workers share it (the first builds it under a lock, the others wait and
+    read it). SPECWATCH_TEST_REFERENCE_DIR reuses a prebuilt one (report None) while developing."""
     import torch
 
     from decoder.reference import build_reference
@@ -84,8 +87,16 @@ def reference_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any
     prebuilt = os.environ.get("SPECWATCH_TEST_REFERENCE_DIR")
     if prebuilt:
         return Path(prebuilt), None
-    out = tmp_path_factory.mktemp("reference") / "tiny"
-    return out, build_reference("tiny", out, seed=0)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out, saved = shared / "reference" / "tiny", shared / "reference" / "report.pickle"
+    with (shared / "reference.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if saved.exists():
+            return out, pickle.loads(saved.read_bytes())
+        report = build_reference("tiny", out, seed=0)
+        saved.write_bytes(pickle.dumps(report))
+    return out, report
 
 
 @pytest.fixture(scope="session")

@@ -481,10 +481,16 @@ def test_every_dashboard_query_returns_data(prometheus: Prometheus) -> None:
                 "source": source,
                 "__rate_interval": RATE_INTERVAL,
             }
-            for where, expr in queries:
-                if not prometheus.query(substituted(expr, values)):
-                    empty.append(f"{where} ({window}, {source}): {substituted(expr, values)}")
-    assert empty == [], "\n".join(empty)
+            empty += [(f"{where} ({window}, {source})", substituted(expr, values)) for where, expr in queries]
+    # every query must parse now; a rate needs two scrapes in its range and the rule alerts their first
+    # evaluations, which a loaded machine can delay: ask again until each has returned data once
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        empty = [(where, expr) for where, expr in empty if not prometheus.query(expr)]
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert empty == [], "\n".join(f"{where}: {expr}" for where, expr in empty)
 
 
 @needs_prometheus
