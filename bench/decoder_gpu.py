@@ -498,11 +498,16 @@ def main() -> int:
         "scored_at_least_50x_exact": ratio >= 50,
     }
     results["seconds"] = time.perf_counter() - started
+    emit(results, args.out)
+    return 0
+
+
+def emit(results: dict[str, Any], out: Path | None) -> None:
+    """The results as JSON on stdout and, when given, in `out`."""
     text = json.dumps(results, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    if out:
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ layouts give the same counts.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from decoder_gpu import Shape, build_draft_model, build_target, empty_share, varied_samples
+from decoder_gpu import Shape, build_draft_model, build_target, emit, empty_share, varied_samples
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -105,10 +104,7 @@ def main() -> int:
             packed["speedup"],
             packed["same_counts"],
         )
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(results, args.out)
     return 0
 
 
