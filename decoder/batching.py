@@ -53,12 +53,10 @@ class PlannedBatch:
     layout: PackedLayout
 
 
-def pack_into_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+def _pack_into_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     """Indices of `lengths` per row: longest first, each into the row whose free room fits it most
     tightly, else a new row of `capacity` positions; a sequence longer than that gets a row of
     its own. Within a row, sequences follow one another from position 0."""
-    if any(length < 1 for length in lengths):
-        raise ValueError("every sequence needs at least one token")
     rows: list[list[int]] = []
     free: list[tuple[int, int]] = []  # (room left, row), sorted
     for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
@@ -85,12 +83,12 @@ def plan_batches(
         raise ValueError("batch_size must be at least 1")
     if not lengths:
         return []
+    if any(length < 1 for length in lengths):
+        raise ValueError("every sequence needs at least one token")
     if pack:
         capacity = max(lengths) if max_batch_tokens is None else min(max(lengths), max_batch_tokens)
-        rows = pack_into_rows(lengths, capacity)
+        rows = _pack_into_rows(lengths, capacity)
     else:
-        if any(length < 1 for length in lengths):
-            raise ValueError("every sequence needs at least one token")
         rows = [[index] for index in range(len(lengths))]
     used = [sum(lengths[i] for i in row) for row in rows]
     order = sorted(range(len(rows)), key=lambda r: -used[r])

@@ -167,15 +167,10 @@ def pack_rows(
     )
 
 
-def sequence_ids(position_ids: torch.Tensor) -> torch.Tensor:
-    """[rows, time] -> which sequence of its row each position belongs to: a new one starts
-    wherever the position is 0."""
-    return torch.cumsum(position_ids == 0, dim=-1)
-
-
 def same_sequence(position_ids: torch.Tensor) -> torch.Tensor:
-    """[rows, time, time]: key position k (last axis) is in the same sequence as query position q."""
-    ids = sequence_ids(position_ids)
+    """[rows, time, time]: key position k (last axis) is in the same sequence as query position q;
+    a new sequence starts wherever the position is 0."""
+    ids = torch.cumsum(position_ids == 0, dim=-1)
     return ids[:, :, None] == ids[:, None, :]
 
 
